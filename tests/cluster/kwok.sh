@@ -31,11 +31,9 @@ YAML
 start_kwok() {
   write_kwok_config
   start_daemon kwok kwok --kubeconfig "$VC_STATE/admin.kubeconfig" --config "$VC_STATE/config/kwok.yaml"
-  local entry name facing external internal i=0
+  local entry name facing internal external
   for entry in "${KWOK_NODES[@]}"; do
-    read -r name facing external <<<"$entry"
-    internal="198.51.100.$((10 + i))"
-    i=$((i + 1))
+    read -r name facing internal external <<<"$entry"
     {
       cat <<YAML
 apiVersion: v1

@@ -34,13 +34,15 @@ SERVICE_CIDR=10.252.0.0/24
 CLUSTER_DNS_IP=10.252.0.10
 APISERVER_PORT=6443
 
-# Fake nodes managed by kwok: name, internet-facing, ExternalIP (TEST-NET-3,
-# data only: nothing may ever send packets there).
+# Fake nodes managed by kwok: name, internet-facing, InternalIP, ExternalIP
+# (documentation ranges, data only: nothing may ever send packets there).
+# Only these exact addresses are routed into a blackhole, never whole
+# ranges: this machine's package registries may answer from those ranges.
 KWOK_NODES=(
-  "kwok-edge-0 true 203.0.113.10"
-  "kwok-edge-1 true 203.0.113.11"
-  "kwok-core-0 false -"
-  "kwok-core-1 false -"
+  "kwok-edge-0 true 198.51.100.10 203.0.113.10"
+  "kwok-edge-1 true 198.51.100.11 203.0.113.11"
+  "kwok-core-0 false 198.51.100.12 -"
+  "kwok-core-1 false 198.51.100.13 -"
 )
 
 export KUBECONFIG="$KUBECONFIG_PATH"

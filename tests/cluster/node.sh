@@ -3,9 +3,17 @@
 PKI="$VC_STATE/pki"
 CONTAINERD_SOCK=/run/voicecluster/containerd.sock
 POD_BRIDGE=vcpods0
-# Ranges that only exist as data (kwok node and pod addresses): routed into a
-# blackhole so that a bug can never send a packet towards them.
-FAKE_RANGES=(203.0.113.0/24 198.51.100.0/24 "$KWOK_POD_CIDR")
+# Addresses that only exist as data (kwok node and pod addresses): routed
+# into a blackhole so that a bug can never send a packet towards them.
+fake_ranges() {
+  local entry name facing internal external
+  echo "$KWOK_POD_CIDR"
+  for entry in "${KWOK_NODES[@]}"; do
+    read -r name facing internal external <<<"$entry"
+    echo "$internal/32"
+    [[ $external == - ]] || echo "$external/32"
+  done
+}
 
 setup_network() {
   ip link show "$NODE_IFACE" >/dev/null 2>&1 || ip link add "$NODE_IFACE" type bridge
@@ -13,7 +21,7 @@ setup_network() {
   ip link set "$NODE_IFACE" up
   # ClusterIPs without a kube-proxy rule stay on this machine.
   ip route replace "$SERVICE_CIDR" dev "$NODE_IFACE"
-  for r in "${FAKE_RANGES[@]}"; do ip route replace blackhole "$r"; done
+  for r in $(fake_ranges); do ip route replace blackhole "$r"; done
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
     net.bridge.bridge-nf-call-ip6tables=1
   # Pods may talk to each other and to this machine, never beyond it.

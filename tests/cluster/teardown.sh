@@ -9,8 +9,10 @@ remove_pods_gracefully() {
   stop_daemon kube-scheduler
   kubectl delete pods -A --all --field-selector "spec.nodeName=$NODE_NAME" \
     --grace-period=1 --wait=false >/dev/null 2>&1 || true
+  # Stopped sandboxes have had their network torn down; the kubelet removes
+  # their containers later, remove_leftover_containers does it now.
   wait_for "pods on $NODE_NAME to stop" 60 \
-    bash -c "[[ -z \$(ctr --address $CONTAINERD_SOCK -n k8s.io containers ls -q 2>/dev/null) ]]" || true
+    bash -c "! ctr --address $CONTAINERD_SOCK -n k8s.io tasks ls 2>/dev/null | grep -q RUNNING" || true
 }
 
 # Whatever the kubelet could not remove (it may have died) is removed here.
@@ -53,7 +55,7 @@ remove_network() {
   ip link delete "$POD_BRIDGE" 2>/dev/null || true
   ip link delete "$NODE_IFACE" 2>/dev/null || true
   local r
-  for r in "${FAKE_RANGES[@]}"; do ip route delete blackhole "$r" 2>/dev/null || true; done
+  for r in $(fake_ranges); do ip route delete blackhole "$r" 2>/dev/null || true; done
   while iptables -D FORWARD -s "$POD_CIDR" ! -o "$POD_BRIDGE" -j REJECT -m comment --comment voicecluster-no-egress 2>/dev/null; do :; done
   remove_chains
   rm -rf "$VC_STATE/cni/ipam"
@@ -65,7 +67,7 @@ remove_chains() {
   local ipt table chain
   for ipt in iptables ip6tables; do
     for table in filter nat mangle; do
-      "$ipt-save" -t "$table" 2>/dev/null | grep -E -- '^-A .* -j (KUBE|CNI)-' |
+      { "$ipt-save" -t "$table" 2>/dev/null || true; } | { grep -E -- '^-A .* -j (KUBE|CNI)-' || true; } |
         sed 's/^-A/-D/' | while read -r rule; do
           eval "$ipt -t $table $rule" 2>/dev/null || true
         done

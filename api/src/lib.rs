@@ -1,0 +1,76 @@
+//! The contract shared by the voicecluster operator, the signal and media
+//! nodes, the Helm chart and the cluster tests.
+//!
+//! Anything two parts must agree on by name — the API group, labels, ports,
+//! environment variables — is defined here once, so that a rename is a
+//! compile error instead of a silent mismatch between the operator and the
+//! pods it creates. The `VoiceCluster` custom resource types will live here
+//! too.
+
+/// The Kubernetes API group of every voicecluster resource, and the prefix of
+/// every label and annotation the project owns.
+pub const API_GROUP: &str = "voicecluster.io";
+
+/// Node label that marks a node as reachable from the internet. Edge media
+/// pods (and the SIP front door) are only placed on nodes that carry it with
+/// the value [`INTERNET_FACING_TRUE`].
+pub const LABEL_INTERNET_FACING: &str = "voicecluster.io/internet-facing";
+
+/// The value of [`LABEL_INTERNET_FACING`] on internet-facing nodes. Any other
+/// value, or no label at all, means the node is backend-only.
+pub const INTERNET_FACING_TRUE: &str = "true";
+
+/// The `app.kubernetes.io/managed-by` value on objects the operator owns.
+pub const MANAGER_NAME: &str = "voicecluster-operator";
+
+/// Default TCP port of the admin HTTP server every binary runs
+/// (`/healthz`, `/readyz`, `/metrics`).
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
+
+/// Name of the admin port in container specs, so probes and scrape configs
+/// can refer to it by name rather than by number.
+pub const ADMIN_PORT_NAME: &str = "admin";
+
+/// Liveness endpoint: answers 200 while the process is alive.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// Readiness endpoint: answers 200 once the process can serve, 503 before
+/// that and while it shuts down.
+pub const READYZ_PATH: &str = "/readyz";
+
+/// Prometheus/OpenMetrics scrape endpoint.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Environment variable for the log format (`text` or `json`) of every
+/// binary. The operator sets it on the pods it creates.
+pub const ENV_LOG_FORMAT: &str = "VC_LOG_FORMAT";
+
+/// Environment variable for the log filter of every binary, in
+/// `tracing-subscriber` `EnvFilter` syntax (for example `info` or
+/// `info,signal_node=debug`).
+pub const ENV_LOG_LEVEL: &str = "VC_LOG_LEVEL";
+
+/// Environment variable for the admin server's listen address of every
+/// binary (for example `0.0.0.0:9090`).
+pub const ENV_ADMIN_ADDR: &str = "VC_ADMIN_ADDR";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_live_under_the_api_group() {
+        let (prefix, name) = LABEL_INTERNET_FACING
+            .split_once('/')
+            .expect("label has a prefix");
+        assert_eq!(prefix, API_GROUP);
+        assert_eq!(name, "internet-facing");
+    }
+
+    #[test]
+    fn endpoint_paths_are_absolute() {
+        for path in [HEALTHZ_PATH, READYZ_PATH, METRICS_PATH] {
+            assert!(path.starts_with('/'), "{path}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Shared helpers for the end-to-end tests. They talk to the local cluster
+//! that `tests/cluster/cluster up` starts, through its kubeconfig.
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// Where `tests/cluster/cluster up` writes the admin kubeconfig.
+pub const DEFAULT_KUBECONFIG: &str = "/var/lib/voicecluster/kubeconfig";
+/// The real node's name and address (tests/cluster/lib.sh).
+pub const REAL_NODE: &str = "vc-real";
+/// Address of the real node on its own interface.
+pub const REAL_NODE_IP: &str = "10.250.0.1";
+/// Label that marks nodes whose pods may face the internet.
+pub const INTERNET_FACING: &str = "voicecluster.io/internet-facing";
+/// Tag of the images `cluster load-images` builds.
+pub const IMAGE_TAG: &str = "dev";
+
+/// Installs the rustls crypto provider once per process; kube's client
+/// needs one and the tests run several clients.
+fn install_crypto() {
+    // Err means another test installed it first, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A client for the local cluster. Fails with a hint when it is not up.
+pub async fn client() -> Result<Client> {
+    install_crypto();
+    let path = std::env::var("VC_KUBECONFIG").unwrap_or_else(|_| DEFAULT_KUBECONFIG.to_string());
+    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
+        format!("reading {path}: is the cluster up? (tests/cluster/cluster up)")
+    })?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("loading the kubeconfig")?;
+    Client::try_from(config).context("building the client")
+}
+
+/// Full reference of one of our locally built images.
+pub fn image(name: &str) -> String {
+    format!("voicecluster.local/{name}:{IMAGE_TAG}")
+}
+
+/// A namespace of its own for one test, so tests never see each other's
+/// objects. `delete` removes it; a failed test leaves it for inspection.
+pub struct TestNamespace {
+    /// The namespace's generated name.
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Creates a fresh namespace whose name starts with `e2e-{prefix}-`.
+    pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
+        let name = format!("e2e-{prefix}-{:x}", nanos ^ std::process::id());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    /// An API handle for namespaced objects of kind `K` in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Asks the API server to delete the namespace (without waiting).
+    pub async fn delete(self) -> Result<()> {
+        Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting namespace {}", self.name))?;
+        Ok(())
+    }
+}
+
+/// Polls `check` until it returns `Ok`, or fails after `timeout` with the
+/// last state it reported (its `Err`), so a failure says what the cluster
+/// was doing rather than only that it took too long.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(v) => return Ok(v),
+            Err(state) => state,
+        };
+        if Instant::now() > deadline {
+            bail!("{what}: not true after {timeout:?}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
