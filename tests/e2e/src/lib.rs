@@ -28,10 +28,14 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A client for the local cluster. Fails with a hint when it is not up.
+/// A client for the local cluster (kubeconfig from `VC_KUBECONFIG`, then
+/// `KUBECONFIG`, then the cluster scripts' fixed path). Fails with a hint
+/// when the cluster is not up.
 pub async fn client() -> Result<Client> {
     install_crypto();
-    let path = std::env::var("VC_KUBECONFIG").unwrap_or_else(|_| DEFAULT_KUBECONFIG.to_string());
+    let path = std::env::var("VC_KUBECONFIG")
+        .or_else(|_| std::env::var("KUBECONFIG"))
+        .unwrap_or_else(|_| DEFAULT_KUBECONFIG.to_string());
     let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
         format!("reading {path}: is the cluster up? (tests/cluster/cluster up)")
     })?;
