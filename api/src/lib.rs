@@ -4,8 +4,12 @@
 //! Anything two parts must agree on by name — the API group, labels, ports,
 //! environment variables — is defined here once, so that a rename is a
 //! compile error instead of a silent mismatch between the operator and the
-//! pods it creates. The `VoiceCluster` custom resource types will live here
-//! too.
+//! pods it creates. The `VoiceCluster` custom resource types live here too
+//! ([`voicecluster`]).
+
+pub mod voicecluster;
+
+pub use voicecluster::{VoiceCluster, VoiceClusterSpec, VoiceClusterStatus};
 
 /// The Kubernetes API group of every voicecluster resource, and the prefix of
 /// every label and annotation the project owns.

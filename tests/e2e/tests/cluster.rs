@@ -325,3 +325,45 @@ async fn deleting_a_namespace_finishes() -> Result<()> {
     })
     .await
 }
+
+/// Runs one of the client tools `cluster up` installs next to the cached
+/// binaries, and returns what it printed.
+fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
+    let cache = std::env::var("VC_CACHE").unwrap_or_else(|_| "/var/cache/voicecluster".into());
+    let path = format!("{cache}/bin/{tool}");
+    let out = std::process::Command::new(&path)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {path}"))?;
+    ensure!(
+        out.status.success(),
+        "{path} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn helm_v4_and_kubectl_are_ready() -> Result<()> {
+    let helm = run_tool("helm", &["version", "--short"])?;
+    ensure!(helm.starts_with("v4."), "helm version {helm:?}, want v4.x");
+
+    let kubeconfig = std::env::var("KUBECONFIG")
+        .unwrap_or_else(|_| voicecluster_e2e::DEFAULT_KUBECONFIG.to_string());
+    let version = run_tool(
+        "kubectl",
+        &["--kubeconfig", &kubeconfig, "version", "-o", "json"],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&version)?;
+    ensure!(
+        v["serverVersion"]["gitVersion"] == K8S_VERSION,
+        "kubectl version shows server {}",
+        v["serverVersion"]["gitVersion"]
+    );
+    ensure!(
+        v["clientVersion"]["minor"] == "33",
+        "kubectl client {}, want 1.33 (within one minor of the server)",
+        v["clientVersion"]["gitVersion"]
+    );
+    Ok(())
+}
