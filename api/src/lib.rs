@@ -58,6 +58,43 @@ pub const ENV_LOG_LEVEL: &str = "VC_LOG_LEVEL";
 /// binary (for example `0.0.0.0:9090`).
 pub const ENV_ADMIN_ADDR: &str = "VC_ADMIN_ADDR";
 
+/// Label with the name of the VoiceCluster an object belongs to.
+pub const LABEL_CLUSTER: &str = "voicecluster.io/cluster";
+
+/// Label with the component of a pod or workload: [`COMPONENT_SIGNAL`] or
+/// [`COMPONENT_MEDIA`].
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+
+/// Component value of backend signal pods.
+pub const COMPONENT_SIGNAL: &str = "signal";
+
+/// Component value of edge media pods.
+pub const COMPONENT_MEDIA: &str = "media";
+
+/// Standard `app.kubernetes.io/managed-by` label key.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Annotation a media pod sets while it drains: it takes no new call legs.
+pub const ANNOTATION_DRAINING: &str = "voicecluster.io/draining";
+
+/// Annotation a media pod keeps current with its number of active legs.
+pub const ANNOTATION_ACTIVE_LEGS: &str = "voicecluster.io/active-legs";
+
+/// Node annotation holding the node's public address, for
+/// `publicAddress.source: NodeAnnotation` (the local test cluster sets it
+/// on its real node).
+pub const ANNOTATION_PUBLIC_ADDRESS: &str = "voicecluster.io/public-address";
+
+/// Port of the gRPC `CallLegs` service on media pods.
+pub const MEDIA_GRPC_PORT: u16 = 9445;
+
+/// Admin port of media pods. They use the node's network, so it differs
+/// from the default admin port to stay clear of other pods on the node.
+pub const MEDIA_ADMIN_PORT: u16 = 9091;
+
+/// Port of the operator's gRPC Directory service.
+pub const DIRECTORY_PORT: u16 = 9443;
+
 #[cfg(test)]
 mod tests {
     use super::*;

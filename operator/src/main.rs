@@ -1,16 +1,15 @@
 //! `voicecluster-operator`: the Kubernetes controller that turns each VoiceCluster resource
 //! into backend signal pods and edge media pods, and publishes the live list of call-leg
-//! providers.
-//!
-//! For now it only does what every voicecluster binary does: parse its
-//! flags, log, serve the admin endpoints (`/healthz`, `/readyz`,
-//! `/metrics`), report ready, and exit cleanly on SIGTERM or SIGINT.
+//! providers in the VoiceCluster's status.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
+use kube::{Client, CustomResourceExt};
 use prometheus_client::registry::Registry;
 use voicecluster_api::VoiceCluster;
+use voicecluster_operator::controller::{self, Election};
+use voicecluster_operator::metrics::Metrics;
+use voicecluster_operator::resources::{Images, Settings};
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
@@ -24,6 +23,32 @@ struct Args {
     command: Option<Command>,
     #[command(flatten)]
     telemetry: CommonArgs,
+    /// Image of signal pods when a VoiceCluster names none.
+    #[arg(
+        long,
+        env = "VC_SIGNAL_IMAGE",
+        default_value = "voicecluster.local/signal-node:dev"
+    )]
+    signal_image: String,
+    /// Image of media pods when a VoiceCluster names none.
+    #[arg(
+        long,
+        env = "VC_MEDIA_IMAGE",
+        default_value = "voicecluster.local/media-node:dev"
+    )]
+    media_image: String,
+    /// Elect a leader among replicas through a Lease; only the leader writes.
+    #[arg(long, env = "VC_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "VC_LEASE_NAME", default_value = "voicecluster-operator")]
+    lease_name: String,
+    /// This replica's pod name: its identity in the election.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The operator's namespace, where the Lease lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pod_namespace: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,18 +72,56 @@ async fn main() -> anyhow::Result<()> {
     // Before anything else, so a SIGTERM during start-up still stops us
     // gracefully.
     let shutdown = shutdown_signal()?;
-    let telemetry = Telemetry::start(BUILD, &args.telemetry, Registry::default()).await?;
+    // kube's TLS needs a process-wide crypto provider; an Err only means one
+    // is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 
-    telemetry.readiness().set_ready();
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let settings = Settings {
+        images: Images {
+            signal: args.signal_image,
+            media: args.media_image,
+        },
+    };
+    let election = args.leader_election.then(|| Election {
+        lease: args.lease_name,
+        namespace: args.pod_namespace,
+        identity: args
+            .pod_name
+            .unwrap_or_else(|| format!("{}-{}", BUILD.binary, std::process::id())),
+    });
     tracing::info!(
         version = BUILD.version,
         admin_addr = %telemetry.admin_addr(),
         "started"
     );
 
-    let signal = shutdown.await;
-    tracing::info!(%signal, "shutting down");
+    let run = controller::run(
+        client,
+        settings,
+        metrics,
+        election,
+        telemetry.readiness().clone(),
+    );
+    let outcome = tokio::select! {
+        result = run => Some(result),
+        signal = shutdown => {
+            tracing::info!(%signal, "shutting down");
+            None
+        }
+    };
     telemetry.shutdown().await?;
-    tracing::info!("stopped");
-    Ok(())
+    match outcome {
+        Some(Err(e)) => Err(e),
+        Some(Ok(())) => anyhow::bail!("the controller stopped"),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }

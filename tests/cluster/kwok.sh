@@ -42,6 +42,11 @@ metadata:
   name: $name
   annotations:
     kwok.x-k8s.io/node: fake
+YAML
+      # Like the real node, internet-facing nodes name their public
+      # address in an annotation too (publicAddress.source NodeAnnotation).
+      if [[ $external != - ]]; then echo "    voicecluster.io/public-address: \"$external\""; fi
+      cat <<YAML
   labels:
     type: kwok
     kubernetes.io/hostname: $name

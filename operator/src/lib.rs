@@ -1,0 +1,10 @@
+//! The voicecluster operator as a library: the binary in `main.rs` parses
+//! flags and calls [`controller::run`]; tests use the pure parts
+//! ([`resources`], [`providers`], [`conditions`]) directly.
+
+pub mod conditions;
+pub mod controller;
+pub mod metrics;
+pub mod providers;
+pub mod reconcile;
+pub mod resources;

@@ -1,0 +1,286 @@
+//! Which media pods are call-leg providers right now, and where media pods
+//! may run: pure functions over pods and nodes, so they are tested without
+//! an API server and run against the watch caches in the operator.
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use kube::ResourceExt;
+use voicecluster_api::voicecluster::{
+    CallLegProvider, MediaSpec, ProviderState, PublicAddressSource,
+};
+use voicecluster_api::{ANNOTATION_ACTIVE_LEGS, ANNOTATION_DRAINING, MEDIA_GRPC_PORT};
+
+/// True when the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A pod drains when it is being deleted or says so itself.
+pub fn is_draining(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        || pod
+            .annotations()
+            .get(ANNOTATION_DRAINING)
+            .map(String::as_str)
+            == Some("true")
+}
+
+fn node_address(node: &Node, kind: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == kind)
+        .map(|a| a.address.clone())
+}
+
+/// The public address of media pods on `node`, per the spec's source.
+pub fn public_address(media: &MediaSpec, node: &Node) -> Option<String> {
+    match media.public_address.source {
+        PublicAddressSource::NodeExternalIP => node_address(node, "ExternalIP"),
+        PublicAddressSource::NodeAnnotation => {
+            let key = media.public_address.annotation.as_deref()?;
+            node.annotations().get(key).cloned()
+        }
+        PublicAddressSource::Static => media
+            .public_address
+            .addresses
+            .as_ref()?
+            .get(&node.name_any())
+            .cloned(),
+    }
+}
+
+/// What the provider list says about the media pods of one VoiceCluster.
+#[derive(Debug, Default, PartialEq)]
+pub struct ProviderView {
+    /// Ready, non-draining pods with a known public address, by pod name.
+    pub providers: Vec<CallLegProvider>,
+    /// Ready pods left out because their node has no public address.
+    pub without_address: Vec<String>,
+}
+
+/// The call-leg providers among `pods` (the media pods of one
+/// VoiceCluster); `node` looks a node up by name.
+pub fn providers<'a>(
+    media: &MediaSpec,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    node: impl Fn(&str) -> Option<std::sync::Arc<Node>>,
+) -> ProviderView {
+    let mut view = ProviderView::default();
+    for pod in pods {
+        if !is_ready(pod) || is_draining(pod) {
+            continue;
+        }
+        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let address = node(&node_name).and_then(|n| public_address(media, &n));
+        let Some(public_address) = address else {
+            view.without_address.push(pod.name_any());
+            continue;
+        };
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let active_legs = pod
+            .annotations()
+            .get(ANNOTATION_ACTIVE_LEGS)
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(0);
+        view.providers.push(CallLegProvider {
+            pod: pod.name_any(),
+            node: node_name,
+            public_address,
+            grpc_address: format!("{pod_ip}:{MEDIA_GRPC_PORT}"),
+            capacity: media.capacity,
+            active_legs,
+            state: ProviderState::Active,
+        });
+    }
+    view.providers.sort_by(|a, b| a.pod.cmp(&b.pod));
+    view.without_address.sort();
+    view
+}
+
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == taint.key,
+        };
+        let value_ok = match t.operator.as_deref() {
+            Some("Exists") => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+/// Whether media pods of `media` may be scheduled onto `node`: its labels
+/// match the node selector and every NoSchedule/NoExecute taint is tolerated.
+pub fn is_eligible_media_node(media: &MediaSpec, node: &Node) -> bool {
+    let labels = node.labels();
+    let selected = media
+        .node_selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let unschedulable = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    let taints_ok = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_none_or(|taints| {
+            taints
+                .iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .all(|t| tolerates(&media.tolerations, t))
+        });
+    selected && !unschedulable && taints_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use voicecluster_api::voicecluster::PublicAddress;
+
+    fn node(name: &str, labels: &[(&str, &str)], external: Option<&str>) -> Node {
+        let mut addresses =
+            vec![serde_json::json!({"type": "InternalIP", "address": "198.51.100.1"})];
+        if let Some(ip) = external {
+            addresses.push(serde_json::json!({"type": "ExternalIP", "address": ip}));
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+                         "annotations": {"voicecluster.io/public-address": "192.0.2.99"}},
+            "status": {"addresses": addresses},
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, node: &str, ready: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"podIP": "10.0.0.7",
+                       "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+        }))
+        .unwrap()
+    }
+
+    fn lookup(nodes: Vec<Node>) -> impl Fn(&str) -> Option<Arc<Node>> {
+        move |name| {
+            nodes
+                .iter()
+                .find(|n| n.name_any() == name)
+                .cloned()
+                .map(Arc::new)
+        }
+    }
+
+    #[test]
+    fn only_ready_non_draining_pods_are_providers() {
+        let media = MediaSpec::default();
+        let nodes = vec![node("edge", &[], Some("203.0.113.10"))];
+        let mut draining = pod("c-draining", "edge", true);
+        draining
+            .annotations_mut()
+            .insert(ANNOTATION_DRAINING.to_string(), "true".to_string());
+        let mut deleting = pod("d-deleting", "edge", true);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let mut busy = pod("a-ready", "edge", true);
+        busy.annotations_mut()
+            .insert(ANNOTATION_ACTIVE_LEGS.to_string(), "12".to_string());
+        let pods = [busy, pod("b-not-ready", "edge", false), draining, deleting];
+        let view = providers(&media, &pods, lookup(nodes));
+        assert_eq!(view.providers.len(), 1);
+        let p = &view.providers[0];
+        assert_eq!(p.pod, "a-ready");
+        assert_eq!(p.node, "edge");
+        assert_eq!(p.public_address, "203.0.113.10");
+        assert_eq!(p.grpc_address, format!("10.0.0.7:{MEDIA_GRPC_PORT}"));
+        assert_eq!(p.active_legs, 12);
+        assert_eq!(p.capacity, media.capacity);
+    }
+
+    #[test]
+    fn a_pod_on_a_node_without_public_address_is_reported_not_listed() {
+        let media = MediaSpec::default();
+        let view = providers(
+            &media,
+            &[pod("m", "internal", true)],
+            lookup(vec![node("internal", &[], None)]),
+        );
+        assert!(view.providers.is_empty());
+        assert_eq!(view.without_address, vec!["m".to_string()]);
+    }
+
+    #[test]
+    fn public_address_follows_the_configured_source() {
+        let n = node("edge", &[], Some("203.0.113.10"));
+        let mut media = MediaSpec::default();
+        assert_eq!(public_address(&media, &n).as_deref(), Some("203.0.113.10"));
+        media.public_address = PublicAddress {
+            source: PublicAddressSource::NodeAnnotation,
+            annotation: Some("voicecluster.io/public-address".into()),
+            addresses: None,
+        };
+        assert_eq!(public_address(&media, &n).as_deref(), Some("192.0.2.99"));
+        media.public_address = PublicAddress {
+            source: PublicAddressSource::Static,
+            annotation: None,
+            addresses: Some(BTreeMap::from([(
+                "edge".to_string(),
+                "192.0.2.5".to_string(),
+            )])),
+        };
+        assert_eq!(public_address(&media, &n).as_deref(), Some("192.0.2.5"));
+    }
+
+    #[test]
+    fn eligibility_follows_labels_and_taints() {
+        let mut media = MediaSpec::default();
+        let edge = node("edge", &[("voicecluster.io/internet-facing", "true")], None);
+        let core = node(
+            "core",
+            &[("voicecluster.io/internet-facing", "false")],
+            None,
+        );
+        assert!(is_eligible_media_node(&media, &edge));
+        assert!(!is_eligible_media_node(&media, &core));
+
+        let mut tainted = edge.clone();
+        tainted.spec = Some(
+            serde_json::from_value(serde_json::json!({
+                "taints": [{"key": "edge", "value": "yes", "effect": "NoSchedule"}]
+            }))
+            .unwrap(),
+        );
+        assert!(!is_eligible_media_node(&media, &tainted));
+        media.tolerations = vec![
+            serde_json::from_value(serde_json::json!({
+                "key": "edge", "operator": "Equal", "value": "yes", "effect": "NoSchedule"
+            }))
+            .unwrap(),
+        ];
+        assert!(is_eligible_media_node(&media, &tainted));
+    }
+}

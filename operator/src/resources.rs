@@ -1,0 +1,459 @@
+//! The objects a VoiceCluster becomes, as pure functions of its spec: the
+//! reconciler applies them with server-side apply, tests inspect them
+//! without an API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec,
+    RollingUpdateDaemonSet, StatefulSet, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use voicecluster_api::voicecluster::{PlacementKind, Transport};
+use voicecluster_api::{
+    ADMIN_PORT_NAME, COMPONENT_MEDIA, COMPONENT_SIGNAL, DEFAULT_ADMIN_PORT, ENV_ADMIN_ADDR,
+    HEALTHZ_PATH, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER_NAME, MEDIA_ADMIN_PORT,
+    MEDIA_GRPC_PORT, READYZ_PATH, VoiceCluster,
+};
+
+/// Images the operator uses when a VoiceCluster names none.
+#[derive(Clone, Debug)]
+pub struct Images {
+    /// signal-node image.
+    pub signal: String,
+    /// media-node image.
+    pub media: String,
+}
+
+/// Operator-wide settings that shape the objects.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Default images.
+    pub images: Images,
+}
+
+/// Why a VoiceCluster cannot be turned into objects.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The object has no name, namespace or uid yet (not from the API server).
+    #[error("the VoiceCluster has no {0}")]
+    MissingMetadata(&'static str),
+    /// The configuration could not be serialised.
+    #[error("cannot serialise the pods' configuration")]
+    Config(#[source] serde_json::Error),
+}
+
+/// The media workload: one of the two placements.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MediaWorkload {
+    /// One pod on every eligible node.
+    DaemonSet(Box<DaemonSet>),
+    /// A fixed number of pods.
+    Deployment(Box<Deployment>),
+}
+
+/// Everything one VoiceCluster owns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// Configuration every pod mounts.
+    pub config: ConfigMap,
+    /// Headless Service giving signal pods stable names (task handles).
+    pub signal_headless: Service,
+    /// The SIP Service.
+    pub sip: Service,
+    /// Signal pods.
+    pub signal: StatefulSet,
+    /// Media pods.
+    pub media: MediaWorkload,
+    /// Keeps a majority of signal pods through voluntary disruptions.
+    pub signal_pdb: PodDisruptionBudget,
+    /// Lets only one media pod drain at a time.
+    pub media_pdb: PodDisruptionBudget,
+}
+
+/// Name of an owned object: `<vc>-<suffix>`.
+pub fn child_name(vc: &VoiceCluster, suffix: &str) -> String {
+    format!("{}-{suffix}", vc.name_any())
+}
+
+/// Labels that select one component's pods of one VoiceCluster.
+pub fn selector_labels(vc: &VoiceCluster, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_CLUSTER.to_string(), vc.name_any()),
+        (LABEL_COMPONENT.to_string(), component.to_string()),
+    ])
+}
+
+fn labels(vc: &VoiceCluster, component: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(vc, component);
+    l.insert(LABEL_MANAGED_BY.to_string(), MANAGER_NAME.to_string());
+    l.insert(
+        "app.kubernetes.io/name".to_string(),
+        "voicecluster".to_string(),
+    );
+    l.insert("app.kubernetes.io/instance".to_string(), vc.name_any());
+    l
+}
+
+fn meta(vc: &VoiceCluster, owner: &OwnerReference, suffix: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(child_name(vc, suffix)),
+        namespace: vc.namespace(),
+        labels: Some(labels(vc, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_from_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(ADMIN_PORT_NAME.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+fn port(name: &str, port: u16, protocol: &str) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: i32::from(port),
+        protocol: Some(protocol.to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+const CONFIG_DIR: &str = "/etc/voicecluster";
+
+fn config_volume(vc: &VoiceCluster) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "config".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: child_name(vc, "config"),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "config".to_string(),
+            mount_path: CONFIG_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+fn common_env(vc: &VoiceCluster, admin_port: u16) -> Vec<EnvVar> {
+    vec![
+        env("VC_CLUSTER", vc.name_any()),
+        env("VC_CONFIG", format!("{CONFIG_DIR}/config.json")),
+        env(ENV_ADMIN_ADDR, format!("0.0.0.0:{admin_port}")),
+        env_from_field("POD_NAME", "metadata.name"),
+        env_from_field("POD_NAMESPACE", "metadata.namespace"),
+        env_from_field("POD_IP", "status.podIP"),
+        env_from_field("NODE_NAME", "spec.nodeName"),
+    ]
+}
+
+/// The objects for `vc`, owned by it.
+pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildError> {
+    vc.metadata
+        .name
+        .as_ref()
+        .ok_or(BuildError::MissingMetadata("name"))?;
+    vc.metadata
+        .namespace
+        .as_ref()
+        .ok_or(BuildError::MissingMetadata("namespace"))?;
+    let owner = vc
+        .controller_owner_ref(&())
+        .ok_or(BuildError::MissingMetadata("uid"))?;
+    let spec = &vc.spec;
+
+    let config = ConfigMap {
+        metadata: meta(vc, &owner, "config", COMPONENT_SIGNAL),
+        data: Some(BTreeMap::from([(
+            "config.json".to_string(),
+            serde_json::to_string_pretty(spec).map_err(BuildError::Config)?,
+        )])),
+        ..ConfigMap::default()
+    };
+
+    let signal_selector = selector_labels(vc, COMPONENT_SIGNAL);
+    let signal_headless = Service {
+        metadata: meta(vc, &owner, "signal", COMPONENT_SIGNAL),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            selector: Some(signal_selector.clone()),
+            // Members must find each other before they are Ready: a new
+            // member takes over calls as part of becoming ready.
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some(ADMIN_PORT_NAME.to_string()),
+                port: i32::from(DEFAULT_ADMIN_PORT),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let sip_ports: Vec<ServicePort> = spec
+        .sip
+        .transports
+        .iter()
+        .map(|t| {
+            let proto = transport_protocol(*t);
+            ServicePort {
+                name: Some(format!("sip-{}", proto.to_lowercase())),
+                port: spec.sip.port,
+                target_port: Some(IntOrString::Int(spec.sip.port)),
+                protocol: Some(proto.to_string()),
+                ..ServicePort::default()
+            }
+        })
+        .collect();
+    let sip = Service {
+        metadata: meta(vc, &owner, "sip", COMPONENT_SIGNAL),
+        spec: Some(ServiceSpec {
+            type_: Some(format!("{:?}", spec.sip.service_type)),
+            selector: Some(signal_selector.clone()),
+            ports: Some(sip_ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let (volume, mount) = config_volume(vc);
+    let mut signal_ports = vec![port(ADMIN_PORT_NAME, DEFAULT_ADMIN_PORT, "TCP")];
+    for t in &spec.sip.transports {
+        let proto = transport_protocol(*t);
+        let sip_port = u16::try_from(spec.sip.port).unwrap_or(5060);
+        signal_ports.push(port(
+            &format!("sip-{}", proto.to_lowercase()),
+            sip_port,
+            proto,
+        ));
+    }
+    let mut signal_env = common_env(vc, DEFAULT_ADMIN_PORT);
+    signal_env.push(env(
+        "VC_CALL_LEG_MODE",
+        format!("{:?}", spec.signal.call_leg_mode),
+    ));
+    let signal = StatefulSet {
+        metadata: meta(vc, &owner, "signal", COMPONENT_SIGNAL),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.signal.replicas),
+            service_name: Some(child_name(vc, "signal")),
+            // Members start and stop independently; ordering buys nothing.
+            pod_management_policy: Some("Parallel".to_string()),
+            selector: LabelSelector {
+                match_labels: Some(signal_selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(vc, COMPONENT_SIGNAL)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "signal".to_string(),
+                        image: Some(
+                            spec.signal
+                                .image
+                                .clone()
+                                .unwrap_or_else(|| settings.images.signal.clone()),
+                        ),
+                        image_pull_policy: Some("IfNotPresent".to_string()),
+                        env: Some(signal_env),
+                        ports: Some(signal_ports),
+                        readiness_probe: Some(http_probe(READYZ_PATH, 2)),
+                        liveness_probe: Some(http_probe(HEALTHZ_PATH, 10)),
+                        resources: spec.signal.resources.clone(),
+                        volume_mounts: Some(vec![mount.clone()]),
+                        ..Container::default()
+                    }],
+                    volumes: Some(vec![volume.clone()]),
+                    termination_grace_period_seconds: Some(30),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+
+    let media_selector = selector_labels(vc, COMPONENT_MEDIA);
+    let mut media_env = common_env(vc, MEDIA_ADMIN_PORT);
+    media_env.push(env("VC_GRPC_ADDR", format!("0.0.0.0:{MEDIA_GRPC_PORT}")));
+    media_env.push(env(
+        "VC_RTP_PORTS",
+        format!(
+            "{}-{}",
+            spec.media.rtp_port_range.min, spec.media.rtp_port_range.max
+        ),
+    ));
+    media_env.push(env("VC_CAPACITY", spec.media.capacity.to_string()));
+    let media_template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(vc, COMPONENT_MEDIA)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            host_network: Some(spec.media.host_network),
+            dns_policy: Some(
+                if spec.media.host_network {
+                    "ClusterFirstWithHostNet"
+                } else {
+                    "ClusterFirst"
+                }
+                .to_string(),
+            ),
+            node_selector: Some(spec.media.node_selector.clone()),
+            tolerations: (!spec.media.tolerations.is_empty())
+                .then(|| spec.media.tolerations.clone()),
+            containers: vec![Container {
+                name: "media".to_string(),
+                image: Some(
+                    spec.media
+                        .image
+                        .clone()
+                        .unwrap_or_else(|| settings.images.media.clone()),
+                ),
+                image_pull_policy: Some("IfNotPresent".to_string()),
+                env: Some(media_env),
+                ports: Some(vec![
+                    port(ADMIN_PORT_NAME, MEDIA_ADMIN_PORT, "TCP"),
+                    port("grpc", MEDIA_GRPC_PORT, "TCP"),
+                ]),
+                readiness_probe: Some(http_probe(READYZ_PATH, 1)),
+                liveness_probe: Some(http_probe(HEALTHZ_PATH, 10)),
+                resources: spec.media.resources.clone(),
+                volume_mounts: Some(vec![mount]),
+                ..Container::default()
+            }],
+            volumes: Some(vec![volume]),
+            // The drain (legs end or the timeout passes) happens inside
+            // the grace period.
+            termination_grace_period_seconds: Some(
+                i64::from(spec.media.drain_timeout_seconds) + 10,
+            ),
+            ..PodSpec::default()
+        }),
+    };
+    let media_label_selector = LabelSelector {
+        match_labels: Some(media_selector.clone()),
+        ..LabelSelector::default()
+    };
+    let media = match spec.media.placement.kind {
+        PlacementKind::DaemonSet => MediaWorkload::DaemonSet(Box::new(DaemonSet {
+            metadata: meta(vc, &owner, "media", COMPONENT_MEDIA),
+            spec: Some(DaemonSetSpec {
+                selector: media_label_selector,
+                template: media_template,
+                update_strategy: Some(DaemonSetUpdateStrategy {
+                    type_: Some("RollingUpdate".to_string()),
+                    rolling_update: Some(RollingUpdateDaemonSet {
+                        max_unavailable: Some(IntOrString::Int(1)),
+                        ..RollingUpdateDaemonSet::default()
+                    }),
+                }),
+                ..DaemonSetSpec::default()
+            }),
+            ..DaemonSet::default()
+        })),
+        PlacementKind::Deployment => MediaWorkload::Deployment(Box::new(Deployment {
+            metadata: meta(vc, &owner, "media", COMPONENT_MEDIA),
+            spec: Some(DeploymentSpec {
+                replicas: Some(spec.media.placement.replicas.unwrap_or(1)),
+                selector: media_label_selector,
+                template: media_template,
+                ..DeploymentSpec::default()
+            }),
+            ..Deployment::default()
+        })),
+    };
+
+    let pdb = |suffix: &str, component: &str, spec: PodDisruptionBudgetSpec| PodDisruptionBudget {
+        metadata: meta(vc, &owner, suffix, component),
+        spec: Some(spec),
+        ..PodDisruptionBudget::default()
+    };
+    let signal_pdb = pdb(
+        "signal",
+        COMPONENT_SIGNAL,
+        PodDisruptionBudgetSpec {
+            // With one replica there is nothing to keep: never block drains.
+            max_unavailable: Some(IntOrString::Int((spec.signal.replicas / 2).max(1))),
+            selector: Some(LabelSelector {
+                match_labels: Some(signal_selector),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        },
+    );
+    let media_pdb = pdb(
+        "media",
+        COMPONENT_MEDIA,
+        PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(media_selector),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        },
+    );
+
+    Ok(Desired {
+        config,
+        signal_headless,
+        sip,
+        signal,
+        media,
+        signal_pdb,
+        media_pdb,
+    })
+}
+
+fn transport_protocol(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+    }
+}
