@@ -457,3 +457,150 @@ fn transport_protocol(t: Transport) -> &'static str {
         Transport::Tcp => "TCP",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vc(spec: serde_json::Value) -> VoiceCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "voicecluster.io/v1alpha1", "kind": "VoiceCluster",
+            "metadata": {"name": "demo", "namespace": "voice", "uid": "1234"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            images: Images {
+                signal: "sig:1".into(),
+                media: "med:1".into(),
+            },
+        }
+    }
+
+    fn pod_spec(t: &PodTemplateSpec) -> &PodSpec {
+        t.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn everything_is_owned_by_the_voicecluster() {
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x"}})),
+            &settings(),
+        )
+        .unwrap();
+        let MediaWorkload::DaemonSet(ds) = &d.media else {
+            panic!("default placement is a DaemonSet")
+        };
+        for m in [
+            &d.config.metadata,
+            &d.signal_headless.metadata,
+            &d.sip.metadata,
+            &d.signal.metadata,
+            &ds.metadata,
+            &d.signal_pdb.metadata,
+            &d.media_pdb.metadata,
+        ] {
+            let owner = &m.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("VoiceCluster", "1234")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(m.namespace.as_deref(), Some("voice"));
+        }
+    }
+
+    #[test]
+    fn signal_pods_follow_the_spec() {
+        let d = desired(
+            &vc(
+                serde_json::json!({"sip": {"domain": "x", "port": 5080, "transports": ["UDP"]},
+                                   "signal": {"replicas": 3, "callLegMode": "Locally"}}),
+            ),
+            &settings(),
+        )
+        .unwrap();
+        let sts = d.signal.spec.as_ref().unwrap();
+        assert_eq!(sts.replicas, Some(3));
+        assert_eq!(sts.service_name.as_deref(), Some("demo-signal"));
+        let c = &pod_spec(&sts.template).containers[0];
+        assert_eq!(c.image.as_deref(), Some("sig:1"));
+        let env = c.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "VC_CALL_LEG_MODE" && e.value.as_deref() == Some("Locally"))
+        );
+        let sip = d.sip.spec.as_ref().unwrap().ports.as_ref().unwrap();
+        assert_eq!(sip.len(), 1);
+        assert_eq!(
+            (sip[0].port, sip[0].protocol.as_deref()),
+            (5080, Some("UDP"))
+        );
+        assert_eq!(
+            d.signal_headless
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip
+                .as_deref(),
+            Some("None")
+        );
+    }
+
+    #[test]
+    fn media_pods_go_to_the_selected_nodes_on_the_host_network() {
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x"},
+                                   "media": {"image": "custom:2", "rtpPortRange": {"min": 30000, "max": 30099}}})),
+            &settings(),
+        )
+        .unwrap();
+        let MediaWorkload::DaemonSet(ds) = &d.media else {
+            panic!("DaemonSet expected")
+        };
+        let spec = pod_spec(&ds.spec.as_ref().unwrap().template);
+        assert_eq!(
+            spec.node_selector
+                .as_ref()
+                .unwrap()
+                .get("voicecluster.io/internet-facing")
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(spec.host_network, Some(true));
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("custom:2"));
+        let env = c.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "VC_RTP_PORTS" && e.value.as_deref() == Some("30000-30099"))
+        );
+    }
+
+    #[test]
+    fn deployment_placement_has_its_replicas() {
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x"},
+                                   "media": {"placement": {"kind": "Deployment", "replicas": 4}}})),
+            &settings(),
+        )
+        .unwrap();
+        let MediaWorkload::Deployment(dep) = &d.media else {
+            panic!("Deployment expected")
+        };
+        assert_eq!(dep.spec.as_ref().unwrap().replicas, Some(4));
+    }
+
+    #[test]
+    fn a_voicecluster_without_uid_is_refused() {
+        let mut v = vc(serde_json::json!({"sip": {"domain": "x"}}));
+        v.metadata.uid = None;
+        assert!(matches!(
+            desired(&v, &settings()),
+            Err(BuildError::MissingMetadata("uid"))
+        ));
+    }
+}
