@@ -85,6 +85,25 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
+    /// Deletes the namespace and waits until it is gone, so objects that
+    /// hold node resources (host ports) are released for the next test.
+    pub async fn delete_and_wait(self) -> Result<()> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        self.delete().await?;
+        eventually(
+            &format!("namespace {name} gone"),
+            Duration::from_secs(180),
+            || async {
+                match api.get_opt(&name).await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(_) => Err("still terminating".to_string()),
+                }
+            },
+        )
+        .await
+    }
+
     /// Asks the API server to delete the namespace (without waiting).
     pub async fn delete(self) -> Result<()> {
         Api::<Namespace>::all(self.client.clone())

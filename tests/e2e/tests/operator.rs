@@ -1,0 +1,485 @@
+//! The operator installed with helm, reconciling VoiceClusters on the local
+//! cluster: workloads on the right nodes, the live provider list, Degraded
+//! for a spec no node can serve, clean deletion, and leader failover that
+//! leaves workload pods alone.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
+use voicecluster_e2e::{REAL_NODE, TestNamespace, client, eventually};
+
+const RELEASE: &str = "voicecluster";
+const OPERATOR_NS: &str = "voicecluster-system";
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/voicecluster.yaml"
+);
+const CHART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../charts/voicecluster-operator"
+);
+
+fn tool(name: &str) -> String {
+    let cache = std::env::var("VC_CACHE").unwrap_or_else(|_| "/var/cache/voicecluster".into());
+    format!("{cache}/bin/{name}")
+}
+
+fn kubeconfig() -> String {
+    std::env::var("VC_KUBECONFIG")
+        .or_else(|_| std::env::var("KUBECONFIG"))
+        .unwrap_or_else(|_| voicecluster_e2e::DEFAULT_KUBECONFIG.to_string())
+}
+
+/// `helm upgrade --install` of the chart as a user would run it, with the
+/// operator pinned to the node that really runs pods. Idempotent.
+async fn install_operator(client: &Client) -> Result<()> {
+    let out = tokio::process::Command::new(tool("helm"))
+        .args([
+            "upgrade",
+            "--install",
+            RELEASE,
+            CHART,
+            "--namespace",
+            OPERATOR_NS,
+        ])
+        .args([
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+            "--kubeconfig",
+        ])
+        .arg(kubeconfig())
+        .args([
+            "--set-string",
+            "nodeSelector.voicecluster\\.io/real-node=true",
+        ])
+        .output()
+        .await
+        .context("running helm")?;
+    ensure!(
+        out.status.success(),
+        "helm install failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NS);
+    eventually(
+        "operator Deployment 2/2 ready",
+        Duration::from_secs(120),
+        || async {
+            let list = deployments
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let d = list.items.first().ok_or("no operator Deployment")?;
+            let ready = d
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            if ready == 2 {
+                Ok(())
+            } else {
+                Err(format!("{ready} ready"))
+            }
+        },
+    )
+    .await
+}
+
+fn example(namespace: &str) -> Result<VoiceCluster> {
+    let yaml = std::fs::read_to_string(EXAMPLE).context("reading the example")?;
+    let mut vc: VoiceCluster = serde_yaml::from_str(&yaml).context("parsing the example")?;
+    vc.metadata.namespace = Some(namespace.to_string());
+    Ok(vc)
+}
+
+fn condition(vc: &VoiceCluster, type_: &str) -> Option<(String, String)> {
+    vc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_condition(
+    api: &Api<VoiceCluster>,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> Result<VoiceCluster> {
+    eventually(
+        &format!("{type_}={status}"),
+        Duration::from_secs(180),
+        || async {
+            let vc = api.get(name).await.map_err(|e| e.to_string())?;
+            match condition(&vc, type_) {
+                Some((s, _)) if s == status => Ok(vc),
+                other => Err(format!("{type_} is {other:?}; status {:?}", vc.status)),
+            }
+        },
+    )
+    .await
+}
+
+fn media_selector(name: &str) -> ListParams {
+    ListParams::default().labels(&format!("{LABEL_CLUSTER}={name},{LABEL_COMPONENT}=media"))
+}
+
+fn is_pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// (uid, restarts) of every pod of the VoiceCluster.
+async fn pod_identities(pods: &Api<Pod>, name: &str) -> Result<BTreeMap<String, (String, i32)>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .map(|p| {
+            let restarts = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                .unwrap_or(0);
+            (p.name_any(), (p.uid().unwrap_or_default(), restarts))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn example_is_ready_with_live_providers_and_deletes_cleanly() -> Result<()> {
+    let client = client().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "op").await?;
+    // Clean up whatever the outcome: media pods hold host ports.
+    let result = example_is_ready_with_live_providers_and_deletes_cleanly_in(&client, &ns).await;
+    ns.delete_and_wait().await?;
+    result
+}
+
+async fn example_is_ready_with_live_providers_and_deletes_cleanly_in(
+    client: &Client,
+    ns: &TestNamespace,
+) -> Result<()> {
+    let client = client.clone();
+    let vcs: Api<VoiceCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let vc = example(&ns.name)?;
+    let name = vc.name_any();
+    vcs.create(&PostParams::default(), &vc)
+        .await
+        .context("applying the example")?;
+    let ready = wait_condition(&vcs, &name, "Ready", "True").await?;
+    let status = ready.status.clone().context("no status")?;
+    ensure!(condition(&ready, "Degraded").map(|c| c.0).as_deref() == Some("False"));
+    ensure!(
+        status.observed_generation == ready.metadata.generation,
+        "observedGeneration"
+    );
+
+    // Media pods exactly on the internet-facing nodes, real and kwok.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let facing: Vec<Node> = nodes
+        .list(&ListParams::default().labels("voicecluster.io/internet-facing=true"))
+        .await?
+        .items;
+    let media = pods.list(&media_selector(&name)).await?.items;
+    let mut media_nodes: Vec<String> = media
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let mut facing_names: Vec<String> = facing.iter().map(|n| n.name_any()).collect();
+    media_nodes.sort();
+    facing_names.sort();
+    ensure!(
+        media_nodes == facing_names,
+        "media pods on {media_nodes:?}, internet-facing nodes {facing_names:?}"
+    );
+    ensure!(
+        media_nodes.iter().any(|n| n == REAL_NODE),
+        "no media pod on the real node"
+    );
+
+    // The provider list is exactly the Ready media pods, each with its node's public address.
+    let mut want: Vec<(String, String, String)> = media
+        .iter()
+        .filter(|p| is_pod_ready(p))
+        .map(|p| {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let addr = facing
+                .iter()
+                .find(|n| n.name_any() == node)
+                .and_then(|n| {
+                    n.annotations()
+                        .get("voicecluster.io/public-address")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            (p.name_any(), node, addr)
+        })
+        .collect();
+    want.sort();
+    let got: Vec<(String, String, String)> = status
+        .call_leg_providers
+        .iter()
+        .map(|p| (p.pod.clone(), p.node.clone(), p.public_address.clone()))
+        .collect();
+    ensure!(got == want, "providers {got:?}, want {want:?}");
+    ensure!(status.provider_count as usize == want.len());
+    let signal = status.signal.context("no signal counts")?;
+    ensure!(
+        (signal.ready, signal.desired) == (2, 2),
+        "signal {}",
+        signal.summary
+    );
+
+    // A draining media pod leaves the list at once.
+    let draining = &want[0].0;
+    pods.patch(
+        draining,
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"voicecluster.io/draining": "true"}}}),
+        ),
+    )
+    .await?;
+    eventually(
+        "draining pod leaves the provider list",
+        Duration::from_secs(30),
+        || async {
+            let vc = vcs.get(&name).await.map_err(|e| e.to_string())?;
+            let list: Vec<String> = vc
+                .status
+                .map(|s| s.call_leg_providers.into_iter().map(|p| p.pod).collect())
+                .unwrap_or_default();
+            if list.contains(draining) {
+                Err(format!("still listed: {list:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    // Deleting the VoiceCluster removes everything it created.
+    vcs.delete(&name, &DeleteParams::default()).await?;
+    let selector = ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"));
+    eventually("owned objects gone", Duration::from_secs(120), || async {
+        let n = |r: Result<usize, kube::Error>| r.map_err(|e| e.to_string());
+        let counts = [
+            (
+                "statefulsets",
+                n(ns.api::<StatefulSet>()
+                    .list(&selector)
+                    .await
+                    .map(|l| l.items.len()))?,
+            ),
+            (
+                "daemonsets",
+                n(ns.api::<DaemonSet>()
+                    .list(&selector)
+                    .await
+                    .map(|l| l.items.len()))?,
+            ),
+            (
+                "services",
+                n(ns.api::<Service>()
+                    .list(&selector)
+                    .await
+                    .map(|l| l.items.len()))?,
+            ),
+            (
+                "configmaps",
+                n(ns.api::<ConfigMap>()
+                    .list(&selector)
+                    .await
+                    .map(|l| l.items.len()))?,
+            ),
+            (
+                "pdbs",
+                n(ns.api::<PodDisruptionBudget>()
+                    .list(&selector)
+                    .await
+                    .map(|l| l.items.len()))?,
+            ),
+            (
+                "pods",
+                n(ns.api::<Pod>().list(&selector).await.map(|l| l.items.len()))?,
+            ),
+        ];
+        if counts.iter().all(|(_, c)| *c == 0) {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spec_no_node_can_serve_is_degraded_and_creates_nothing() -> Result<()> {
+    let client = client().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "degraded").await?;
+    // Clean up whatever the outcome: media pods hold host ports.
+    let result = a_spec_no_node_can_serve_is_degraded_and_creates_nothing_in(&client, &ns).await;
+    ns.delete_and_wait().await?;
+    result
+}
+
+async fn a_spec_no_node_can_serve_is_degraded_and_creates_nothing_in(
+    _client: &Client,
+    ns: &TestNamespace,
+) -> Result<()> {
+    let vcs: Api<VoiceCluster> = ns.api();
+    let mut vc = example(&ns.name)?;
+    vc.spec.media.node_selector =
+        BTreeMap::from([("voicecluster.io/no-such-node".into(), "true".into())]);
+    let name = vc.name_any();
+    vcs.create(&PostParams::default(), &vc).await?;
+    let degraded = wait_condition(&vcs, &name, "Degraded", "True").await?;
+    let reason = condition(&degraded, "Degraded").map(|c| c.1);
+    ensure!(
+        reason.as_deref() == Some("NoEligibleMediaNodes"),
+        "reason {reason:?}"
+    );
+    ensure!(condition(&degraded, "Ready").map(|c| c.0).as_deref() == Some("False"));
+    let selector = ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"));
+    let sts = ns.api::<StatefulSet>().list(&selector).await?.items.len();
+    let ds = ns.api::<DaemonSet>().list(&selector).await?.items.len();
+    let svc = ns.api::<Service>().list(&selector).await?.items.len();
+    ensure!(
+        (sts, ds, svc) == (0, 0, 0),
+        "half-applied: {sts} StatefulSets, {ds} DaemonSets, {svc} Services"
+    );
+    Ok(())
+}
+
+/// Holder of the operator's Lease (the chart names it after the release).
+async fn leader(leases: &Api<Lease>) -> Result<String, String> {
+    let list = leases
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let lease = list
+        .items
+        .into_iter()
+        .find(|l| l.name_any().starts_with(RELEASE))
+        .ok_or("no operator Lease")?;
+    lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| "no holder".to_string())
+}
+
+#[tokio::test]
+async fn killing_the_leader_hands_over_without_touching_workload_pods() -> Result<()> {
+    let client = client().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "failover").await?;
+    // Clean up whatever the outcome: media pods hold host ports.
+    let result =
+        killing_the_leader_hands_over_without_touching_workload_pods_in(&client, &ns).await;
+    ns.delete_and_wait().await?;
+    result
+}
+
+async fn killing_the_leader_hands_over_without_touching_workload_pods_in(
+    client: &Client,
+    ns: &TestNamespace,
+) -> Result<()> {
+    let client = client.clone();
+    let vcs: Api<VoiceCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let vc = example(&ns.name)?;
+    let name = vc.name_any();
+    vcs.create(&PostParams::default(), &vc).await?;
+    wait_condition(&vcs, &name, "Ready", "True").await?;
+    let before = pod_identities(&pods, &name).await?;
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let old = eventually("a leader", Duration::from_secs(60), || leader(&leases)).await?;
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    operator_pods
+        .delete(
+            &old,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
+    let new = eventually(
+        "another replica takes the lease",
+        Duration::from_secs(90),
+        || async {
+            match leader(&leases).await? {
+                h if h == old => Err(format!("still {h}")),
+                h => Ok(h),
+            }
+        },
+    )
+    .await?;
+    ensure!(new != old);
+
+    // The new leader reconciles: a draining media pod leaves the list.
+    let media = pods.list(&media_selector(&name)).await?.items;
+    let Some(target) = media.iter().find(|p| is_pod_ready(p)).map(|p| p.name_any()) else {
+        bail!("no ready media pod");
+    };
+    pods.patch(
+        &target,
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"voicecluster.io/draining": "true"}}}),
+        ),
+    )
+    .await?;
+    eventually(
+        "new leader updates the provider list",
+        Duration::from_secs(60),
+        || async {
+            let vc = vcs.get(&name).await.map_err(|e| e.to_string())?;
+            let list: Vec<String> = vc
+                .status
+                .map(|s| s.call_leg_providers.into_iter().map(|p| p.pod).collect())
+                .unwrap_or_default();
+            if list.contains(&target) {
+                Err(format!("still listed: {list:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    let after = pod_identities(&pods, &name).await?;
+    ensure!(
+        before == after,
+        "workload pods changed across the failover:\nbefore {before:?}\nafter  {after:?}"
+    );
+    Ok(())
+}
