@@ -9,6 +9,12 @@
 
 pub mod voicecluster;
 
+/// gRPC messages and services generated from `proto/`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod grpc {
+    tonic::include_proto!("voicecluster.v1");
+}
+
 pub use voicecluster::{VoiceCluster, VoiceClusterSpec, VoiceClusterStatus};
 
 /// The Kubernetes API group of every voicecluster resource, and the prefix of

@@ -466,16 +466,25 @@ pub struct CallLegProvider {
     pub state: ProviderState,
 }
 
-/// How far the Directory's current version has spread.
+/// A signal pod as the Directory lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalMember {
+    /// Pod name (stable: the StatefulSet's ordinal name).
+    pub pod: String,
+    /// Pod IP, where the member's task handles are addressed.
+    pub address: String,
+    /// Whether the pod is Ready.
+    pub ready: bool,
+}
+
+/// The Directory's current version.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectoryStatus {
-    /// Version of the provider and member lists now served.
+    /// Increases whenever `callLegProviders` or `signalMembers` change; every
+    /// operator replica serves this version over the Directory stream.
     pub version: i64,
-    /// Pods that acknowledged this version.
-    pub pods_current: i32,
-    /// Pods watching the Directory.
-    pub pods_watching: i32,
 }
 
 /// Observed state of a VoiceCluster.
@@ -500,7 +509,10 @@ pub struct VoiceClusterStatus {
     /// Number of entries in `callLegProviders`.
     #[serde(default)]
     pub provider_count: i32,
-    /// Directory propagation.
+    /// Signal pods, as the Directory lists them.
+    #[serde(default)]
+    pub signal_members: Vec<SignalMember>,
+    /// The Directory's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirectoryStatus>,
 }

@@ -4,6 +4,7 @@
 
 pub mod conditions;
 pub mod controller;
+pub mod directory;
 pub mod metrics;
 pub mod providers;
 pub mod reconcile;

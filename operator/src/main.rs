@@ -8,6 +8,7 @@ use kube::{Client, CustomResourceExt};
 use prometheus_client::registry::Registry;
 use voicecluster_api::VoiceCluster;
 use voicecluster_operator::controller::{self, Election};
+use voicecluster_operator::directory::{self, DirectoryMetrics};
 use voicecluster_operator::metrics::Metrics;
 use voicecluster_operator::resources::{Images, Settings};
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
@@ -46,6 +47,9 @@ struct Args {
     /// This replica's pod name: its identity in the election.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// Where the gRPC Directory listens (every replica serves it).
+    #[arg(long, env = "VC_DIRECTORY_ADDR", default_value = "0.0.0.0:9443")]
+    directory_addr: std::net::SocketAddr,
     /// The operator's namespace, where the Lease lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pod_namespace: String,
@@ -78,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let directory_metrics = DirectoryMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     let client = Client::try_default()
         .await
@@ -101,6 +106,9 @@ async fn main() -> anyhow::Result<()> {
         "started"
     );
 
+    let cache = directory::Cache::start(client.clone());
+    let directory = directory::serve(args.directory_addr, cache, directory_metrics);
+    tracing::info!(addr = %args.directory_addr, "serving the Directory");
     let run = controller::run(
         client,
         settings,
@@ -110,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let outcome = tokio::select! {
         result = run => Some(result),
+        result = directory => Some(result.and_then(|()| anyhow::bail!("the Directory server stopped"))),
         signal = shutdown => {
             tracing::info!(%signal, "shutting down");
             None

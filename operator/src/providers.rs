@@ -5,7 +5,8 @@
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use kube::ResourceExt;
 use voicecluster_api::voicecluster::{
-    CallLegProvider, MediaSpec, ProviderState, PublicAddressSource,
+    CallLegProvider, DirectoryStatus, MediaSpec, ProviderState, PublicAddressSource, SignalMember,
+    VoiceClusterStatus,
 };
 use voicecluster_api::{ANNOTATION_ACTIVE_LEGS, ANNOTATION_DRAINING, MEDIA_GRPC_PORT};
 
@@ -106,6 +107,45 @@ pub fn providers<'a>(
     view.providers.sort_by(|a, b| a.pod.cmp(&b.pod));
     view.without_address.sort();
     view
+}
+
+/// The signal pods as the Directory lists them, by name. Pods without an
+/// address yet are left out: nothing could reach them.
+pub fn signal_members<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<SignalMember> {
+    let mut members: Vec<SignalMember> = pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let address = p.status.as_ref()?.pod_ip.clone()?;
+            Some(SignalMember {
+                pod: p.name_any(),
+                address,
+                ready: is_ready(p),
+            })
+        })
+        .collect();
+    members.sort_by(|a, b| a.pod.cmp(&b.pod));
+    members
+}
+
+/// The Directory version for these lists: the previous one when nothing
+/// changed, the next one otherwise, so equal versions mean equal lists.
+pub fn next_directory(
+    previous: Option<&VoiceClusterStatus>,
+    providers: &[CallLegProvider],
+    members: &[SignalMember],
+) -> DirectoryStatus {
+    let Some(prev) = previous else {
+        return DirectoryStatus { version: 1 };
+    };
+    let version = prev.directory.as_ref().map_or(0, |d| d.version);
+    if version > 0 && prev.call_leg_providers == providers && prev.signal_members == members {
+        DirectoryStatus { version }
+    } else {
+        DirectoryStatus {
+            version: version + 1,
+        }
+    }
 }
 
 fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
@@ -253,6 +293,32 @@ mod tests {
             )])),
         };
         assert_eq!(public_address(&media, &n).as_deref(), Some("192.0.2.5"));
+    }
+
+    #[test]
+    fn directory_version_moves_only_when_the_lists_change() {
+        let first = next_directory(None, &[], &[]);
+        assert_eq!(first.version, 1);
+        let status = VoiceClusterStatus {
+            directory: Some(first),
+            ..VoiceClusterStatus::default()
+        };
+        assert_eq!(next_directory(Some(&status), &[], &[]).version, 1);
+        let member = SignalMember {
+            pod: "s-0".into(),
+            address: "10.0.0.1".into(),
+            ready: true,
+        };
+        assert_eq!(next_directory(Some(&status), &[], &[member]).version, 2);
+    }
+
+    #[test]
+    fn signal_members_need_an_address() {
+        let mut no_ip = pod("s-1", "n", false);
+        no_ip.status.as_mut().unwrap().pod_ip = None;
+        let members = signal_members(&[pod("s-0", "n", true), no_ip]);
+        assert_eq!(members.len(), 1);
+        assert_eq!((members[0].pod.as_str(), members[0].ready), ("s-0", true));
     }
 
     #[test]

@@ -17,12 +17,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use voicecluster_api::voicecluster::{PodCounts, VoiceClusterStatus};
 use voicecluster_api::{
-    COMPONENT_MEDIA, LABEL_CLUSTER, LABEL_COMPONENT, MANAGER_NAME, VoiceCluster,
+    COMPONENT_MEDIA, COMPONENT_SIGNAL, LABEL_CLUSTER, LABEL_COMPONENT, MANAGER_NAME, VoiceCluster,
 };
 
 use crate::conditions::{self, Facts};
 use crate::metrics::Metrics;
-use crate::providers::{is_eligible_media_node, is_ready, providers};
+use crate::providers::{
+    is_eligible_media_node, is_ready, next_directory, providers, signal_members,
+};
 use crate::resources::{self, MediaWorkload, Settings, child_name};
 
 /// What every reconcile shares.
@@ -152,12 +154,20 @@ async fn apply_all(
 }
 
 fn media_pods<'a>(vc: &'a VoiceCluster, pods: &'a [Arc<Pod>]) -> impl Iterator<Item = &'a Pod> {
+    component_pods(vc, pods, COMPONENT_MEDIA)
+}
+
+fn component_pods<'a>(
+    vc: &'a VoiceCluster,
+    pods: &'a [Arc<Pod>],
+    component: &'a str,
+) -> impl Iterator<Item = &'a Pod> {
     let name = vc.name_any();
     let ns = vc.namespace();
     pods.iter().map(|p| p.as_ref()).filter(move |p| {
         p.namespace() == ns
             && p.labels().get(LABEL_CLUSTER) == Some(&name)
-            && p.labels().get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_MEDIA)
+            && p.labels().get(LABEL_COMPONENT).map(String::as_str) == Some(component)
     })
 }
 
@@ -232,6 +242,8 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         .unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conditions = conditions::conditions(&facts, &previous, &now);
+    let members = signal_members(component_pods(vc, &pods, COMPONENT_SIGNAL));
+    let directory = next_directory(vc.status.as_ref(), &view.providers, &members);
     let status = VoiceClusterStatus {
         observed_generation: vc.metadata.generation,
         conditions: conditions.clone(),
@@ -239,7 +251,8 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         media: Some(facts.media.clone()),
         provider_count: i32::try_from(view.providers.len()).unwrap_or(i32::MAX),
         call_leg_providers: view.providers,
-        directory: vc.status.as_ref().and_then(|s| s.directory.clone()),
+        signal_members: members,
+        directory: Some(directory),
     };
     if vc.status.as_ref() != Some(&status) {
         let api: Api<VoiceCluster> = Api::namespaced(ctx.client.clone(), &ns);

@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use voicecluster_api::grpc::directory_client::DirectoryClient;
+use voicecluster_api::grpc::{DirectorySnapshot, WatchRequest};
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
 use voicecluster_e2e::{REAL_NODE, TestNamespace, client, eventually};
 
@@ -254,6 +256,41 @@ async fn example_is_ready_with_live_providers_and_deletes_cleanly_in(
         signal.summary
     );
 
+    // Every operator replica serves the same Directory version and lists.
+    let version = status
+        .directory
+        .as_ref()
+        .map(|d| d.version)
+        .context("no directory version")?;
+    let mut watchers = Vec::new();
+    for addr in operator_directory_addrs(&client).await? {
+        let mut w = DirectoryWatcher::open(&addr, &ns.name, &name).await?;
+        let first = w.next().await?;
+        ensure!(
+            first.version == version,
+            "replica {addr} serves version {} (status {version})",
+            first.version
+        );
+        let mut pods_seen: Vec<String> = first.providers.iter().map(|p| p.pod.clone()).collect();
+        pods_seen.sort();
+        let want_pods: Vec<String> = want.iter().map(|w| w.0.clone()).collect();
+        ensure!(
+            pods_seen == want_pods,
+            "replica {addr} lists {pods_seen:?}, want {want_pods:?}"
+        );
+        ensure!(
+            first.signal_members.len() == 2,
+            "signal members {:?}",
+            first.signal_members
+        );
+        watchers.push((addr, w));
+    }
+    ensure!(
+        watchers.len() == 2,
+        "{} operator replicas serve the Directory",
+        watchers.len()
+    );
+
     // A draining media pod leaves the list at once.
     let draining = &want[0].0;
     pods.patch(
@@ -281,6 +318,21 @@ async fn example_is_ready_with_live_providers_and_deletes_cleanly_in(
         },
     )
     .await?;
+    // ...and every Directory watcher is pushed a newer version without it.
+    for (addr, w) in &mut watchers {
+        let next = tokio::time::timeout(Duration::from_secs(30), w.next())
+            .await
+            .with_context(|| format!("no new version from {addr}"))??;
+        ensure!(
+            next.version > version,
+            "replica {addr} pushed version {}",
+            next.version
+        );
+        ensure!(
+            next.providers.iter().all(|p| &p.pod != draining),
+            "replica {addr} still lists {draining}"
+        );
+    }
 
     // Deleting the VoiceCluster removes everything it created.
     vcs.delete(&name, &DeleteParams::default()).await?;
@@ -375,6 +427,50 @@ async fn a_spec_no_node_can_serve_is_degraded_and_creates_nothing_in(
         "half-applied: {sts} StatefulSets, {ds} DaemonSets, {svc} Services"
     );
     Ok(())
+}
+
+/// `ip:port` of the Directory on every operator pod (reachable from this
+/// machine through the pod bridge).
+async fn operator_directory_addrs(client: &Client) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let list = pods.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| is_pod_ready(p))
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .map(|ip| format!("http://{ip}:9443"))
+        .collect())
+}
+
+/// A Directory stream opened the way a signal or media pod opens it.
+struct DirectoryWatcher {
+    stream: tonic::Streaming<DirectorySnapshot>,
+}
+
+impl DirectoryWatcher {
+    async fn open(addr: &str, namespace: &str, cluster: &str) -> Result<Self> {
+        let mut c = DirectoryClient::connect(addr.to_string())
+            .await
+            .with_context(|| format!("connecting to the Directory at {addr}"))?;
+        let stream = c
+            .watch(WatchRequest {
+                namespace: namespace.to_string(),
+                cluster: cluster.to_string(),
+                pod: "e2e".to_string(),
+            })
+            .await
+            .with_context(|| format!("watching at {addr}"))?
+            .into_inner();
+        Ok(Self { stream })
+    }
+
+    async fn next(&mut self) -> Result<DirectorySnapshot> {
+        self.stream
+            .message()
+            .await?
+            .context("the Directory stream ended")
+    }
 }
 
 /// Holder of the operator's Lease (the chart names it after the release).
