@@ -28,14 +28,34 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A client for the local cluster (kubeconfig from `VC_KUBECONFIG`, then
-/// `KUBECONFIG`, then the cluster scripts' fixed path). Fails with a hint
-/// when the cluster is not up.
+/// The kubeconfig the tests use: `VC_KUBECONFIG`, then `KUBECONFIG`, then
+/// the cluster scripts' fixed path.
+pub fn kubeconfig_path() -> String {
+    std::env::var("VC_KUBECONFIG")
+        .or_else(|_| std::env::var("KUBECONFIG"))
+        .unwrap_or_else(|_| DEFAULT_KUBECONFIG.to_string())
+}
+
+/// Path of a client tool (helm, kubectl) that `cluster up` installs next to
+/// the cached binaries.
+pub fn tool_path(name: &str) -> String {
+    let cache = std::env::var("VC_CACHE").unwrap_or_else(|_| "/var/cache/voicecluster".into());
+    format!("{cache}/bin/{name}")
+}
+
+/// True when the pod's Ready condition is True.
+pub fn is_pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A client for the local cluster (kubeconfig from [`kubeconfig_path`]).
+/// Fails with a hint when the cluster is not up.
 pub async fn client() -> Result<Client> {
     install_crypto();
-    let path = std::env::var("VC_KUBECONFIG")
-        .or_else(|_| std::env::var("KUBECONFIG"))
-        .unwrap_or_else(|_| DEFAULT_KUBECONFIG.to_string());
+    let path = kubeconfig_path();
     let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
         format!("reading {path}: is the cluster up? (tests/cluster/cluster up)")
     })?;
@@ -83,6 +103,26 @@ impl TestNamespace {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// How many objects of kind `K` in this namespace match `params`; the
+    /// error is a message for [`eventually`].
+    pub async fn count<K>(
+        &self,
+        params: &kube::api::ListParams,
+    ) -> std::result::Result<usize, String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        self.api::<K>()
+            .list(params)
+            .await
+            .map(|l| l.items.len())
+            .map_err(|e| e.to_string())
     }
 
     /// Deletes the namespace and waits until it is gone, so objects that

@@ -193,12 +193,7 @@ async fn cluster_ip_service_reaches_a_real_pod() -> Result<()> {
 
     eventually("pod Ready", Duration::from_secs(120), || async {
         let p = pods.get("signal").await.map_err(|e| e.to_string())?;
-        let ready = p
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if ready {
+        if voicecluster_e2e::is_pod_ready(&p) {
             Ok(())
         } else {
             Err(format!("{:?}", p.status))
@@ -329,8 +324,7 @@ async fn deleting_a_namespace_finishes() -> Result<()> {
 /// Runs one of the client tools `cluster up` installs next to the cached
 /// binaries, and returns what it printed.
 fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
-    let cache = std::env::var("VC_CACHE").unwrap_or_else(|_| "/var/cache/voicecluster".into());
-    let path = format!("{cache}/bin/{tool}");
+    let path = voicecluster_e2e::tool_path(tool);
     let out = std::process::Command::new(&path)
         .args(args)
         .output()
@@ -348,8 +342,7 @@ async fn helm_v4_and_kubectl_are_ready() -> Result<()> {
     let helm = run_tool("helm", &["version", "--short"])?;
     ensure!(helm.starts_with("v4."), "helm version {helm:?}, want v4.x");
 
-    let kubeconfig = std::env::var("KUBECONFIG")
-        .unwrap_or_else(|_| voicecluster_e2e::DEFAULT_KUBECONFIG.to_string());
+    let kubeconfig = voicecluster_e2e::kubeconfig_path();
     let version = run_tool(
         "kubectl",
         &["--kubeconfig", &kubeconfig, "version", "-o", "json"],

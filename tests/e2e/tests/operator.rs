@@ -16,7 +16,9 @@ use kube::{Api, Client, ResourceExt};
 use voicecluster_api::grpc::directory_client::DirectoryClient;
 use voicecluster_api::grpc::{DirectorySnapshot, WatchRequest};
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
-use voicecluster_e2e::{REAL_NODE, TestNamespace, client, eventually};
+use voicecluster_e2e::{
+    REAL_NODE, TestNamespace, client, eventually, is_pod_ready, kubeconfig_path, tool_path,
+};
 
 const RELEASE: &str = "voicecluster";
 const OPERATOR_NS: &str = "voicecluster-system";
@@ -29,21 +31,10 @@ const CHART: &str = concat!(
     "/../../charts/voicecluster-operator"
 );
 
-fn tool(name: &str) -> String {
-    let cache = std::env::var("VC_CACHE").unwrap_or_else(|_| "/var/cache/voicecluster".into());
-    format!("{cache}/bin/{name}")
-}
-
-fn kubeconfig() -> String {
-    std::env::var("VC_KUBECONFIG")
-        .or_else(|_| std::env::var("KUBECONFIG"))
-        .unwrap_or_else(|_| voicecluster_e2e::DEFAULT_KUBECONFIG.to_string())
-}
-
 /// `helm upgrade --install` of the chart as a user would run it, with the
 /// operator pinned to the node that really runs pods. Idempotent.
 async fn install_operator(client: &Client) -> Result<()> {
-    let out = tokio::process::Command::new(tool("helm"))
+    let out = tokio::process::Command::new(tool_path("helm"))
         .args([
             "upgrade",
             "--install",
@@ -59,7 +50,7 @@ async fn install_operator(client: &Client) -> Result<()> {
             "180s",
             "--kubeconfig",
         ])
-        .arg(kubeconfig())
+        .arg(kubeconfig_path())
         .args([
             "--set-string",
             "nodeSelector.voicecluster\\.io/real-node=true",
@@ -136,13 +127,6 @@ async fn wait_condition(
 
 fn media_selector(name: &str) -> ListParams {
     ListParams::default().labels(&format!("{LABEL_CLUSTER}={name},{LABEL_COMPONENT}=media"))
-}
-
-fn is_pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// (uid, restarts) of every pod of the VoiceCluster.
@@ -338,47 +322,14 @@ async fn example_is_ready_with_live_providers_and_deletes_cleanly_in(
     vcs.delete(&name, &DeleteParams::default()).await?;
     let selector = ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"));
     eventually("owned objects gone", Duration::from_secs(120), || async {
-        let n = |r: Result<usize, kube::Error>| r.map_err(|e| e.to_string());
+        let selector = &selector;
         let counts = [
-            (
-                "statefulsets",
-                n(ns.api::<StatefulSet>()
-                    .list(&selector)
-                    .await
-                    .map(|l| l.items.len()))?,
-            ),
-            (
-                "daemonsets",
-                n(ns.api::<DaemonSet>()
-                    .list(&selector)
-                    .await
-                    .map(|l| l.items.len()))?,
-            ),
-            (
-                "services",
-                n(ns.api::<Service>()
-                    .list(&selector)
-                    .await
-                    .map(|l| l.items.len()))?,
-            ),
-            (
-                "configmaps",
-                n(ns.api::<ConfigMap>()
-                    .list(&selector)
-                    .await
-                    .map(|l| l.items.len()))?,
-            ),
-            (
-                "pdbs",
-                n(ns.api::<PodDisruptionBudget>()
-                    .list(&selector)
-                    .await
-                    .map(|l| l.items.len()))?,
-            ),
-            (
-                "pods",
-                n(ns.api::<Pod>().list(&selector).await.map(|l| l.items.len()))?,
-            ),
+            ("statefulsets", ns.count::<StatefulSet>(selector).await?),
+            ("daemonsets", ns.count::<DaemonSet>(selector).await?),
+            ("services", ns.count::<Service>(selector).await?),
+            ("configmaps", ns.count::<ConfigMap>(selector).await?),
+            ("pdbs", ns.count::<PodDisruptionBudget>(selector).await?),
+            ("pods", ns.count::<Pod>(selector).await?),
         ];
         if counts.iter().all(|(_, c)| *c == 0) {
             Ok(())
