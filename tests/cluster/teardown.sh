@@ -7,7 +7,7 @@ remove_pods_gracefully() {
   daemon_pid kube-apiserver >/dev/null && daemon_pid kubelet >/dev/null || return 0
   stop_daemon kube-controller-manager
   stop_daemon kube-scheduler
-  kubectl delete pods -A --all --field-selector "spec.nodeName=$NODE_NAME" \
+  kubectl delete pods -A --field-selector "spec.nodeName=$NODE_NAME" \
     --grace-period=1 --wait=false >/dev/null 2>&1 || true
   # Stopped sandboxes have had their network torn down; the kubelet removes
   # their containers later, remove_leftover_containers does it now.
