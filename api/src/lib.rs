@@ -64,6 +64,11 @@ pub const ENV_LOG_LEVEL: &str = "VC_LOG_LEVEL";
 /// binary (for example `0.0.0.0:9090`).
 pub const ENV_ADMIN_ADDR: &str = "VC_ADMIN_ADDR";
 
+/// Environment variable that tells signal and media pods where the
+/// operator's Directory is (`http://host:port`). The operator sets it in the
+/// pods it creates.
+pub const ENV_DIRECTORY_URL: &str = "VC_DIRECTORY_URL";
+
 /// Label with the name of the VoiceCluster an object belongs to.
 pub const LABEL_CLUSTER: &str = "voicecluster.io/cluster";
 

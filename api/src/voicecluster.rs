@@ -485,6 +485,12 @@ pub struct DirectoryStatus {
     /// Increases whenever `callLegProviders` or `signalMembers` change; every
     /// operator replica serves this version over the Directory stream.
     pub version: i64,
+    /// The cluster's running signal and media pods.
+    #[serde(default)]
+    pub pods: i32,
+    /// How many of `pods` acknowledged applying `version`.
+    #[serde(default)]
+    pub current_pods: i32,
 }
 
 /// Observed state of a VoiceCluster.

@@ -17,6 +17,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use voicecluster_api::{LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGER_NAME, VoiceCluster};
 use voicecluster_telemetry::Readiness;
 
+use crate::acks::AckBook;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::resources::Settings;
@@ -57,6 +58,7 @@ async fn run_controller(
     client: Client,
     settings: Settings,
     metrics: Metrics,
+    acks: Arc<AckBook>,
 ) -> anyhow::Result<()> {
     let managed = format!("{LABEL_MANAGED_BY}={MANAGER_NAME}");
     let owned = || watcher::Config::default().labels(&managed);
@@ -87,6 +89,7 @@ async fn run_controller(
         pods,
         nodes,
         metrics,
+        acks: Arc::clone(&acks),
     });
 
     let controller = Controller::new(
@@ -115,6 +118,8 @@ async fn run_controller(
                 .map(|vc| ObjectRef::from_obj(vc.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // Acks only change the status counts, never what is applied.
+        .reconcile_on(acks.triggers())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -133,12 +138,13 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Metrics,
+    acks: Arc<AckBook>,
     election: Option<Election>,
     readiness: Readiness,
 ) -> anyhow::Result<()> {
     let Some(election) = election else {
         readiness.set_ready();
-        return run_controller(client, settings, metrics).await;
+        return run_controller(client, settings, metrics, acks).await;
     };
     let manager = LeaseManagerBuilder::new(client.clone(), &election.lease)
         .with_namespace(&election.namespace)
@@ -167,7 +173,7 @@ pub async fn run(
         }
     };
     tokio::select! {
-        result = run_controller(client, settings, metrics) => result,
+        result = run_controller(client, settings, metrics, acks) => result,
         () = lost => anyhow::bail!("lost leadership"),
     }
 }

@@ -2,28 +2,63 @@
 //! cache of VoiceClusters; the versions and lists come from the status the
 //! leader writes, so all replicas serve the same version for the same lists.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::grpc::directory_server::{Directory, DirectoryServer};
-use voicecluster_api::grpc::{CallLegProvider, DirectorySnapshot, SignalMember, WatchRequest};
+use voicecluster_api::grpc::{
+    Ack, CallLegProvider, DirectorySnapshot, ReplicaAcks, ReportAcksReply, SignalMember,
+    WatchMessage, WatchRequest, watch_message,
+};
+
+use crate::acks::{AckBook, StreamEntry};
+
+/// Name of the Directory port on the operator's Service (set by the chart).
+pub const DIRECTORY_PORT_NAME: &str = "grpc-directory";
 
 /// Directory metrics.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DirectoryMetrics {
     watchers: Gauge,
     snapshots: Counter,
+    acks: Counter,
+    stray_acks: Counter,
+    propagation: Histogram,
+    reports_received: Counter,
+    /// Reports this replica sent to the leader, by result.
+    pub(crate) reports_sent: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Default for DirectoryMetrics {
+    fn default() -> Self {
+        Self {
+            watchers: Gauge::default(),
+            snapshots: Counter::default(),
+            acks: Counter::default(),
+            stray_acks: Counter::default(),
+            // From 1 ms: a pod on the same node acks within milliseconds.
+            propagation: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            reports_received: Counter::default(),
+            reports_sent: Family::default(),
+        }
+    }
 }
 
 impl DirectoryMetrics {
@@ -39,6 +74,31 @@ impl DirectoryMetrics {
             "voicecluster_directory_snapshots_sent",
             "Directory versions pushed to watchers by this replica",
             m.snapshots.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_acks",
+            "Versions pods acknowledged on this replica's streams",
+            m.acks.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_stray_acks",
+            "Acks ignored because the stream was never sent that version",
+            m.stray_acks.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_propagation_seconds",
+            "Time from pushing a Directory version on a stream to the pod's ack of it",
+            m.propagation.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_ack_reports_received",
+            "Ack reports received from other replicas",
+            m.reports_received.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_ack_reports_sent",
+            "Ack reports sent to the leader, by result",
+            m.reports_sent.clone(),
         );
         m
     }
@@ -108,13 +168,109 @@ impl Cache {
     }
 }
 
+/// How many recently pushed versions a stream remembers, to time their acks.
+const SENT_WINDOW: usize = 16;
+
 /// The gRPC service.
 pub struct DirectoryService {
     cache: Cache,
+    acks: Arc<AckBook>,
     metrics: DirectoryMetrics,
 }
 
+impl DirectoryService {
+    /// A service answering from `cache` and recording acks in `acks`.
+    pub fn new(cache: Cache, acks: Arc<AckBook>, metrics: DirectoryMetrics) -> Self {
+        Self {
+            cache,
+            acks,
+            metrics,
+        }
+    }
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<DirectorySnapshot, Status>> + Send>>;
+
+/// One pod's open Directory stream.
+struct Subscription {
+    req: WatchRequest,
+    cache: Cache,
+    entry: StreamEntry,
+    metrics: DirectoryMetrics,
+    /// Versions pushed on this stream and when, newest last.
+    sent: VecDeque<(i64, Instant)>,
+}
+
+impl Subscription {
+    fn on_message(&mut self, msg: WatchMessage) {
+        match msg.kind {
+            Some(watch_message::Kind::Ack(Ack { version })) => {
+                let Some(&(_, at)) = self.sent.iter().find(|(v, _)| *v == version) else {
+                    self.metrics.stray_acks.inc();
+                    tracing::warn!(pod = %self.req.pod, version, "ignoring an ack of a version this stream was not sent");
+                    return;
+                };
+                self.metrics.acks.inc();
+                self.metrics.propagation.observe(at.elapsed().as_secs_f64());
+                self.entry.ack(version);
+            }
+            Some(watch_message::Kind::Subscribe(_)) | None => {
+                tracing::warn!(pod = %self.req.pod, "ignoring a message that is not an ack after the subscription");
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: impl Stream<Item = Result<WatchMessage, Status>> + Unpin,
+        tx: mpsc::Sender<Result<DirectorySnapshot, Status>>,
+    ) {
+        let mut changes = self.cache.changes.clone();
+        let mut inbound_open = true;
+        'stream: loop {
+            changes.mark_unchanged();
+            match self.cache.snapshot(&self.req.namespace, &self.req.cluster) {
+                Some(s) if self.sent.back().map(|(v, _)| *v) != Some(s.version) => {
+                    let version = s.version;
+                    if tx.send(Ok(s)).await.is_err() {
+                        break;
+                    }
+                    if self.sent.len() == SENT_WINDOW {
+                        self.sent.pop_front();
+                    }
+                    self.sent.push_back((version, Instant::now()));
+                    self.metrics.snapshots.inc();
+                }
+                Some(_) => {}
+                None => {
+                    let _ = tx
+                        .send(Err(Status::not_found("the VoiceCluster was deleted")))
+                        .await;
+                    break;
+                }
+            }
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() { break 'stream }
+                        continue 'stream;
+                    }
+                    () = tx.closed() => break 'stream,
+                    msg = inbound.next(), if inbound_open => match msg {
+                        Some(Ok(m)) => self.on_message(m),
+                        Some(Err(e)) => {
+                            tracing::debug!(pod = %self.req.pod, error = %e, "directory stream broke");
+                            break 'stream;
+                        }
+                        // The pod sends no more acks but still listens.
+                        None => inbound_open = false,
+                    },
+                }
+            }
+        }
+        tracing::debug!(pod = %self.req.pod, cluster = %self.req.cluster, "directory watch closed");
+    }
+}
 
 #[tonic::async_trait]
 impl Directory for DirectoryService {
@@ -122,12 +278,70 @@ impl Directory for DirectoryService {
 
     async fn watch(
         &self,
-        request: Request<WatchRequest>,
+        request: Request<Streaming<WatchMessage>>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let req = request.into_inner();
-        if req.namespace.is_empty() || req.cluster.is_empty() {
+        let mut inbound = request.into_inner();
+        self.subscribe(&mut inbound).await.map(|(req, entry)| {
+            let (tx, rx) = mpsc::channel(4);
+            let sub = Subscription {
+                req,
+                cache: self.cache.clone(),
+                entry,
+                metrics: self.metrics.clone(),
+                sent: VecDeque::new(),
+            };
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                metrics.watchers.inc();
+                sub.run(inbound, tx).await;
+                metrics.watchers.dec();
+            });
+            Response::new(Box::pin(ReceiverStream::new(rx)) as SnapshotStream)
+        })
+    }
+
+    async fn report_acks(
+        &self,
+        request: Request<ReplicaAcks>,
+    ) -> Result<Response<ReportAcksReply>, Status> {
+        let report = request.into_inner();
+        if report.replica.is_empty() {
+            return Err(Status::invalid_argument("replica is required"));
+        }
+        if let Some(bad) = report
+            .acks
+            .iter()
+            .find(|a| a.namespace.is_empty() || a.cluster.is_empty() || a.pod.is_empty())
+        {
+            return Err(Status::invalid_argument(format!(
+                "every ack needs a namespace, cluster and pod; got {bad:?}"
+            )));
+        }
+        self.metrics.reports_received.inc();
+        self.acks
+            .report(&report.replica, report.acks, Instant::now());
+        Ok(Response::new(ReportAcksReply {}))
+    }
+}
+
+impl DirectoryService {
+    /// Reads and checks the stream's first message.
+    async fn subscribe(
+        &self,
+        inbound: &mut Streaming<WatchMessage>,
+    ) -> Result<(WatchRequest, StreamEntry), Status> {
+        let first = inbound.next().await.transpose()?;
+        let Some(WatchMessage {
+            kind: Some(watch_message::Kind::Subscribe(req)),
+        }) = first
+        else {
             return Err(Status::invalid_argument(
-                "namespace and cluster are required",
+                "the first message of a Directory stream must be a subscribe",
+            ));
+        };
+        if req.namespace.is_empty() || req.cluster.is_empty() || req.pod.is_empty() {
+            return Err(Status::invalid_argument(
+                "namespace, cluster and pod are required",
             ));
         }
         if !self.cache.wait_ready().await {
@@ -140,50 +354,39 @@ impl Directory for DirectoryService {
             )));
         }
         tracing::debug!(pod = %req.pod, cluster = %req.cluster, "directory watch opened");
-        let (tx, rx) = mpsc::channel(4);
-        let cache = self.cache.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            metrics.watchers.inc();
-            let mut changes = cache.changes.clone();
-            let mut sent = None;
-            loop {
-                changes.mark_unchanged();
-                match cache.snapshot(&req.namespace, &req.cluster) {
-                    Some(s) if Some(s.version) != sent => {
-                        sent = Some(s.version);
-                        if tx.send(Ok(s)).await.is_err() {
-                            break;
-                        }
-                        metrics.snapshots.inc();
-                    }
-                    Some(_) => {}
-                    None => {
-                        let _ = tx
-                            .send(Err(Status::not_found("the VoiceCluster was deleted")))
-                            .await;
-                        break;
-                    }
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { break },
-                    () = tx.closed() => break,
-                }
-            }
-            metrics.watchers.dec();
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let entry = self.acks.open(&req.namespace, &req.cluster, &req.pod);
+        Ok((req, entry))
     }
 }
 
+/// `http://<cluster IP>:<port>` of the operator's Service: pods reach any
+/// replica through it.
+pub async fn service_url(client: &Client, namespace: &str, name: &str) -> anyhow::Result<String> {
+    let svc = Api::<Service>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await?;
+    let spec = svc
+        .spec
+        .ok_or_else(|| anyhow::anyhow!("the Service has no spec"))?;
+    let ip: std::net::IpAddr = spec
+        .cluster_ip
+        .filter(|ip| ip != "None")
+        .ok_or_else(|| anyhow::anyhow!("the Service has no cluster IP"))?
+        .parse()?;
+    let ports = spec.ports.unwrap_or_default();
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(DIRECTORY_PORT_NAME))
+        .ok_or_else(|| anyhow::anyhow!("the Service has no port named {DIRECTORY_PORT_NAME}"))?
+        .port;
+    let port = u16::try_from(port)?;
+    Ok(format!("http://{}", SocketAddr::new(ip, port)))
+}
+
 /// Serves the Directory on `addr` until the process ends.
-pub async fn serve(
-    addr: SocketAddr,
-    cache: Cache,
-    metrics: DirectoryMetrics,
-) -> anyhow::Result<()> {
+pub async fn serve(addr: SocketAddr, service: DirectoryService) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
-        .add_service(DirectoryServer::new(DirectoryService { cache, metrics }))
+        .add_service(DirectoryServer::new(service))
         .serve(addr)
         .await?;
     Ok(())
@@ -193,6 +396,9 @@ pub async fn serve(
 mod tests {
     use super::*;
     use kube::runtime::watcher::Event;
+    use tonic::transport::Channel;
+    use voicecluster_api::grpc::PodAck;
+    use voicecluster_api::grpc::directory_client::DirectoryClient;
     use voicecluster_api::voicecluster::{DirectoryStatus, VoiceClusterStatus};
 
     fn vc(version: i64, providers: &[&str]) -> VoiceCluster {
@@ -210,67 +416,169 @@ mod tests {
                     "grpcAddress": "10.0.0.1:9445", "capacity": 10, "activeLegs": 0, "state": "Active"
                 })).unwrap())
                 .collect(),
-            directory: Some(DirectoryStatus { version }),
+            directory: Some(DirectoryStatus { version, ..DirectoryStatus::default() }),
             ..VoiceClusterStatus::default()
         });
         vc
     }
 
-    fn service() -> (
-        DirectoryService,
-        reflector::store::Writer<VoiceCluster>,
-        watch::Sender<u64>,
-    ) {
-        let (store, writer) = reflector::store::<VoiceCluster>();
-        let (tx, changes) = watch::channel(0);
-        let svc = DirectoryService {
-            cache: Cache { store, changes },
-            metrics: DirectoryMetrics::default(),
-        };
-        (svc, writer, tx)
+    struct Fixture {
+        client: DirectoryClient<Channel>,
+        writer: reflector::store::Writer<VoiceCluster>,
+        changes: watch::Sender<u64>,
+        acks: Arc<AckBook>,
     }
 
-    fn request(ns: &str, cluster: &str) -> Request<WatchRequest> {
-        Request::new(WatchRequest {
-            namespace: ns.into(),
-            cluster: cluster.into(),
-            pod: "test".into(),
-        })
+    impl Fixture {
+        fn publish(&mut self, vc: VoiceCluster) {
+            self.writer.apply_watcher_event(&Event::Apply(vc));
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A real gRPC server on loopback, answering from a store the test fills.
+    async fn fixture(initial: Vec<VoiceCluster>) -> Fixture {
+        let (store, mut writer) = reflector::store::<VoiceCluster>();
+        writer.apply_watcher_event(&Event::Init);
+        for vc in initial {
+            writer.apply_watcher_event(&Event::InitApply(vc));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let (changes, rx) = watch::channel(0);
+        let acks = AckBook::new();
+        let service = DirectoryService::new(
+            Cache { store, changes: rx },
+            Arc::clone(&acks),
+            DirectoryMetrics::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DirectoryServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = DirectoryClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Fixture {
+            client,
+            writer,
+            changes,
+            acks,
+        }
+    }
+
+    fn subscribe(ns: &str, cluster: &str, pod: &str) -> WatchMessage {
+        WatchMessage {
+            kind: Some(watch_message::Kind::Subscribe(WatchRequest {
+                namespace: ns.into(),
+                cluster: cluster.into(),
+                pod: pod.into(),
+            })),
+        }
+    }
+
+    fn ack(version: i64) -> WatchMessage {
+        WatchMessage {
+            kind: Some(watch_message::Kind::Ack(Ack { version })),
+        }
+    }
+
+    async fn until(mut check: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached in 2 s");
     }
 
     #[tokio::test]
-    async fn pushes_the_current_version_then_each_new_one() {
-        let (svc, mut writer, tx) = service();
-        writer.apply_watcher_event(&Event::Init);
-        writer.apply_watcher_event(&Event::InitApply(vc(3, &["a", "b"])));
-        writer.apply_watcher_event(&Event::InitDone);
-        let mut stream = svc
-            .watch(request("voice", "demo"))
+    async fn pushes_each_new_version_and_counts_acks_while_the_stream_lives() {
+        let mut f = fixture(vec![vc(3, &["a", "b"])]).await;
+        let (out, rx) = mpsc::channel(4);
+        out.send(subscribe("voice", "demo", "signal-0"))
+            .await
+            .unwrap();
+        let mut stream = f
+            .client
+            .watch(ReceiverStream::new(rx))
             .await
             .unwrap()
             .into_inner();
         let first = stream.next().await.unwrap().unwrap();
-        assert_eq!(first.version, 3);
-        assert_eq!(first.providers.len(), 2);
+        assert_eq!((first.version, first.providers.len()), (3, 2));
+        out.send(ack(3)).await.unwrap();
+        until(|| f.acks.versions("voice", "demo").get("signal-0") == Some(&3)).await;
 
         // The same version again is not pushed; a new one is.
-        writer.apply_watcher_event(&Event::Apply(vc(3, &["a", "b"])));
-        tx.send_modify(|n| *n += 1);
-        writer.apply_watcher_event(&Event::Apply(vc(4, &["a"])));
-        tx.send_modify(|n| *n += 1);
+        f.publish(vc(3, &["a", "b"]));
+        f.publish(vc(4, &["a"]));
         let next = stream.next().await.unwrap().unwrap();
-        assert_eq!(next.version, 4);
-        assert_eq!(next.providers.len(), 1);
+        assert_eq!((next.version, next.providers.len()), (4, 1));
+        // An ack of a version this stream never saw does not count.
+        out.send(ack(9)).await.unwrap();
+        out.send(ack(4)).await.unwrap();
+        until(|| f.acks.versions("voice", "demo").get("signal-0") == Some(&4)).await;
+
+        // The pod goes away: its ack stops counting.
+        drop(out);
+        drop(stream);
+        until(|| f.acks.versions("voice", "demo").is_empty()).await;
     }
 
     #[tokio::test]
-    async fn bad_requests_get_clear_errors() {
-        let (svc, mut writer, _tx) = service();
-        writer.apply_watcher_event(&Event::Init);
-        writer.apply_watcher_event(&Event::InitDone);
-        let err = svc.watch(request("", "demo")).await.err().unwrap();
+    async fn bad_streams_get_clear_errors() {
+        let mut f = fixture(vec![vc(1, &[])]).await;
+        let cases = [
+            (ack(1), tonic::Code::InvalidArgument),
+            (subscribe("", "demo", "p"), tonic::Code::InvalidArgument),
+            (subscribe("voice", "demo", ""), tonic::Code::InvalidArgument),
+            (subscribe("voice", "nope", "p"), tonic::Code::NotFound),
+        ];
+        for (first, code) in cases {
+            let err = f
+                .client
+                .watch(futures::stream::iter([first.clone()]))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{first:?} was accepted"));
+            assert_eq!(err.code(), code, "{first:?}: {}", err.message());
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_from_other_replicas_count_and_are_checked() {
+        let mut f = fixture(vec![vc(1, &[])]).await;
+        let good = PodAck {
+            namespace: "voice".into(),
+            cluster: "demo".into(),
+            pod: "media-x".into(),
+            version: 1,
+        };
+        f.client
+            .report_acks(ReplicaAcks {
+                replica: "operator-b".into(),
+                acks: vec![good.clone()],
+            })
+            .await
+            .unwrap();
+        assert_eq!(f.acks.versions("voice", "demo").get("media-x"), Some(&1));
+        let err = f
+            .client
+            .report_acks(ReplicaAcks {
+                replica: "operator-b".into(),
+                acks: vec![PodAck {
+                    pod: String::new(),
+                    ..good
+                }],
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        let err = svc.watch(request("voice", "nope")).await.err().unwrap();
-        assert_eq!(err.code(), tonic::Code::NotFound);
+        // A refused report leaves the previous one in place.
+        assert_eq!(f.acks.versions("voice", "demo").get("media-x"), Some(&1));
     }
 }

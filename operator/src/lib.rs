@@ -2,6 +2,8 @@
 //! flags and calls [`controller::run`]; tests use the pure parts
 //! ([`resources`], [`providers`], [`conditions`]) directly.
 
+pub mod ack_reporter;
+pub mod acks;
 pub mod conditions;
 pub mod controller;
 pub mod directory;

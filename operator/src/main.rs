@@ -2,13 +2,17 @@
 //! into backend signal pods and edge media pods, and publishes the live list of call-leg
 //! providers in the VoiceCluster's status.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kube::{Client, CustomResourceExt};
 use prometheus_client::registry::Registry;
 use voicecluster_api::VoiceCluster;
+use voicecluster_operator::ack_reporter;
+use voicecluster_operator::acks::AckBook;
 use voicecluster_operator::controller::{self, Election};
-use voicecluster_operator::directory::{self, DirectoryMetrics};
+use voicecluster_operator::directory::{self, DirectoryMetrics, DirectoryService};
 use voicecluster_operator::metrics::Metrics;
 use voicecluster_operator::resources::{Images, Settings};
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
@@ -50,6 +54,14 @@ struct Args {
     /// Where the gRPC Directory listens (every replica serves it).
     #[arg(long, env = "VC_DIRECTORY_ADDR", default_value = "0.0.0.0:9443")]
     directory_addr: std::net::SocketAddr,
+    /// Where pods reach the Directory, e.g. `http://operator.ns.svc:9443`;
+    /// when unset, the address of `--directory-service` is used.
+    #[arg(long, env = "VC_DIRECTORY_URL")]
+    directory_url: Option<String>,
+    /// The operator's own Service in its namespace; pods are given its
+    /// cluster IP, which works in clusters without DNS too.
+    #[arg(long, env = "VC_DIRECTORY_SERVICE")]
+    directory_service: Option<String>,
     /// The operator's namespace, where the Lease lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pod_namespace: String,
@@ -87,15 +99,35 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let directory_url = match (args.directory_url, &args.directory_service) {
+        (Some(url), _) => Some(url),
+        (None, Some(service)) => Some(
+            directory::service_url(&client, &args.pod_namespace, service)
+                .await
+                .with_context(|| {
+                    format!(
+                        "finding the Directory Service {}/{service}",
+                        args.pod_namespace
+                    )
+                })?,
+        ),
+        (None, None) => {
+            tracing::warn!(
+                "neither --directory-url nor --directory-service is set: pods will not watch the Directory"
+            );
+            None
+        }
+    };
     let settings = Settings {
         images: Images {
             signal: args.signal_image,
             media: args.media_image,
         },
+        directory_url,
     };
     let election = args.leader_election.then(|| Election {
         lease: args.lease_name,
-        namespace: args.pod_namespace,
+        namespace: args.pod_namespace.clone(),
         identity: args
             .pod_name
             .unwrap_or_else(|| format!("{}-{}", BUILD.binary, std::process::id())),
@@ -107,12 +139,26 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let cache = directory::Cache::start(client.clone());
-    let directory = directory::serve(args.directory_addr, cache, directory_metrics);
-    tracing::info!(addr = %args.directory_addr, "serving the Directory");
+    let acks = AckBook::new();
+    let directory = directory::serve(
+        args.directory_addr,
+        DirectoryService::new(cache, Arc::clone(&acks), directory_metrics.clone()),
+    );
+    tracing::info!(addr = %args.directory_addr, url = ?settings.directory_url, "serving the Directory");
+    if let Some(election) = &election {
+        tokio::spawn(ack_reporter::run(
+            client.clone(),
+            election.clone(),
+            args.directory_addr.port(),
+            Arc::clone(&acks),
+            directory_metrics,
+        ));
+    }
     let run = controller::run(
         client,
         settings,
         metrics,
+        acks,
         election,
         telemetry.readiness().clone(),
     );

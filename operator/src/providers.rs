@@ -2,6 +2,8 @@
 //! may run: pure functions over pods and nodes, so they are tested without
 //! an API server and run against the watch caches in the operator.
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use kube::ResourceExt;
 use voicecluster_api::voicecluster::{
@@ -130,21 +132,48 @@ pub fn signal_members<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Signal
 
 /// The Directory version for these lists: the previous one when nothing
 /// changed, the next one otherwise, so equal versions mean equal lists.
-pub fn next_directory(
+pub fn next_directory_version(
     previous: Option<&VoiceClusterStatus>,
     providers: &[CallLegProvider],
     members: &[SignalMember],
-) -> DirectoryStatus {
+) -> i64 {
     let Some(prev) = previous else {
-        return DirectoryStatus { version: 1 };
+        return 1;
     };
     let version = prev.directory.as_ref().map_or(0, |d| d.version);
     if version > 0 && prev.call_leg_providers == providers && prev.signal_members == members {
-        DirectoryStatus { version }
+        version
     } else {
-        DirectoryStatus {
-            version: version + 1,
+        version + 1
+    }
+}
+
+/// Whether a pod is meant to be running a Directory client now: scheduled,
+/// not finished and not on its way out.
+fn should_watch(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && matches!(phase, Some("Running"))
+}
+
+/// The Directory part of the status: the version, and how many of the
+/// cluster's running pods acknowledged exactly that version.
+pub fn directory_status<'a>(
+    version: i64,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    acked: &HashMap<String, i64>,
+) -> DirectoryStatus {
+    let (mut running, mut current) = (0i32, 0i32);
+    for p in pods.into_iter().filter(|p| should_watch(p)) {
+        running = running.saturating_add(1);
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        if acked.get(name) == Some(&version) {
+            current = current.saturating_add(1);
         }
+    }
+    DirectoryStatus {
+        version,
+        pods: running,
+        current_pods: current,
     }
 }
 
@@ -217,7 +246,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
             "spec": {"nodeName": node, "containers": []},
-            "status": {"podIP": "10.0.0.7",
+            "status": {"podIP": "10.0.0.7", "phase": "Running",
                        "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
         }))
         .unwrap()
@@ -297,19 +326,49 @@ mod tests {
 
     #[test]
     fn directory_version_moves_only_when_the_lists_change() {
-        let first = next_directory(None, &[], &[]);
-        assert_eq!(first.version, 1);
+        let first = next_directory_version(None, &[], &[]);
+        assert_eq!(first, 1);
         let status = VoiceClusterStatus {
-            directory: Some(first),
+            directory: Some(DirectoryStatus {
+                version: first,
+                ..DirectoryStatus::default()
+            }),
             ..VoiceClusterStatus::default()
         };
-        assert_eq!(next_directory(Some(&status), &[], &[]).version, 1);
+        assert_eq!(next_directory_version(Some(&status), &[], &[]), 1);
         let member = SignalMember {
             pod: "s-0".into(),
             address: "10.0.0.1".into(),
             ready: true,
         };
-        assert_eq!(next_directory(Some(&status), &[], &[member]).version, 2);
+        assert_eq!(next_directory_version(Some(&status), &[], &[member]), 2);
+    }
+
+    #[test]
+    fn current_pods_are_running_pods_that_acked_this_version() {
+        let mut pending = pod("s-2", "n", false);
+        pending.status.as_mut().unwrap().phase = Some("Pending".into());
+        let mut leaving = pod("s-3", "n", true);
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        let pods = [
+            pod("s-0", "n", true),
+            pod("s-1", "n", true),
+            pending,
+            leaving,
+        ];
+        let acked = HashMap::from([
+            ("s-0".to_string(), 5),
+            ("s-1".to_string(), 4),
+            ("s-3".to_string(), 5),
+        ]);
+        let d = directory_status(5, &pods, &acked);
+        assert_eq!((d.version, d.pods, d.current_pods), (5, 2, 1));
+        // Once s-1 catches up, both running pods are current.
+        let acked = HashMap::from([("s-0".to_string(), 5), ("s-1".to_string(), 5)]);
+        assert_eq!(directory_status(5, &pods, &acked).current_pods, 2);
     }
 
     #[test]

@@ -20,10 +20,12 @@ use voicecluster_api::{
     COMPONENT_MEDIA, COMPONENT_SIGNAL, LABEL_CLUSTER, LABEL_COMPONENT, MANAGER_NAME, VoiceCluster,
 };
 
+use crate::acks::AckBook;
 use crate::conditions::{self, Facts};
 use crate::metrics::Metrics;
 use crate::providers::{
-    is_eligible_media_node, is_ready, next_directory, providers, signal_members,
+    directory_status, is_eligible_media_node, is_ready, next_directory_version, providers,
+    signal_members,
 };
 use crate::resources::{self, MediaWorkload, Settings, child_name};
 
@@ -41,6 +43,8 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Reconcile metrics.
     pub metrics: Metrics,
+    /// Which Directory version each pod applied.
+    pub acks: Arc<AckBook>,
 }
 
 /// A failed reconcile; retried with back-off.
@@ -243,7 +247,12 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conditions = conditions::conditions(&facts, &previous, &now);
     let members = signal_members(component_pods(vc, &pods, COMPONENT_SIGNAL));
-    let directory = next_directory(vc.status.as_ref(), &view.providers, &members);
+    let version = next_directory_version(vc.status.as_ref(), &view.providers, &members);
+    let directory = directory_status(
+        version,
+        component_pods(vc, &pods, COMPONENT_SIGNAL).chain(media_pods(vc, &pods)),
+        &ctx.acks.versions(&ns, &name),
+    );
     let status = VoiceClusterStatus {
         observed_generation: vc.metadata.generation,
         conditions: conditions.clone(),

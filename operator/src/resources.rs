@@ -20,8 +20,8 @@ use kube::{Resource, ResourceExt};
 use voicecluster_api::voicecluster::{PlacementKind, Transport};
 use voicecluster_api::{
     ADMIN_PORT_NAME, COMPONENT_MEDIA, COMPONENT_SIGNAL, DEFAULT_ADMIN_PORT, ENV_ADMIN_ADDR,
-    HEALTHZ_PATH, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER_NAME, MEDIA_ADMIN_PORT,
-    MEDIA_GRPC_PORT, READYZ_PATH, VoiceCluster,
+    ENV_DIRECTORY_URL, HEALTHZ_PATH, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY,
+    MANAGER_NAME, MEDIA_ADMIN_PORT, MEDIA_GRPC_PORT, READYZ_PATH, VoiceCluster,
 };
 
 /// Images the operator uses when a VoiceCluster names none.
@@ -38,6 +38,8 @@ pub struct Images {
 pub struct Settings {
     /// Default images.
     pub images: Images,
+    /// Where pods reach the Directory; pods get no address when unset.
+    pub directory_url: Option<String>,
 }
 
 /// Why a VoiceCluster cannot be turned into objects.
@@ -177,8 +179,8 @@ fn config_volume(vc: &VoiceCluster) -> (Volume, VolumeMount) {
     )
 }
 
-fn common_env(vc: &VoiceCluster, admin_port: u16) -> Vec<EnvVar> {
-    vec![
+fn common_env(vc: &VoiceCluster, settings: &Settings, admin_port: u16) -> Vec<EnvVar> {
+    let mut vars = vec![
         env("VC_CLUSTER", vc.name_any()),
         env("VC_CONFIG", format!("{CONFIG_DIR}/config.json")),
         env(ENV_ADMIN_ADDR, format!("0.0.0.0:{admin_port}")),
@@ -186,7 +188,11 @@ fn common_env(vc: &VoiceCluster, admin_port: u16) -> Vec<EnvVar> {
         env_from_field("POD_NAMESPACE", "metadata.namespace"),
         env_from_field("POD_IP", "status.podIP"),
         env_from_field("NODE_NAME", "spec.nodeName"),
-    ]
+    ];
+    if let Some(url) = &settings.directory_url {
+        vars.push(env(ENV_DIRECTORY_URL, url.clone()));
+    }
+    vars
 }
 
 /// The objects for `vc`, owned by it.
@@ -269,7 +275,7 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
             proto,
         ));
     }
-    let mut signal_env = common_env(vc, DEFAULT_ADMIN_PORT);
+    let mut signal_env = common_env(vc, settings, DEFAULT_ADMIN_PORT);
     signal_env.push(env(
         "VC_CALL_LEG_MODE",
         format!("{:?}", spec.signal.call_leg_mode),
@@ -319,7 +325,7 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
     };
 
     let media_selector = selector_labels(vc, COMPONENT_MEDIA);
-    let mut media_env = common_env(vc, MEDIA_ADMIN_PORT);
+    let mut media_env = common_env(vc, settings, MEDIA_ADMIN_PORT);
     media_env.push(env("VC_GRPC_ADDR", format!("0.0.0.0:{MEDIA_GRPC_PORT}")));
     media_env.push(env(
         "VC_RTP_PORTS",
@@ -477,6 +483,7 @@ mod tests {
                 signal: "sig:1".into(),
                 media: "med:1".into(),
             },
+            directory_url: Some("http://10.252.0.9:9443".into()),
         }
     }
 
@@ -533,6 +540,10 @@ mod tests {
             env.iter()
                 .any(|e| e.name == "VC_CALL_LEG_MODE" && e.value.as_deref() == Some("Locally"))
         );
+        assert!(
+            env.iter().any(|e| e.name == ENV_DIRECTORY_URL
+                && e.value.as_deref() == Some("http://10.252.0.9:9443"))
+        );
         let sip = d.sip.spec.as_ref().unwrap().ports.as_ref().unwrap();
         assert_eq!(sip.len(), 1);
         assert_eq!(
@@ -578,6 +589,7 @@ mod tests {
             env.iter()
                 .any(|e| e.name == "VC_RTP_PORTS" && e.value.as_deref() == Some("30000-30099"))
         );
+        assert!(env.iter().any(|e| e.name == ENV_DIRECTORY_URL));
     }
 
     #[test]
