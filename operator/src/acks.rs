@@ -186,10 +186,11 @@ impl AckBook {
             *e = (*e).max(v);
         };
         for s in inner.streams.values() {
-            if s.cluster.0 == namespace && s.cluster.1 == cluster {
-                if let Some(v) = s.version {
-                    put(&s.pod, v);
-                }
+            if let Some(v) = s.version
+                && s.cluster.0 == namespace
+                && s.cluster.1 == cluster
+            {
+                put(&s.pod, v);
             }
         }
         for r in inner.reports.values() {
@@ -248,11 +249,11 @@ impl Drop for StreamEntry {
     fn drop(&mut self) {
         let book = &self.book;
         let mut inner = book.lock();
-        if let Some(s) = inner.streams.remove(&self.id) {
-            if s.version.is_some() {
-                book.mark(&mut inner, s.cluster);
-                book.local_changed.notify_one();
-            }
+        if let Some(s) = inner.streams.remove(&self.id)
+            && s.version.is_some()
+        {
+            book.mark(&mut inner, s.cluster);
+            book.local_changed.notify_one();
         }
     }
 }
@@ -327,7 +328,7 @@ mod tests {
         // Acking the same version again is no change.
         s1.ack(1);
         let mut triggers = Box::pin(Arc::clone(&book).triggers());
-        let mut got = vec![
+        let mut got = [
             triggers.next().await.unwrap(),
             triggers.next().await.unwrap(),
         ];

@@ -1,12 +1,14 @@
 //! `signal-node`: SIP signalling for a VoiceCluster — the backend role (registrar, PBX tasks,
 //! billing) and the edge role (SIP front door on internet-facing nodes).
 //!
-//! For now it only does what every voicecluster binary does: parse its
-//! flags, log, serve the admin endpoints (`/healthz`, `/readyz`,
-//! `/metrics`), report ready, and exit cleanly on SIGTERM or SIGINT.
+//! For now it does what every voicecluster pod does: parse its flags, log,
+//! serve the admin endpoints (`/healthz`, `/readyz`, `/metrics`), follow
+//! the operator's Directory, report ready, and exit cleanly on SIGTERM or
+//! SIGINT.
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow};
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
@@ -18,6 +20,8 @@ const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_
 struct Args {
     #[command(flatten)]
     telemetry: CommonArgs,
+    #[command(flatten)]
+    directory: DirectoryArgs,
 }
 
 #[tokio::main]
@@ -26,7 +30,21 @@ async fn main() -> anyhow::Result<()> {
     // Before anything else, so a SIGTERM during start-up still stops us
     // gracefully.
     let shutdown = shutdown_signal()?;
-    let telemetry = Telemetry::start(BUILD, &args.telemetry, Registry::default()).await?;
+    let target = args.directory.target().map_err(anyhow::Error::msg)?;
+    let mut registry = Registry::default();
+    let directory_metrics = ClientMetrics::register(&mut registry);
+    let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
+    // The providers and members in use; what this pod applied and acked.
+    let _directory = match target {
+        Some(target) => {
+            tracing::info!(url = %target.url, "following the Directory");
+            Some(follow(target, directory_metrics))
+        }
+        None => {
+            tracing::info!("no Directory URL: not following the Directory");
+            None
+        }
+    };
 
     telemetry.readiness().set_ready();
     tracing::info!(

@@ -15,8 +15,8 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use voicecluster_api::VoiceCluster;
-use voicecluster_api::grpc::WatchRequest;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
+use voicecluster_api::grpc::{WatchMessage, WatchRequest, watch_message};
 use voicecluster_e2e::{TestNamespace, client, eventually};
 
 const TARGET: Duration = Duration::from_secs(1);
@@ -104,11 +104,13 @@ async fn main() -> Result<()> {
         .context("no operator pod: install it first (bench/run does)")?;
     let mut directory = DirectoryClient::connect(format!("http://{operator_pod}:9443"))
         .await?
-        .watch(WatchRequest {
-            namespace: ns.name.clone(),
-            cluster: "bench".into(),
-            pod: "bench".into(),
-        })
+        .watch(futures::stream::iter([WatchMessage {
+            kind: Some(watch_message::Kind::Subscribe(WatchRequest {
+                namespace: ns.name.clone(),
+                cluster: "bench".into(),
+                pod: "bench".into(),
+            })),
+        }]))
         .await?
         .into_inner();
     let mut status_watch = std::pin::pin!(

@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests. They talk to the local cluster
 //! that `tests/cluster/cluster up` starts, through its kubeconfig.
 
+pub mod operator;
+
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +11,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Where `tests/cluster/cluster up` writes the admin kubeconfig.
 pub const DEFAULT_KUBECONFIG: &str = "/var/lib/voicecluster/kubeconfig";
@@ -63,6 +67,56 @@ pub async fn client() -> Result<Client> {
         .await
         .context("loading the kubeconfig")?;
     Client::try_from(config).context("building the client")
+}
+
+/// GET `path` over plain HTTP/1.0; returns the status line and the body.
+pub async fn http_get(addr: &str, path: &str) -> Result<(String, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut response))
+        .await
+        .context("read timed out")??;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
+
+/// Runs kubectl against the local cluster; its stdout, or an error with
+/// what it printed.
+pub async fn kubectl(args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(tool_path("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .await
+        .context("running kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of the first sample of `metric` (name and labels exactly as
+/// exposed) in a Prometheus text page.
+pub fn metric_value(page: &str, metric: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(metric)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// Full reference of one of our locally built images.

@@ -9,10 +9,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::{ListParams, LogParams, PostParams};
 use kube::{Api, ResourceExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use voicecluster_e2e::{
-    INTERNET_FACING, REAL_NODE, REAL_NODE_IP, TestNamespace, client, eventually, image,
+    INTERNET_FACING, REAL_NODE, REAL_NODE_IP, TestNamespace, client, eventually, http_get, image,
 };
 
 const K8S_VERSION: &str = "v1.34.4";
@@ -142,22 +140,6 @@ async fn pod_from_a_locally_built_image_runs_to_completion() -> Result<()> {
     let want = format!("voicecluster-operator {}", env!("CARGO_PKG_VERSION"));
     ensure!(logs.contains(&want), "pod printed {logs:?}, want {want:?}");
     ns.delete().await
-}
-
-/// GET `path` over plain HTTP/1.0; returns the status line and the body.
-async fn http_get(addr: &str, path: &str) -> Result<(String, String)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
-        .await
-        .context("connect timed out")??;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut response))
-        .await
-        .context("read timed out")??;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.lines().next().unwrap_or_default().to_string();
-    Ok((status, body.to_string()))
 }
 
 #[tokio::test]

@@ -1,153 +1,26 @@
 //! The operator installed with helm, reconciling VoiceClusters on the local
 //! cluster: workloads on the right nodes, the live provider list, Degraded
-//! for a spec no node can serve, clean deletion, and leader failover that
-//! leaves workload pods alone.
+//! for a spec no node can serve, clean deletion, and leader failover or a
+//! restart of every replica that leaves workload pods alone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use voicecluster_api::grpc::directory_client::DirectoryClient;
-use voicecluster_api::grpc::{DirectorySnapshot, WatchRequest};
-use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
-use voicecluster_e2e::{
-    REAL_NODE, TestNamespace, client, eventually, is_pod_ready, kubeconfig_path, tool_path,
+use voicecluster_api::{LABEL_CLUSTER, VoiceCluster};
+use voicecluster_e2e::operator::{
+    DirectoryWatcher, OPERATOR_NS, RELEASE, condition, example, install_operator, leader,
+    media_selector, operator_directory_addrs, pod_identities, wait_condition,
 };
-
-const RELEASE: &str = "voicecluster";
-const OPERATOR_NS: &str = "voicecluster-system";
-const EXAMPLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/voicecluster.yaml"
-);
-const CHART: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../charts/voicecluster-operator"
-);
-
-/// `helm upgrade --install` of the chart as a user would run it, with the
-/// operator pinned to the node that really runs pods. Idempotent.
-async fn install_operator(client: &Client) -> Result<()> {
-    let out = tokio::process::Command::new(tool_path("helm"))
-        .args([
-            "upgrade",
-            "--install",
-            RELEASE,
-            CHART,
-            "--namespace",
-            OPERATOR_NS,
-        ])
-        .args([
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-            "--kubeconfig",
-        ])
-        .arg(kubeconfig_path())
-        .args([
-            "--set-string",
-            "nodeSelector.voicecluster\\.io/real-node=true",
-        ])
-        .output()
-        .await
-        .context("running helm")?;
-    ensure!(
-        out.status.success(),
-        "helm install failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NS);
-    eventually(
-        "operator Deployment 2/2 ready",
-        Duration::from_secs(120),
-        || async {
-            let list = deployments
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let d = list.items.first().ok_or("no operator Deployment")?;
-            let ready = d
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0);
-            if ready == 2 {
-                Ok(())
-            } else {
-                Err(format!("{ready} ready"))
-            }
-        },
-    )
-    .await
-}
-
-fn example(namespace: &str) -> Result<VoiceCluster> {
-    let yaml = std::fs::read_to_string(EXAMPLE).context("reading the example")?;
-    let mut vc: VoiceCluster = serde_yaml::from_str(&yaml).context("parsing the example")?;
-    vc.metadata.namespace = Some(namespace.to_string());
-    Ok(vc)
-}
-
-fn condition(vc: &VoiceCluster, type_: &str) -> Option<(String, String)> {
-    vc.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-async fn wait_condition(
-    api: &Api<VoiceCluster>,
-    name: &str,
-    type_: &str,
-    status: &str,
-) -> Result<VoiceCluster> {
-    eventually(
-        &format!("{type_}={status}"),
-        Duration::from_secs(180),
-        || async {
-            let vc = api.get(name).await.map_err(|e| e.to_string())?;
-            match condition(&vc, type_) {
-                Some((s, _)) if s == status => Ok(vc),
-                other => Err(format!("{type_} is {other:?}; status {:?}", vc.status)),
-            }
-        },
-    )
-    .await
-}
-
-fn media_selector(name: &str) -> ListParams {
-    ListParams::default().labels(&format!("{LABEL_CLUSTER}={name},{LABEL_COMPONENT}=media"))
-}
-
-/// (uid, restarts) of every pod of the VoiceCluster.
-async fn pod_identities(pods: &Api<Pod>, name: &str) -> Result<BTreeMap<String, (String, i32)>> {
-    let list = pods
-        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}")))
-        .await?;
-    Ok(list
-        .items
-        .iter()
-        .map(|p| {
-            let restarts = p
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .map(|cs| cs.iter().map(|c| c.restart_count).sum())
-                .unwrap_or(0);
-            (p.name_any(), (p.uid().unwrap_or_default(), restarts))
-        })
-        .collect())
-}
+use voicecluster_e2e::{
+    REAL_NODE, TestNamespace, client, eventually, http_get, is_pod_ready, kubectl, metric_value,
+};
 
 #[tokio::test]
 async fn example_is_ready_with_live_providers_and_deletes_cleanly() -> Result<()> {
@@ -248,7 +121,7 @@ async fn example_is_ready_with_live_providers_and_deletes_cleanly_in(
         .context("no directory version")?;
     let mut watchers = Vec::new();
     for addr in operator_directory_addrs(&client).await? {
-        let mut w = DirectoryWatcher::open(&addr, &ns.name, &name).await?;
+        let mut w = DirectoryWatcher::open(&addr, &ns.name, &name, "e2e").await?;
         let first = w.next().await?;
         ensure!(
             first.version == version,
@@ -380,68 +253,6 @@ async fn a_spec_no_node_can_serve_is_degraded_and_creates_nothing_in(
     Ok(())
 }
 
-/// `ip:port` of the Directory on every operator pod (reachable from this
-/// machine through the pod bridge).
-async fn operator_directory_addrs(client: &Client) -> Result<Vec<String>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
-    let list = pods.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|p| is_pod_ready(p))
-        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .map(|ip| format!("http://{ip}:9443"))
-        .collect())
-}
-
-/// A Directory stream opened the way a signal or media pod opens it.
-struct DirectoryWatcher {
-    stream: tonic::Streaming<DirectorySnapshot>,
-}
-
-impl DirectoryWatcher {
-    async fn open(addr: &str, namespace: &str, cluster: &str) -> Result<Self> {
-        let mut c = DirectoryClient::connect(addr.to_string())
-            .await
-            .with_context(|| format!("connecting to the Directory at {addr}"))?;
-        let stream = c
-            .watch(WatchRequest {
-                namespace: namespace.to_string(),
-                cluster: cluster.to_string(),
-                pod: "e2e".to_string(),
-            })
-            .await
-            .with_context(|| format!("watching at {addr}"))?
-            .into_inner();
-        Ok(Self { stream })
-    }
-
-    async fn next(&mut self) -> Result<DirectorySnapshot> {
-        self.stream
-            .message()
-            .await?
-            .context("the Directory stream ended")
-    }
-}
-
-/// Holder of the operator's Lease (the chart names it after the release).
-async fn leader(leases: &Api<Lease>) -> Result<String, String> {
-    let list = leases
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let lease = list
-        .items
-        .into_iter()
-        .find(|l| l.name_any().starts_with(RELEASE))
-        .ok_or("no operator Lease")?;
-    lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| "no holder".to_string())
-}
-
 #[tokio::test]
 async fn killing_the_leader_hands_over_without_touching_workload_pods() -> Result<()> {
     let client = client().await?;
@@ -527,6 +338,115 @@ async fn killing_the_leader_hands_over_without_touching_workload_pods_in(
     ensure!(
         before == after,
         "workload pods changed across the failover:\nbefore {before:?}\nafter  {after:?}"
+    );
+    Ok(())
+}
+
+/// metadata.generation of the VoiceCluster's StatefulSets and DaemonSets:
+/// any change the operator makes to a pod template moves it.
+async fn workload_generations(ns: &TestNamespace, name: &str) -> Result<BTreeMap<String, i64>> {
+    let selector = ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"));
+    let mut out = BTreeMap::new();
+    for s in ns.api::<StatefulSet>().list(&selector).await?.items {
+        out.insert(
+            format!("sts/{}", s.name_any()),
+            s.metadata.generation.unwrap_or(0),
+        );
+    }
+    for d in ns.api::<DaemonSet>().list(&selector).await?.items {
+        out.insert(
+            format!("ds/{}", d.name_any()),
+            d.metadata.generation.unwrap_or(0),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn restarting_the_operator_changes_no_pod() -> Result<()> {
+    let client = client().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "restart").await?;
+    // Clean up whatever the outcome: media pods hold host ports.
+    let result = restarting_the_operator_changes_no_pod_in(&client, &ns).await;
+    ns.delete_and_wait().await?;
+    result
+}
+
+async fn restarting_the_operator_changes_no_pod_in(
+    client: &Client,
+    ns: &TestNamespace,
+) -> Result<()> {
+    let vcs: Api<VoiceCluster> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let vc = example(&ns.name)?;
+    let name = vc.name_any();
+    vcs.create(&PostParams::default(), &vc).await?;
+    wait_condition(&vcs, &name, "Ready", "True").await?;
+    let pods_before = pod_identities(&pods, &name).await?;
+    let generations_before = workload_generations(ns, &name).await?;
+
+    // Every replica replaced, as in an upgrade or a node drain.
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let old: Vec<String> = operator_pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let deployment = format!("deployment/{RELEASE}-voicecluster-operator");
+    kubectl(&["-n", OPERATOR_NS, "rollout", "restart", &deployment]).await?;
+    kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "rollout",
+        "status",
+        &deployment,
+        "--timeout=180s",
+    ])
+    .await?;
+
+    // A new replica leads and has reconciled the VoiceCluster.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let new_leader = eventually("a new replica leads", Duration::from_secs(90), || async {
+        match leader(&leases).await? {
+            h if old.contains(&h) => Err(format!("still {h}")),
+            h => Ok(h),
+        }
+    })
+    .await?;
+    let leader_ip = operator_pods
+        .get(&new_leader)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("new leader's IP")?;
+    eventually(
+        "the new leader reconciled",
+        Duration::from_secs(60),
+        || async {
+            let (_, page) = http_get(&format!("{leader_ip}:9090"), "/metrics")
+                .await
+                .map_err(|e| e.to_string())?;
+            match metric_value(&page, "voicecluster_reconciles_total{result=\"success\"}") {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("successful reconciles: {other:?}")),
+            }
+        },
+    )
+    .await?;
+    wait_condition(&vcs, &name, "Ready", "True").await?;
+
+    let pods_after = pod_identities(&pods, &name).await?;
+    ensure!(
+        pods_before == pods_after,
+        "workload pods changed across the restart:\nbefore {pods_before:?}\nafter  {pods_after:?}"
+    );
+    let generations_after = workload_generations(ns, &name).await?;
+    ensure!(
+        generations_before == generations_after,
+        "workloads changed across the restart:\nbefore {generations_before:?}\nafter  {generations_after:?}"
     );
     Ok(())
 }

@@ -1,0 +1,303 @@
+//! How a signal or media pod follows the operator's Directory.
+//!
+//! The pod subscribes, gets the cluster's provider and member lists pushed
+//! whenever their version changes, applies each version, and acknowledges
+//! it on the same stream so the operator can count the pods that run the
+//! current version. The stream is kept open for the life of the pod: when
+//! the operator replica behind it goes away, the client reconnects (through
+//! the Service, so to any replica) with back-off, and a version the pod
+//! already applied is acknowledged again at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use voicecluster_api::grpc::directory_client::DirectoryClient;
+use voicecluster_api::grpc::{Ack, DirectorySnapshot, WatchMessage, WatchRequest, watch_message};
+
+/// Back-off between reconnects: from this ...
+const RETRY_MIN: Duration = Duration::from_millis(200);
+/// ... doubling up to this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Where the Directory is and who this pod is; the operator sets all of it
+/// in the pods it creates.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DirectoryArgs {
+    /// The operator's Directory, `http://host:port`; without it the pod
+    /// does not follow the Directory.
+    #[arg(long, env = voicecluster_api::ENV_DIRECTORY_URL)]
+    pub directory_url: Option<String>,
+    /// Name of this pod's VoiceCluster.
+    #[arg(long, env = "VC_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This pod's namespace (the VoiceCluster's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+}
+
+/// Whom to subscribe to, and as whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `http://host:port` of the Directory.
+    pub url: String,
+    /// Namespace of the VoiceCluster.
+    pub namespace: String,
+    /// Name of the VoiceCluster.
+    pub cluster: String,
+    /// This pod's name.
+    pub pod: String,
+}
+
+impl DirectoryArgs {
+    /// The subscription these flags describe: none without a URL, an error
+    /// when the URL is there but the pod's identity is not.
+    pub fn target(&self) -> Result<Option<Target>, String> {
+        let Some(url) = self.directory_url.clone().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let need = |v: &Option<String>, what: &str| {
+            v.clone()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("--directory-url is set but {what} is not"))
+        };
+        Ok(Some(Target {
+            url,
+            namespace: need(&self.pod_namespace, "--pod-namespace (POD_NAMESPACE)")?,
+            cluster: need(&self.cluster, "--cluster (VC_CLUSTER)")?,
+            pod: need(&self.pod_name, "--pod-name (POD_NAME)")?,
+        }))
+    }
+}
+
+/// The client's metrics, on the pod's `/metrics`.
+#[derive(Clone, Default)]
+pub struct ClientMetrics {
+    version: Gauge,
+    providers: Gauge,
+    members: Gauge,
+    sessions: Family<Vec<(String, String)>, Counter>,
+}
+
+impl ClientMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "voicecluster_directory_applied_version",
+            "The Directory version this pod applied last",
+            m.version.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_providers",
+            "Call-leg providers in the applied Directory version",
+            m.providers.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_signal_members",
+            "Signal members in the applied Directory version",
+            m.members.clone(),
+        );
+        registry.register(
+            "voicecluster_directory_sessions",
+            "Directory streams this pod opened, by how they ended",
+            m.sessions.clone(),
+        );
+        m
+    }
+
+    fn session(&self, outcome: &str) {
+        self.sessions
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .inc();
+    }
+}
+
+/// A running subscription: the newest version received, and a way to say
+/// which version the pod has applied.
+pub struct Follower {
+    received: watch::Receiver<Option<Arc<DirectorySnapshot>>>,
+    applied: watch::Sender<i64>,
+}
+
+impl Follower {
+    /// Subscribes in the background, reconnecting for as long as the
+    /// follower lives.
+    pub fn spawn(target: Target, metrics: ClientMetrics) -> Self {
+        let (received_tx, received) = watch::channel(None);
+        let (applied, applied_rx) = watch::channel(0);
+        tokio::spawn(keep_subscribed(target, received_tx, applied_rx, metrics));
+        Self { received, applied }
+    }
+
+    /// The next version not seen yet; `None` once the subscription ended.
+    pub async fn next(&mut self) -> Option<Arc<DirectorySnapshot>> {
+        loop {
+            self.received.changed().await.ok()?;
+            if let Some(s) = self.received.borrow_and_update().clone() {
+                return Some(s);
+            }
+        }
+    }
+
+    /// Tells the operator this version is in use now.
+    pub fn applied(&self, version: i64) {
+        self.applied.send_replace(version);
+    }
+}
+
+/// Follows the Directory for the life of the process. The returned view
+/// holds the version in use: a version is acknowledged once it is in the
+/// view, where the rest of the pod reads its providers and members.
+pub fn follow(
+    target: Target,
+    metrics: ClientMetrics,
+) -> watch::Receiver<Option<Arc<DirectorySnapshot>>> {
+    let (view_tx, view) = watch::channel(None);
+    let mut follower = Follower::spawn(target, metrics.clone());
+    tokio::spawn(async move {
+        while let Some(s) = follower.next().await {
+            let version = s.version;
+            tracing::info!(
+                version,
+                providers = s.providers.len(),
+                signal_members = s.signal_members.len(),
+                "applying Directory version"
+            );
+            metrics.version.set(version);
+            metrics.providers.set(gauge_len(s.providers.len()));
+            metrics.members.set(gauge_len(s.signal_members.len()));
+            view_tx.send_replace(Some(s));
+            follower.applied(version);
+        }
+    });
+    view
+}
+
+fn gauge_len(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn keep_subscribed(
+    target: Target,
+    received: watch::Sender<Option<Arc<DirectorySnapshot>>>,
+    mut applied: watch::Receiver<i64>,
+    metrics: ClientMetrics,
+) {
+    let mut retry = RETRY_MIN;
+    loop {
+        let mut got_any = false;
+        match session(&target, &received, &mut applied, &mut got_any).await {
+            Ok(End::FollowerGone) => return,
+            Ok(End::ServerClosed) => {
+                metrics.session("closed");
+                tracing::info!(url = %target.url, "the Directory closed the stream; reconnecting");
+            }
+            Err(e) => {
+                metrics.session("failed");
+                tracing::warn!(url = %target.url, error = %e, "Directory stream failed; reconnecting");
+            }
+        }
+        if received.is_closed() {
+            return;
+        }
+        if got_any {
+            retry = RETRY_MIN;
+        }
+        tokio::time::sleep(jittered(retry)).await;
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// Between half and all of `d`, so that pods cut off together do not all
+/// come back in the same instant.
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d / 2 + d.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+enum End {
+    ServerClosed,
+    FollowerGone,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn session(
+    target: &Target,
+    received: &watch::Sender<Option<Arc<DirectorySnapshot>>>,
+    applied: &mut watch::Receiver<i64>,
+    got_any: &mut bool,
+) -> Result<End, BoxError> {
+    let channel = Endpoint::from_shared(target.url.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let (out, out_rx) = mpsc::channel(8);
+    out.send(WatchMessage {
+        kind: Some(watch_message::Kind::Subscribe(WatchRequest {
+            namespace: target.namespace.clone(),
+            cluster: target.cluster.clone(),
+            pod: target.pod.clone(),
+        })),
+    })
+    .await?;
+    let mut inbound = DirectoryClient::new(channel)
+        .watch(ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    let ack = |version| WatchMessage {
+        kind: Some(watch_message::Kind::Ack(Ack { version })),
+    };
+    // The newest version this stream delivered, and the last one acked on it.
+    let mut latest: Option<i64> = None;
+    let mut acked: Option<i64> = None;
+    loop {
+        tokio::select! {
+            msg = inbound.next() => {
+                let Some(snapshot) = msg.transpose()? else {
+                    return Ok(End::ServerClosed);
+                };
+                *got_any = true;
+                let version = snapshot.version;
+                latest = Some(version);
+                tracing::debug!(version, "Directory version received");
+                if *applied.borrow() == version {
+                    // Already in use (a reconnect): nothing to apply again.
+                    out.send(ack(version)).await?;
+                    acked = Some(version);
+                } else {
+                    received.send_replace(Some(Arc::new(snapshot)));
+                }
+            }
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return Ok(End::FollowerGone);
+                }
+                let version = *applied.borrow_and_update();
+                if latest == Some(version) && acked != Some(version) {
+                    out.send(ack(version)).await?;
+                    acked = Some(version);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
