@@ -1,10 +1,12 @@
 //! How fast a media pod that turns NotReady leaves the provider list: in
-//! the VoiceCluster's status and in a Directory watcher's view.
+//! the VoiceCluster's status and in a Directory watcher's view; and how long
+//! until the status shows every following pod on the new version (the
+//! watcher here acks like a pod, for the other media pod).
 //!
 //! Needs the local cluster with the operator installed (`bench/run` does
 //! both). Each trial flips the Ready condition of a media pod on a kwok node
-//! to False, times both removals, then restores it. Prints median and p99
-//! over the trials against the 1 s target.
+//! to False, times the removals and the acks, then restores it. Prints
+//! median and p99 over the trials against the 1 s target.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
-use voicecluster_api::grpc::{WatchMessage, WatchRequest, watch_message};
+use voicecluster_api::grpc::{Ack, WatchMessage, WatchRequest, watch_message};
 use voicecluster_e2e::{TestNamespace, client, eventually};
 
 const TARGET: Duration = Duration::from_secs(1);
@@ -84,16 +86,19 @@ async fn main() -> Result<()> {
         }
     })
     .await?;
-    let target = pods
+    let media: Vec<String> = pods
         .list(
             &ListParams::default()
                 .labels("voicecluster.io/cluster=bench,app.kubernetes.io/component=media"),
         )
         .await?
         .items
-        .first()
+        .iter()
         .map(|p| p.name_any())
-        .context("no media pod")?;
+        .collect();
+    let [target, acking] = media.as_slice() else {
+        bail!("want two media pods, got {media:?}");
+    };
 
     let operator_pod = Api::<Pod>::namespaced(client.clone(), "voicecluster-system")
         .list(&ListParams::default())
@@ -102,17 +107,41 @@ async fn main() -> Result<()> {
         .into_iter()
         .find_map(|p| p.status?.pod_ip)
         .context("no operator pod: install it first (bench/run does)")?;
+    let (acks, acks_rx) = tokio::sync::mpsc::channel(4);
+    acks.send(WatchMessage {
+        kind: Some(watch_message::Kind::Subscribe(WatchRequest {
+            namespace: ns.name.clone(),
+            cluster: "bench".into(),
+            pod: acking.clone(),
+        })),
+    })
+    .await?;
     let mut directory = DirectoryClient::connect(format!("http://{operator_pod}:9443"))
         .await?
-        .watch(futures::stream::iter([WatchMessage {
-            kind: Some(watch_message::Kind::Subscribe(WatchRequest {
-                namespace: ns.name.clone(),
-                cluster: "bench".into(),
-                pod: "bench".into(),
-            })),
-        }]))
+        .watch(tokio_stream::wrappers::ReceiverStream::new(acks_rx))
         .await?
         .into_inner();
+    let ack = |version| WatchMessage {
+        kind: Some(watch_message::Kind::Ack(Ack { version })),
+    };
+    // Before the trials: how many pods follow the Directory once all acked.
+    let first = directory
+        .message()
+        .await?
+        .context("Directory stream ended")?;
+    acks.send(ack(first.version)).await?;
+    let following = eventually(
+        "the bench's ack counted",
+        Duration::from_secs(30),
+        || async {
+            let vc = vcs.get("bench").await.map_err(|e| e.to_string())?;
+            match vc.status.and_then(|s| s.directory) {
+                Some(d) if d.version == first.version && d.current_pods >= 1 => Ok(d.current_pods),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
     let mut status_watch = std::pin::pin!(
         watcher(
             vcs.clone(),
@@ -124,28 +153,44 @@ async fn main() -> Result<()> {
 
     let mut status_times = Vec::new();
     let mut directory_times = Vec::new();
+    let mut acked_times = Vec::new();
     for trial in 0..trials {
         for ready in [false, true] {
             let start = Instant::now();
             pods.patch_status(
-                &target,
+                target,
                 &PatchParams::default(),
                 &Patch::Merge(set_ready(ready)),
             )
             .await?;
-            let listed = |names: &[String]| names.contains(&target);
-            let (mut status_at, mut directory_at) = (None, None);
+            let listed = |names: &[String]| names.contains(target);
+            let (mut status_at, mut directory_at, mut acked_at) = (None, None, None);
+            let mut new_version = None;
             let deadline = tokio::time::sleep(Duration::from_secs(30));
             tokio::pin!(deadline);
-            while status_at.is_none() || directory_at.is_none() {
+            while status_at.is_none() || directory_at.is_none() || acked_at.is_none() {
                 tokio::select! {
-                    Some(vc) = status_watch.next(), if status_at.is_none() => {
-                        if listed(&providers(&vc?)) == ready { status_at = Some(start.elapsed()); }
+                    Some(vc) = status_watch.next(), if status_at.is_none() || acked_at.is_none() => {
+                        let vc = vc?;
+                        if status_at.is_none() && listed(&providers(&vc)) == ready {
+                            status_at = Some(start.elapsed());
+                        }
+                        let d = vc.status.and_then(|s| s.directory);
+                        if let (Some(d), Some(v)) = (d, new_version)
+                            && d.version == v
+                            && d.current_pods == following
+                        {
+                            acked_at = Some(start.elapsed());
+                        }
                     }
                     msg = directory.message(), if directory_at.is_none() => {
                         let snap = msg?.context("Directory stream ended")?;
                         let names: Vec<String> = snap.providers.iter().map(|p| p.pod.clone()).collect();
-                        if listed(&names) == ready { directory_at = Some(start.elapsed()); }
+                        if listed(&names) == ready {
+                            directory_at = Some(start.elapsed());
+                            new_version = Some(snap.version);
+                            acks.send(ack(snap.version)).await?;
+                        }
                     }
                     () = &mut deadline => bail!("trial {trial}: no change within 30 s"),
                 }
@@ -153,11 +198,16 @@ async fn main() -> Result<()> {
             if !ready {
                 status_times.push(status_at.unwrap_or_default());
                 directory_times.push(directory_at.unwrap_or_default());
+                acked_times.push(acked_at.unwrap_or_default());
             }
         }
     }
     println!("NotReady media pod -> removed from the provider list ({trials} trials)");
     report("status.callLegProviders", status_times);
     report("Directory watcher", directory_times);
+    report(
+        &format!("status: {following} of {following} acked"),
+        acked_times,
+    );
     ns.delete().await
 }
