@@ -45,7 +45,17 @@ async fn example_is_ready_with_live_providers_and_deletes_cleanly_in(
     vcs.create(&PostParams::default(), &vc)
         .await
         .context("applying the example")?;
-    let ready = wait_condition(&vcs, &name, "Ready", "True").await?;
+    // As a user waits for it.
+    kubectl(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "--for=condition=Ready",
+        &format!("vc/{name}"),
+        "--timeout=180s",
+    ])
+    .await?;
+    let ready = vcs.get(&name).await?;
     let status = ready.status.clone().context("no status")?;
     ensure!(condition(&ready, "Degraded").map(|c| c.0).as_deref() == Some("False"));
     ensure!(
