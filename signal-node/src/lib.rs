@@ -1,0 +1,7 @@
+//! SIP signalling for a VoiceCluster: the wire format, transactions,
+//! registrar and transport of a signal node, as a library so the binary
+//! and the tests share it.
+
+pub mod wire;
+
+pub use rsipstack::sip;
