@@ -2,6 +2,8 @@
 //! registrar and transport of a signal node, as a library so the binary
 //! and the tests share it.
 
+pub mod framing;
+pub mod transaction;
 pub mod wire;
 
 pub use rsipstack::sip;
