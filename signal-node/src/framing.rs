@@ -66,10 +66,8 @@ impl Framer {
             return Ok(None);
         };
         let total = {
-            let raw = wire::split(&self.buf[..head_end + 4]).map_err(|why| Broken {
-                why,
-                reply: None,
-            })?;
+            let raw = wire::split(&self.buf[..head_end + 4])
+                .map_err(|why| Broken { why, reply: None })?;
             match wire::content_length(&raw) {
                 Ok(Some(n)) => head_end + 4 + n,
                 Ok(None) => {
@@ -79,10 +77,8 @@ impl Framer {
             }
         };
         if total > MAX_MESSAGE {
-            let raw = wire::split(&self.buf[..head_end + 4]).map_err(|why| Broken {
-                why,
-                reply: None,
-            })?;
+            let raw = wire::split(&self.buf[..head_end + 4])
+                .map_err(|why| Broken { why, reply: None })?;
             return Err(self.refuse(&raw, &format!("message of {total} bytes is too large")));
         }
         if self.buf.len() < total {
