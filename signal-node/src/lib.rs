@@ -2,6 +2,7 @@
 //! registrar and transport of a signal node, as a library so the binary
 //! and the tests share it.
 
+pub mod digest;
 pub mod framing;
 pub mod transaction;
 pub mod wire;

@@ -1,0 +1,313 @@
+//! SIP digest authentication (RFC 3261 §22.4 with RFC 2617's MD5 and
+//! `qop=auth`), as devices and SIPp implement it.
+//!
+//! Nonces are stateless: a timestamp and a keyed hash of it, so any signal
+//! member can check a nonce another member issued as long as they share the
+//! secret, and a restart does not invalidate a device's registration loop.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use md5::{Digest as _, Md5};
+
+/// How long a nonce is accepted; afterwards the client is told `stale=true`
+/// and retries with a fresh one without asking its user again.
+pub const NONCE_LIFETIME: Duration = Duration::from_secs(300);
+
+fn md5_hex(s: &str) -> String {
+    let d = Md5::digest(s.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `Authorization` header's fields.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// `username`.
+    pub username: String,
+    /// `realm`.
+    pub realm: String,
+    /// `nonce`.
+    pub nonce: String,
+    /// `uri`.
+    pub uri: String,
+    /// `response`.
+    pub response: String,
+    /// `qop`, if any.
+    pub qop: Option<String>,
+    /// `nc`, with qop.
+    pub nc: Option<String>,
+    /// `cnonce`, with qop.
+    pub cnonce: Option<String>,
+    /// `algorithm`, if any.
+    pub algorithm: Option<String>,
+}
+
+/// Parses `Digest k=v, k="v", …`.
+pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
+    let rest = value
+        .trim()
+        .strip_prefix("Digest")
+        .or_else(|| value.trim().strip_prefix("digest"))
+        .ok_or("not a Digest authorization")?;
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            break;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            val.push(n);
+                        }
+                    }
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    c => val.push(c),
+                }
+            }
+            if !closed {
+                return Err(format!("unterminated quote in {key}"));
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                val.push(*c);
+                chars.next();
+            }
+            val = val.trim().to_string();
+        }
+        fields.insert(key, val);
+    }
+    let mut take = |k: &str| fields.remove(k);
+    let need = |v: Option<String>, k: &str| v.ok_or_else(|| format!("Authorization has no {k}"));
+    Ok(Credentials {
+        username: need(take("username"), "username")?,
+        realm: need(take("realm"), "realm")?,
+        nonce: need(take("nonce"), "nonce")?,
+        uri: need(take("uri"), "uri")?,
+        response: need(take("response"), "response")?,
+        qop: take("qop"),
+        nc: take("nc"),
+        cnonce: take("cnonce"),
+        algorithm: take("algorithm"),
+    })
+}
+
+/// Why credentials were not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown user, wrong password or realm, or a forged nonce: ask again.
+    Wrong,
+    /// A nonce we issued that has expired: ask again with `stale=true`.
+    Stale,
+}
+
+/// Issues and checks nonces and responses for one realm.
+pub struct Authenticator {
+    realm: String,
+    secret: String,
+    users: HashMap<String, String>,
+}
+
+impl Authenticator {
+    /// `users` maps user names to passwords; `secret` keys the nonces.
+    pub fn new(realm: &str, secret: &str, users: HashMap<String, String>) -> Self {
+        Self {
+            realm: realm.to_string(),
+            secret: secret.to_string(),
+            users,
+        }
+    }
+
+    /// The realm challenged in.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    fn nonce_at(&self, secs: u64) -> String {
+        let ts = format!("{secs:x}");
+        format!("{ts}{}", &md5_hex(&format!("{ts}:{}", self.secret))[..16])
+    }
+
+    /// A `WWW-Authenticate` value for a fresh challenge.
+    pub fn challenge(&self, now: SystemTime, stale: bool) -> String {
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        format!(
+            "Digest realm=\"{}\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"{}",
+            self.realm,
+            self.nonce_at(secs),
+            if stale { ", stale=true" } else { "" }
+        )
+    }
+
+    /// Checks credentials for a request with `method`.
+    pub fn verify(&self, c: &Credentials, method: &str, now: SystemTime) -> Result<(), Refusal> {
+        if c.realm != self.realm {
+            return Err(Refusal::Wrong);
+        }
+        if c.algorithm
+            .as_deref()
+            .is_some_and(|a| !a.eq_ignore_ascii_case("MD5"))
+        {
+            return Err(Refusal::Wrong);
+        }
+        // The nonce must be one of ours: timestamp plus its keyed hash.
+        let split = c.nonce.len().saturating_sub(16);
+        let Some(Ok(issued)) = c.nonce.get(..split).map(|ts| u64::from_str_radix(ts, 16)) else {
+            return Err(Refusal::Wrong);
+        };
+        if self.nonce_at(issued) != c.nonce {
+            return Err(Refusal::Wrong);
+        }
+        let Some(password) = self.users.get(&c.username) else {
+            return Err(Refusal::Wrong);
+        };
+        let ha1 = md5_hex(&format!("{}:{}:{password}", c.username, self.realm));
+        let ha2 = md5_hex(&format!("{method}:{}", c.uri));
+        let expected = match (&c.qop, &c.nc, &c.cnonce) {
+            (Some(qop), Some(nc), Some(cnonce)) if qop.eq_ignore_ascii_case("auth") => {
+                md5_hex(&format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", c.nonce))
+            }
+            (None, _, _) => md5_hex(&format!("{ha1}:{}:{ha2}", c.nonce)),
+            _ => return Err(Refusal::Wrong),
+        };
+        if !expected.eq_ignore_ascii_case(&c.response) {
+            return Err(Refusal::Wrong);
+        }
+        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if now_secs.saturating_sub(issued) > NONCE_LIFETIME.as_secs() {
+            return Err(Refusal::Stale);
+        }
+        Ok(())
+    }
+}
+
+/// Reads a users file: one `user:password` per line, `#` comments.
+pub fn parse_users(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut users = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, password) = line
+            .split_once(':')
+            .ok_or_else(|| format!("line {}: expected user:password", n + 1))?;
+        if user.is_empty() || password.is_empty() {
+            return Err(format!("line {}: empty user or password", n + 1));
+        }
+        users.insert(user.to_string(), password.to_string());
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::new(
+            "example.com",
+            "s3cret",
+            HashMap::from([("alice".to_string(), "wonder".to_string())]),
+        )
+    }
+
+    /// What a client computes, as in RFC 2617 §3.2.2.
+    fn client_response(nonce: &str, password: &str) -> String {
+        let ha1 = md5_hex(&format!("alice:example.com:{password}"));
+        let ha2 = md5_hex("REGISTER:sip:example.com");
+        md5_hex(&format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"))
+    }
+
+    fn header(nonce: &str, response: &str) -> String {
+        format!(
+            "Digest username=\"alice\", realm=\"example.com\", nonce=\"{nonce}\", \
+             uri=\"sip:example.com\", response=\"{response}\", algorithm=MD5, \
+             qop=auth, nc=00000001, cnonce=\"0a4f113b\""
+        )
+    }
+
+    fn nonce_of(challenge: &str) -> String {
+        challenge
+            .split("nonce=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_right_password_passes_and_a_wrong_one_does_not() {
+        let a = auth();
+        let now = SystemTime::now();
+        let nonce = nonce_of(&a.challenge(now, false));
+        let good = parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
+        assert_eq!(a.verify(&good, "REGISTER", now), Ok(()));
+        let bad = parse_authorization(&header(&nonce, &client_response(&nonce, "guess"))).unwrap();
+        assert_eq!(a.verify(&bad, "REGISTER", now), Err(Refusal::Wrong));
+        // The response binds the method.
+        assert_eq!(a.verify(&good, "INVITE", now), Err(Refusal::Wrong));
+    }
+
+    #[test]
+    fn forged_and_expired_nonces_are_refused() {
+        let a = auth();
+        let now = SystemTime::now();
+        let forged = "5f5e100aaaaaaaaaaaaaaaa";
+        let multibyte = "ééééééééééééééééé";
+        let c = parse_authorization(&header(multibyte, "x")).unwrap();
+        assert_eq!(a.verify(&c, "REGISTER", now), Err(Refusal::Wrong));
+        let c = parse_authorization(&header(forged, &client_response(forged, "wonder"))).unwrap();
+        assert_eq!(a.verify(&c, "REGISTER", now), Err(Refusal::Wrong));
+        let old = now - NONCE_LIFETIME - Duration::from_secs(1);
+        let nonce = nonce_of(&a.challenge(old, false));
+        let c = parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
+        assert_eq!(a.verify(&c, "REGISTER", now), Err(Refusal::Stale));
+        // Another member with the same secret accepts a fresh one.
+        let other = auth();
+        let nonce = nonce_of(&a.challenge(now, false));
+        let c = parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
+        assert_eq!(other.verify(&c, "REGISTER", now), Ok(()));
+    }
+
+    #[test]
+    fn authorization_headers_parse_with_quotes_and_escapes() {
+        let c = parse_authorization(
+            "Digest username=\"a\\\"b\",realm=\"r, with comma\",nonce=n,uri=\"sip:x\",response=\"00\"",
+        )
+        .unwrap();
+        assert_eq!(c.username, "a\"b");
+        assert_eq!(c.realm, "r, with comma");
+        assert_eq!(c.nonce, "n");
+        assert!(parse_authorization("Basic abc").is_err());
+        assert!(parse_authorization("Digest username=\"open").is_err());
+        assert!(parse_authorization("Digest username=x").is_err());
+    }
+
+    #[test]
+    fn users_files_are_checked() {
+        let u = parse_users("# people\nalice:wonder\n\nbob:builder\n").unwrap();
+        assert_eq!(u.len(), 2);
+        assert!(parse_users("alice\n").unwrap_err().contains("line 1"));
+    }
+}
