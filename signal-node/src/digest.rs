@@ -261,7 +261,8 @@ mod tests {
         let a = auth();
         let now = SystemTime::now();
         let nonce = nonce_of(&a.challenge(now, false));
-        let good = parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
+        let good =
+            parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
         assert_eq!(a.verify(&good, "REGISTER", now), Ok(()));
         let bad = parse_authorization(&header(&nonce, &client_response(&nonce, "guess"))).unwrap();
         assert_eq!(a.verify(&bad, "REGISTER", now), Err(Refusal::Wrong));

@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod framing;
+pub mod registrar;
 pub mod transaction;
 pub mod wire;
 

@@ -1,0 +1,279 @@
+//! The registrar (RFC 3261 §10.3): REGISTER with digest authentication,
+//! several contacts per user, expiry, removal, and `*`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use rsipstack::sip::headers::make_header;
+use rsipstack::sip::prelude::*;
+use rsipstack::sip::{Request, Response};
+
+use crate::digest::{Authenticator, Refusal, parse_authorization};
+use crate::transaction::response_to;
+
+/// Shortest registration accepted (a shorter one gets 423).
+pub const MIN_EXPIRES: u32 = 60;
+/// Longest registration granted; longer requests are cut to it.
+pub const MAX_EXPIRES: u32 = 7200;
+/// Granted when neither the contact nor the request says.
+pub const DEFAULT_EXPIRES: u32 = 3600;
+
+/// One registered contact of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The contact URI, as the device sent it.
+    pub contact: String,
+    /// When it lapses.
+    pub expires_at: SystemTime,
+    /// Call-ID of the REGISTER that made it.
+    pub call_id: String,
+    /// Its CSeq: an older REGISTER of the same Call-ID cannot undo it.
+    pub cseq: u32,
+}
+
+/// All bindings of this member.
+pub struct Registrar {
+    auth: Authenticator,
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+/// A Contact header entry.
+#[derive(Debug, PartialEq, Eq)]
+struct ContactEntry {
+    uri: String,
+    expires: Option<u32>,
+}
+
+/// Splits at commas outside quotes and angle brackets.
+fn split_list(v: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut angle) = (Vec::new(), 0, false, false);
+    for (i, c) in v.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                parts.push(v[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(v[start..].trim());
+    parts.into_iter().filter(|p| !p.is_empty()).collect()
+}
+
+fn parse_contact(entry: &str) -> Result<ContactEntry, String> {
+    let (uri, params) = match (entry.find('<'), entry.rfind('>')) {
+        (Some(a), Some(b)) if a < b => (&entry[a + 1..b], &entry[b + 1..]),
+        (None, None) => match entry.split_once(';') {
+            Some((u, p)) => (u, p),
+            None => (entry, ""),
+        },
+        _ => return Err(format!("bad Contact {entry:?}")),
+    };
+    let uri = uri.trim();
+    if !(uri.starts_with("sip:") || uri.starts_with("sips:") || uri.starts_with("tel:")) {
+        return Err(format!("Contact URI {uri:?} is not a SIP URI"));
+    }
+    let mut expires = None;
+    for p in params.split(';') {
+        if let Some((k, v)) = p.split_once('=')
+            && k.trim().eq_ignore_ascii_case("expires")
+        {
+            expires = Some(
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("bad expires {v:?}"))?,
+            );
+        }
+    }
+    Ok(ContactEntry {
+        uri: uri.to_string(),
+        expires,
+    })
+}
+
+/// The user part of a To/From value such as `"A" <sip:alice@host>;tag=x`.
+pub fn user_of(value: &str) -> Option<String> {
+    let uri = match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or_default(),
+    };
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let (user, _) = rest.split_once('@')?;
+    let user = user.split(':').next().unwrap_or_default();
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+impl Registrar {
+    /// A registrar authenticating with `auth`.
+    pub fn new(auth: Authenticator) -> Self {
+        Self {
+            auth,
+            bindings: HashMap::new(),
+        }
+    }
+
+    /// The live bindings of `user`.
+    pub fn lookup(&self, user: &str, now: SystemTime) -> Vec<Binding> {
+        self.bindings
+            .get(user)
+            .map(|b| b.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Users with at least one live binding.
+    pub fn registered_users(&self, now: SystemTime) -> usize {
+        self.bindings
+            .values()
+            .filter(|b| b.iter().any(|b| b.expires_at > now))
+            .count()
+    }
+
+    /// Drops lapsed bindings.
+    pub fn expire(&mut self, now: SystemTime) {
+        for b in self.bindings.values_mut() {
+            b.retain(|b| b.expires_at > now);
+        }
+        self.bindings.retain(|_, b| !b.is_empty());
+    }
+
+    /// Answers a REGISTER. `to_tag` is the tag this response gets.
+    pub fn register(&mut self, req: &Request, to_tag: &str, now: SystemTime) -> Response {
+        let reply = |code: u16| response_to(req, code, Some(to_tag));
+        let challenge = |stale: bool| {
+            let mut r = reply(401);
+            r.headers.push(make_header(
+                "WWW-Authenticate",
+                self.auth.challenge(now, stale),
+            ));
+            r
+        };
+        let Some(authorization) = req.authorization_header() else {
+            return challenge(false);
+        };
+        let creds = match parse_authorization(authorization.value()) {
+            Ok(c) => c,
+            Err(why) => return with_warning(reply(400), &why),
+        };
+        match self.auth.verify(&creds, "REGISTER", now) {
+            Ok(()) => {}
+            Err(Refusal::Stale) => return challenge(true),
+            Err(Refusal::Wrong) => return challenge(false),
+        }
+        let to = req
+            .to_header()
+            .map(|t| t.value().to_string())
+            .unwrap_or_default();
+        let Some(user) = user_of(&to) else {
+            return with_warning(reply(400), "To has no user");
+        };
+        if user != creds.username {
+            return with_warning(reply(403), "may only register your own address");
+        }
+        let call_id = req
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        let cseq = req.cseq_header().and_then(|c| c.seq()).unwrap_or_default();
+        let default_expires = req
+            .expires_header()
+            .map(|e| e.value().trim().parse::<u32>())
+            .transpose();
+        let Ok(default_expires) = default_expires else {
+            return with_warning(reply(400), "bad Expires");
+        };
+        let mut contacts = Vec::new();
+        let mut star = false;
+        for h in req.contact_headers() {
+            for entry in split_list(h.value()) {
+                if entry == "*" {
+                    star = true;
+                    continue;
+                }
+                match parse_contact(entry) {
+                    Ok(c) => contacts.push(c),
+                    Err(why) => return with_warning(reply(400), &why),
+                }
+            }
+        }
+        let current = self.bindings.entry(user.clone()).or_default();
+        current.retain(|b| b.expires_at > now);
+        if star {
+            // RFC 3261 §10.3 step 6: `*` only alone and with Expires: 0.
+            if !contacts.is_empty() || default_expires != Some(0) {
+                return with_warning(
+                    reply(400),
+                    "Contact * needs Expires: 0 and no other contact",
+                );
+            }
+            if current
+                .iter()
+                .any(|b| b.call_id == call_id && b.cseq >= cseq)
+            {
+                return with_warning(reply(500), "out-of-order REGISTER");
+            }
+            current.clear();
+        }
+        for c in &contacts {
+            let requested = c.expires.or(default_expires).unwrap_or(DEFAULT_EXPIRES);
+            if requested > 0 && requested < MIN_EXPIRES {
+                let mut r = reply(423);
+                r.headers
+                    .push(make_header("Min-Expires", MIN_EXPIRES.to_string()));
+                return r;
+            }
+        }
+        for c in contacts {
+            let requested = c.expires.or(default_expires).unwrap_or(DEFAULT_EXPIRES);
+            let existing = current.iter().position(|b| b.contact == c.uri);
+            if let Some(i) = existing
+                && current[i].call_id == call_id
+                && current[i].cseq >= cseq
+            {
+                continue;
+            }
+            if let Some(i) = existing {
+                current.remove(i);
+            }
+            if requested > 0 {
+                current.push(Binding {
+                    contact: c.uri,
+                    expires_at: now + Duration::from_secs(u64::from(requested.min(MAX_EXPIRES))),
+                    call_id: call_id.clone(),
+                    cseq,
+                });
+            }
+        }
+        let mut ok = reply(200);
+        for b in current.iter() {
+            let left = b.expires_at.duration_since(now).map_or(0, |d| d.as_secs());
+            ok.headers.push(make_header(
+                "Contact",
+                format!("<{}>;expires={left}", b.contact),
+            ));
+        }
+        if current.is_empty() {
+            self.bindings.remove(&user);
+        }
+        ok
+    }
+}
+
+fn with_warning(mut r: Response, why: &str) -> Response {
+    let text: String = why
+        .chars()
+        .filter(|c| *c != '"' && !c.is_control())
+        .collect();
+    r.headers.push(make_header(
+        "Warning",
+        format!("399 voicecluster \"{text}\""),
+    ));
+    r
+}
+
+#[cfg(test)]
+mod tests;
