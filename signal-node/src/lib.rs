@@ -3,9 +3,11 @@
 //! and the tests share it.
 
 pub mod digest;
+pub mod endpoint;
 pub mod framing;
 pub mod registrar;
 pub mod transaction;
+pub mod transport;
 pub mod wire;
 
 pub use rsipstack::sip;

@@ -110,8 +110,17 @@ impl RunningBinary {
     /// `VC_ADMIN_ADDR=127.0.0.1:0`, and waits for its `started` log line,
     /// which must carry the admin address in an `admin_addr` field.
     pub fn start(program: impl AsRef<OsStr>) -> io::Result<Self> {
+        Self::start_with(program, std::iter::empty::<&str>())
+    }
+
+    /// As [`Self::start`], with command-line arguments.
+    pub fn start_with(
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    ) -> io::Result<Self> {
         let mut child = KillOnDrop(
             Command::new(program)
+                .args(args)
                 .env(ENV_LOG_FORMAT, "json")
                 .env(ENV_LOG_LEVEL, "info")
                 .env(ENV_ADMIN_ADDR, "127.0.0.1:0")

@@ -1,0 +1,184 @@
+//! The thin tokio driver around [`Endpoint`]: one UDP socket, one TCP
+//! listener, a task per TCP connection that frames its stream, and one loop
+//! that owns the endpoint and its timers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use crate::endpoint::Endpoint;
+use crate::framing::{Frame, Framer};
+use crate::transaction::Peer;
+use crate::wire::MAX_MESSAGE;
+
+/// What connection tasks tell the endpoint loop.
+enum Event {
+    Connected(SocketAddr, mpsc::Sender<Vec<u8>>),
+    Frame(SocketAddr, Vec<u8>),
+    Broken(SocketAddr, String, Option<Vec<u8>>),
+    Closed(SocketAddr),
+}
+
+/// Bound sockets, ready to serve.
+pub struct Listeners {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl Listeners {
+    /// Binds UDP on `udp` and TCP on `tcp`.
+    pub async fn bind(udp: SocketAddr, tcp: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self {
+            udp: UdpSocket::bind(udp).await?,
+            tcp: TcpListener::bind(tcp).await?,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn udp_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// The bound TCP address.
+    pub fn tcp_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serves SIP until the future is dropped.
+pub async fn serve(listeners: Listeners, mut endpoint: Endpoint) -> std::io::Result<()> {
+    let Listeners { udp, tcp } = listeners;
+    let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let accept = tokio::spawn(accept_loop(tcp, events_tx));
+    let mut connections: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let result = loop {
+        let deadline = endpoint.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = udp.recv_from(&mut buf) => {
+                match received {
+                    Ok((n, from)) => endpoint.on_bytes(
+                        &buf[..n],
+                        Peer { addr: from, reliable: false },
+                        Instant::now(),
+                        SystemTime::now(),
+                    ),
+                    // ICMP unreachable from an earlier send surfaces here on
+                    // some systems; it says nothing about this socket.
+                    Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else {
+                    break Err(std::io::Error::other("the TCP listener stopped"));
+                };
+                match event {
+                    Event::Connected(addr, writer) => { connections.insert(addr, writer); }
+                    Event::Closed(addr) => { connections.remove(&addr); }
+                    Event::Frame(addr, bytes) => endpoint.on_bytes(
+                        &bytes,
+                        Peer { addr, reliable: true },
+                        Instant::now(),
+                        SystemTime::now(),
+                    ),
+                    Event::Broken(addr, why, reply) => {
+                        endpoint.reject(Peer { addr, reliable: true }, &why, reply);
+                    }
+                }
+            }
+            () = sleep => endpoint.handle_timeout(Instant::now(), SystemTime::now()),
+        }
+        while let Some((to, bytes)) = endpoint.poll_transmit() {
+            if to.reliable {
+                match connections.get(&to.addr) {
+                    // A full queue means a peer that does not read: drop
+                    // rather than stall every other call.
+                    Some(w) => {
+                        if w.try_send(bytes).is_err() {
+                            tracing::warn!(peer = %to.addr, "TCP peer not reading; message dropped");
+                        }
+                    }
+                    None => tracing::debug!(peer = %to.addr, "no TCP connection to answer on"),
+                }
+            } else if let Err(e) = udp.send_to(&bytes, to.addr).await {
+                tracing::debug!(peer = %to.addr, error = %e, "UDP send failed");
+            }
+        }
+    };
+    accept.abort();
+    result
+}
+
+async fn accept_loop(tcp: TcpListener, events: mpsc::Sender<Event>) {
+    loop {
+        match tcp.accept().await {
+            Ok((stream, addr)) => {
+                tokio::spawn(connection(stream, addr, events.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, addr: SocketAddr, events: mpsc::Sender<Event>) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let pong = out_tx.clone();
+    if events.send(Event::Connected(addr, out_tx)).await.is_err() {
+        return;
+    }
+    let write = tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = Framer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    'read: loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(&buf[..n]);
+        loop {
+            match framer.next_frame() {
+                Ok(Some(Frame::Message(m))) => {
+                    if events.send(Event::Frame(addr, m)).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(Some(Frame::Ping)) => {
+                    // RFC 5626 §3.5.1: a double-CRLF ping gets a CRLF pong,
+                    // through the same queue as every other write.
+                    let _ = pong.try_send(b"\r\n".to_vec());
+                }
+                Ok(None) => break,
+                Err(broken) => {
+                    let _ = events
+                        .send(Event::Broken(addr, broken.why, broken.reply))
+                        .await;
+                    // Give the reply a moment to be written before closing.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    break 'read;
+                }
+            }
+        }
+    }
+    let _ = events.send(Event::Closed(addr)).await;
+    write.abort();
+}

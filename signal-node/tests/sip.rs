@@ -1,0 +1,246 @@
+//! The signal-node binary as a SIP server on loopback, driven by SIPp (a
+//! real SIP peer) and by raw sockets for input no real peer would send.
+
+// The helpers below are test set-up: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use voicecluster_telemetry::testing::{RunningBinary, http_get};
+
+const BIN: &str = env!("CARGO_BIN_EXE_signal-node");
+const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
+
+/// A port free on both UDP and TCP of 127.0.0.1.
+fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Server {
+    bin: RunningBinary,
+    sip: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vc-sip-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        std::fs::write(&users, "alice:wonder\nbob:builder\n").unwrap();
+        let sip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let bin = RunningBinary::start_with(
+            BIN,
+            [
+                "--sip-addr".to_string(),
+                sip.to_string(),
+                "--sip-domain".to_string(),
+                "voice.test".to_string(),
+                "--users-file".to_string(),
+                users.display().to_string(),
+                "--nonce-secret".to_string(),
+                "test".to_string(),
+            ],
+        )
+        .expect("signal-node starts");
+        Self { bin, sip, dir }
+    }
+
+    /// Runs SIPp once against the server; true when its call succeeded.
+    fn sipp(&self, scenario: &str, transport: &str, users: &str) -> bool {
+        let inf = self.dir.join(format!("{scenario}-{transport}.csv"));
+        std::fs::write(&inf, format!("SEQUENTIAL\n{users}\n")).unwrap();
+        let out = Command::new("sipp")
+            .arg(self.sip.to_string())
+            .args(["-sf", &scenario_path(scenario), "-inf"])
+            .arg(&inf)
+            .args([
+                "-t",
+                transport,
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &free_port().to_string(),
+            ])
+            .args(["-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin"])
+            .current_dir(&self.dir)
+            .output()
+            .expect("sipp runs (apt install sip-tester)");
+        if !out.status.success() {
+            eprintln!(
+                "sipp {scenario} over {transport}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out.status.success()
+    }
+
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let page = http_get(self.bin.admin_addr(), "/metrics").await.ok()?;
+        page.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+/// An injection-file line: the user, then SIPp's authentication keyword.
+fn auth(user: &str, password: &str) -> String {
+    format!("{user};[authentication username={user} password={password}];")
+}
+
+fn scenario_path(name: &str) -> String {
+    Path::new(SCENARIOS)
+        .join(format!("{name}.xml"))
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn sipp_registers_with_digest_over_udp_and_tcp() {
+    let server = Server::start();
+    assert!(
+        server.sipp("register", "u1", &auth("alice", "wonder")),
+        "alice over UDP"
+    );
+    assert!(
+        server.sipp("register", "t1", &auth("bob", "builder")),
+        "bob over TCP"
+    );
+    assert!(
+        server.sipp("register-refused", "u1", &auth("alice", "guess")),
+        "a wrong password is challenged again"
+    );
+    assert_eq!(
+        server.metric("voicecluster_sip_registered_users").await,
+        Some(2.0)
+    );
+    assert!(server.sipp("options", "u1", "x;y;"), "OPTIONS over UDP");
+    assert!(server.sipp("options", "t1", "x;y;"), "OPTIONS over TCP");
+}
+
+const OPTIONS: &str = "OPTIONS sip:voice.test SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-raw\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:voice.test>\r\n\
+From: <sip:raw@voice.test>;tag=raw\r\n\
+Call-ID: raw-1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n";
+
+fn with_branch(msg: &str, n: usize) -> String {
+    msg.replace("z9hG4bK-raw", &format!("z9hG4bK-raw{n}"))
+}
+
+/// What the server answers a datagram with: the status line, or None.
+fn udp_exchange(sock: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> Option<String> {
+    sock.send_to(bytes, to).unwrap();
+    let mut buf = [0u8; 65_536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .map(str::to_string),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn malformed_input_is_answered_or_dropped_and_service_goes_on() {
+    let server = Server::start();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let garbage: Vec<u8> = (0..1500u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let oversized = OPTIONS.replace(
+        "Content-Length: 0\r\n",
+        &format!("X-Pad: {}\r\n", "a".repeat(66_000)),
+    );
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("truncated", OPTIONS.as_bytes()[..60].to_vec(), None),
+        (
+            "wrong Content-Length",
+            with_branch(
+                &OPTIONS.replace("Content-Length: 0", "Content-Length: 50"),
+                1,
+            )
+            .into_bytes(),
+            Some("SIP/2.0 400 Bad Request"),
+        ),
+        (
+            "missing Call-ID",
+            with_branch(&OPTIONS.replace("Call-ID: raw-1\r\n", ""), 2).into_bytes(),
+            Some("SIP/2.0 400 Bad Request"),
+        ),
+        (
+            "unknown method",
+            with_branch(&OPTIONS.replace("OPTIONS", "FROB"), 3).into_bytes(),
+            Some("SIP/2.0 501 Not Implemented"),
+        ),
+        ("binary garbage", garbage, None),
+    ];
+    for (what, bytes, want) in &cases {
+        assert_eq!(
+            udp_exchange(&sock, server.sip, bytes).as_deref(),
+            *want,
+            "{what} over UDP"
+        );
+    }
+    // Oversized datagrams cannot be sent over loopback UDP at all; TCP below.
+    assert_eq!(
+        udp_exchange(&sock, server.sip, with_branch(OPTIONS, 4).as_bytes()).as_deref(),
+        Some("SIP/2.0 200 OK"),
+        "OPTIONS after the bad input"
+    );
+
+    // TCP: a message without Content-Length gets 400 and the connection closes.
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(server.sip).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    tcp.write_all(with_branch(&OPTIONS.replace("Content-Length: 0\r\n", ""), 5).as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("SIP/2.0 400 "),
+        "TCP without Content-Length: {answer:?}"
+    );
+    // Oversized and garbage streams are cut off without an answer.
+    for bytes in [oversized.into_bytes(), vec![0xffu8; 70_000]] {
+        let mut tcp = std::net::TcpStream::connect(server.sip).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = tcp.write_all(&bytes);
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        assert!(
+            answer.is_empty(),
+            "answered {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // And a well-formed request on a new connection is served.
+    let mut tcp = std::net::TcpStream::connect(server.sip).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    tcp.write_all(with_branch(&OPTIONS.replace("SIP/2.0/UDP", "SIP/2.0/TCP"), 6).as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = tcp.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 200 OK"));
+    assert!(
+        server
+            .metric("voicecluster_sip_rejected_total{outcome=\"answered\"}")
+            .await
+            >= Some(4.0)
+    );
+    assert!(server.sipp("options", "u1", "x;y;"), "SIPp still served");
+}
