@@ -1,0 +1,6 @@
+//! The media engine of a VoiceCluster: RTP port pairs and the relay between
+//! bridged call legs, as a library so that media-node and `Locally`
+//! signal nodes run the same code.
+
+pub mod ports;
+pub mod relay;
