@@ -80,7 +80,7 @@ impl PortPool {
 
     /// Gives a pair back; a port that is not ours or already free is ignored.
     pub fn release(&mut self, rtp_port: u16) {
-        if rtp_port % 2 == 0 && rtp_port >= self.min && rtp_port < self.max {
+        if rtp_port.is_multiple_of(2) && rtp_port >= self.min && rtp_port < self.max {
             self.free.insert(rtp_port);
         }
     }
