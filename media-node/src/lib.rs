@@ -2,5 +2,6 @@
 //! bridged call legs, as a library so that media-node and `Locally`
 //! signal nodes run the same code.
 
+pub mod engine;
 pub mod ports;
 pub mod relay;

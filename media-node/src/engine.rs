@@ -1,0 +1,253 @@
+//! The tokio driver around [`Relay`]: a UDP socket for each leg's RTP and
+//! RTCP port, a receive task per socket, and the relay behind one lock that
+//! is never held across an await.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::relay::{LegId, LegStats, Relay, RelayError};
+
+/// Why a leg operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The relay refused (capacity, ports, unknown leg).
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// A port of the range could not be bound.
+    #[error("binding RTP port {port}: {source}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct LegIo {
+    tasks: [JoinHandle<()>; 2],
+}
+
+struct Shared {
+    relay: Mutex<Relay>,
+    sockets: Mutex<HashMap<u16, Arc<UdpSocket>>>,
+}
+
+impl Shared {
+    fn relay(&self) -> MutexGuard<'_, Relay> {
+        self.relay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sockets(&self) -> MutexGuard<'_, HashMap<u16, Arc<UdpSocket>>> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A media engine: legs, their sockets and the relay between them.
+#[derive(Clone)]
+pub struct MediaEngine {
+    shared: Arc<Shared>,
+    io: Arc<Mutex<HashMap<LegId, LegIo>>>,
+    bind_ip: IpAddr,
+    public_ip: IpAddr,
+}
+
+impl MediaEngine {
+    /// An engine binding legs on `bind_ip` and announcing `public_ip` in SDP.
+    pub fn new(relay: Relay, bind_ip: IpAddr, public_ip: IpAddr) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                relay: Mutex::new(relay),
+                sockets: Mutex::new(HashMap::new()),
+            }),
+            io: Arc::new(Mutex::new(HashMap::new())),
+            bind_ip,
+            public_ip,
+        }
+    }
+
+    fn io(&self) -> MutexGuard<'_, HashMap<LegId, LegIo>> {
+        self.io
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new leg; returns its id and the public address of its RTP port.
+    /// Must be called within a tokio runtime.
+    pub fn create_leg(&self) -> Result<(LegId, SocketAddr), EngineError> {
+        let (id, port) = self.shared.relay().create_leg(Instant::now())?;
+        let bound = [port, port + 1].map(|p| {
+            std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, p))
+                .and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    UdpSocket::from_std(s)
+                })
+                .map(Arc::new)
+                .map_err(|source| EngineError::Bind { port: p, source })
+        });
+        let [Ok(rtp), Ok(rtcp)] = bound else {
+            let _ = self.shared.relay().destroy(id);
+            let [a, b] = bound;
+            return Err(a
+                .err()
+                .or(b.err())
+                .unwrap_or(EngineError::Relay(RelayError::NoSuchLeg(id))));
+        };
+        {
+            let mut sockets = self.shared.sockets();
+            sockets.insert(port, Arc::clone(&rtp));
+            sockets.insert(port + 1, Arc::clone(&rtcp));
+        }
+        let tasks = [
+            tokio::spawn(receive(Arc::clone(&self.shared), rtp, port)),
+            tokio::spawn(receive(Arc::clone(&self.shared), rtcp, port + 1)),
+        ];
+        self.io().insert(id, LegIo { tasks });
+        Ok((id, SocketAddr::new(self.public_ip, port)))
+    }
+
+    /// Where the leg's endpoint receives, from its SDP.
+    pub fn set_remote(&self, id: LegId, remote: SocketAddr) -> Result<(), EngineError> {
+        Ok(self.shared.relay().set_remote(id, remote)?)
+    }
+
+    /// Media of each leg goes to the other.
+    pub fn bridge(&self, a: LegId, b: LegId) -> Result<(), EngineError> {
+        Ok(self.shared.relay().bridge(a, b)?)
+    }
+
+    /// Ends a leg: its sockets are closed before its ports go back to the
+    /// pool, so a new leg can always bind them.
+    pub async fn destroy(&self, id: LegId) -> Result<LegStats, EngineError> {
+        let port = self
+            .shared
+            .relay()
+            .port(id)
+            .ok_or(RelayError::NoSuchLeg(id))?;
+        {
+            let mut sockets = self.shared.sockets();
+            sockets.remove(&port);
+            sockets.remove(&(port + 1));
+        }
+        let io = self.io().remove(&id);
+        if let Some(io) = io {
+            for t in io.tasks {
+                t.abort();
+                // Resolves once the task, and the socket it holds, is dropped.
+                let _ = t.await;
+            }
+        }
+        Ok(self.shared.relay().destroy(id)?)
+    }
+
+    /// A leg's counters.
+    pub fn stats(&self, id: LegId) -> Option<LegStats> {
+        self.shared.relay().stats(id)
+    }
+
+    /// Legs now.
+    pub fn legs(&self) -> usize {
+        self.shared.relay().len()
+    }
+
+    /// Port pairs free now.
+    pub fn free_ports(&self) -> usize {
+        self.shared.relay().free_ports()
+    }
+}
+
+async fn receive(shared: Arc<Shared>, socket: Arc<UdpSocket>, port: u16) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            // ICMP errors from earlier sends surface here; keep serving.
+            Err(_) => continue,
+        };
+        let out = shared
+            .relay()
+            .on_packet(port, from, &buf[..n], Instant::now());
+        let Some(t) = out else { continue };
+        let Some(tx) = shared.sockets().get(&t.from_port).cloned() else {
+            continue;
+        };
+        let _ = tx.send_to(&t.bytes, t.to).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ports::PortPool;
+
+    fn engine(min: u16) -> MediaEngine {
+        let relay = Relay::new(
+            PortPool::new(min, min + 99).unwrap(),
+            10,
+            Duration::from_secs(5),
+        );
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        MediaEngine::new(relay, lo, lo)
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0, (seq >> 8) as u8, seq as u8, 0, 0, 0, 0, 0, 0, 0, 1];
+        p.extend_from_slice(&[seq as u8; 160]);
+        p
+    }
+
+    async fn recv(s: &UdpSocket) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+            .await
+            .expect("a packet within 5 s")
+            .unwrap();
+        buf[..n].to_vec()
+    }
+
+    #[tokio::test]
+    async fn two_endpoints_exchange_rtp_through_the_engine_and_latching_works() {
+        let e = engine(41000);
+        let alice = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let bob = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Bob's SDP names a port he never sends from: latching finds him.
+        let bob_sdp = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 9);
+        let (a, a_addr) = e.create_leg().unwrap();
+        let (b, b_addr) = e.create_leg().unwrap();
+        e.set_remote(a, alice.local_addr().unwrap()).unwrap();
+        e.set_remote(b, bob_sdp).unwrap();
+        e.bridge(a, b).unwrap();
+
+        // Bob speaks first (as a NATed phone does), from his real port.
+        bob.send_to(&rtp(0), b_addr).await.unwrap();
+        assert_eq!(recv(&alice).await, rtp(0));
+        for seq in 1..200u16 {
+            alice.send_to(&rtp(seq), a_addr).await.unwrap();
+            assert_eq!(recv(&bob).await, rtp(seq), "packet {seq} in order, intact");
+        }
+        let sa = e.stats(a).unwrap();
+        let sb = e.stats(b).unwrap();
+        assert_eq!((sa.packets_in, sb.packets_out), (199, 199));
+        assert_eq!((sb.packets_in, sa.packets_out), (1, 1));
+
+        let free = e.free_ports();
+        e.destroy(a).await.unwrap();
+        e.destroy(b).await.unwrap();
+        assert_eq!(e.free_ports(), free + 2);
+        assert_eq!(e.legs(), 0);
+        // The ports are really closed: they can be bound again.
+        std::net::UdpSocket::bind(a_addr).unwrap();
+        std::net::UdpSocket::bind(b_addr).unwrap();
+    }
+}
