@@ -6,6 +6,7 @@ pub mod digest;
 pub mod endpoint;
 pub mod framing;
 pub mod registrar;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;
 pub mod wire;

@@ -1,0 +1,131 @@
+//! The part of SDP (RFC 4566) a media-anchoring B2BUA touches: where a side
+//! receives audio, and rewriting that to a call leg's address. Every other
+//! line passes through unchanged, so codecs and attributes are negotiated
+//! end to end.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Where the SDP's first audio stream is received: the media-level `c=`
+/// if any, else the session-level one, and the `m=audio` port.
+pub fn audio_address(sdp: &str) -> Result<SocketAddr, String> {
+    let mut session_ip: Option<IpAddr> = None;
+    let mut in_audio = false;
+    let mut audio_port: Option<u16> = None;
+    let mut media_ip: Option<IpAddr> = None;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if audio_port.is_some() {
+                break;
+            }
+            in_audio = m.starts_with("audio ");
+            if in_audio {
+                let port = m
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.split('/').next())
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .ok_or_else(|| format!("bad m= line {line:?}"))?;
+                audio_port = Some(port);
+            }
+        } else if let Some(c) = line.strip_prefix("c=") {
+            let ip = parse_connection(c)?;
+            match (audio_port, in_audio) {
+                (None, false) => session_ip = Some(ip),
+                (Some(_), true) => media_ip = Some(ip),
+                _ => {}
+            }
+        }
+    }
+    let port = audio_port.ok_or("no m=audio line")?;
+    let ip = media_ip.or(session_ip).ok_or("no c= line for the audio")?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn parse_connection(c: &str) -> Result<IpAddr, String> {
+    let mut parts = c.split_whitespace();
+    let (net, kind, addr) = (parts.next(), parts.next(), parts.next());
+    if net != Some("IN") || !matches!(kind, Some("IP4" | "IP6")) {
+        return Err(format!("unsupported c= line {c:?}"));
+    }
+    let addr = addr.ok_or("c= without an address")?;
+    // Multicast TTL suffixes ("/127") are not for unicast calls.
+    addr.split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| format!("bad c= address {addr:?}"))
+}
+
+/// The SDP with every `c=` line and the first audio port pointing at `to`.
+pub fn rewrite_audio(sdp: &str, to: SocketAddr) -> String {
+    let kind = if to.is_ipv4() { "IP4" } else { "IP6" };
+    let mut out = String::with_capacity(sdp.len() + 16);
+    let mut port_done = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if line.starts_with("c=") {
+            out.push_str(&format!("c=IN {kind} {}", to.ip()));
+        } else if let Some(m) = line.strip_prefix("m=audio ").filter(|_| !port_done) {
+            port_done = true;
+            let rest = m.split_once(' ').map_or("", |(_, r)| r);
+            out.push_str(&format!("m=audio {} {rest}", to.port()));
+        } else if let Some(o) = line.strip_prefix("o=") {
+            // The origin's address follows the connection address.
+            let fields: Vec<&str> = o.split_whitespace().collect();
+            if fields.len() == 6 {
+                out.push_str(&format!(
+                    "o={} {} {} IN {kind} {}",
+                    fields[0],
+                    fields[1],
+                    fields[2],
+                    to.ip()
+                ));
+            } else {
+                out.push_str(line);
+            }
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\n\
+c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n";
+
+    #[test]
+    fn finds_the_audio_address() {
+        assert_eq!(audio_address(OFFER), Ok("127.0.0.1:6000".parse().unwrap()));
+        let media_level = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 7000 RTP/AVP 0\r\nc=IN IP4 10.0.0.2\r\n";
+        assert_eq!(audio_address(media_level), Ok("10.0.0.2:7000".parse().unwrap()));
+        let v6 = "v=0\r\nc=IN IP6 2001:db8::1\r\nm=audio 7000 RTP/AVP 0\r\n";
+        assert_eq!(audio_address(v6), Ok("[2001:db8::1]:7000".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_sdp_is_an_error_not_a_panic() {
+        for bad in [
+            "",
+            "v=0\r\nm=audio x RTP/AVP 0\r\n",
+            "v=0\r\nm=audio 5000 RTP/AVP 0\r\n",
+            "v=0\r\nc=IN IP4 nowhere\r\nm=audio 5000 RTP/AVP 0\r\n",
+            "v=0\r\nc=ATM x y\r\nm=audio 5000 RTP/AVP 0\r\n",
+        ] {
+            assert!(audio_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rewrites_address_and_port_and_keeps_the_rest() {
+        let out = rewrite_audio(OFFER, "203.0.113.10:30002".parse().unwrap());
+        assert_eq!(audio_address(&out), Ok("203.0.113.10:30002".parse().unwrap()));
+        assert!(out.contains("m=audio 30002 RTP/AVP 0 8 101\r\n"), "{out}");
+        assert!(out.contains("o=user1 53655765 2353687637 IN IP4 203.0.113.10\r\n"));
+        assert!(out.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+    }
+}
