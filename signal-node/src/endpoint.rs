@@ -144,7 +144,9 @@ impl Endpoint {
         while let Some(o) = self.transactions.poll_output() {
             match o {
                 Output::Transmit { to, bytes } => self.out.push_back((to, bytes)),
-                Output::Request { key, request, .. } => self.serve(&key, &request, now, wall),
+                Output::Request { key, request, from } => {
+                    self.serve(&key, &request, from, now, wall)
+                }
                 // No dialogs yet: nothing to acknowledge, nothing sent.
                 Output::Ack { .. } | Output::Response { .. } | Output::Timeout { .. } => {}
             }
@@ -163,7 +165,7 @@ impl Endpoint {
         format!("vc{:x}{:x}", std::process::id(), self.next_tag)
     }
 
-    fn serve(&mut self, key: &TxKey, req: &Request, now: Instant, wall: SystemTime) {
+    fn serve(&mut self, key: &TxKey, req: &Request, from: Peer, now: Instant, wall: SystemTime) {
         let tag = self.tag();
         let response = match req.method() {
             Method::Options => {
@@ -173,7 +175,7 @@ impl Endpoint {
                     .push(make_header("Accept", "application/sdp".into()));
                 r
             }
-            Method::Register => self.registrar.register(req, &tag, wall),
+            Method::Register => self.registrar.register(req, from, &tag, wall),
             // In-dialog requests for a dialog this node does not have.
             Method::Bye | Method::Cancel | Method::Update | Method::Info | Method::PRack => {
                 response_to(req, 481, Some(&tag))

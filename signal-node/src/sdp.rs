@@ -101,8 +101,12 @@ a=rtpmap:101 telephone-event/8000\r\n";
     #[test]
     fn finds_the_audio_address() {
         assert_eq!(audio_address(OFFER), Ok("127.0.0.1:6000".parse().unwrap()));
-        let media_level = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 7000 RTP/AVP 0\r\nc=IN IP4 10.0.0.2\r\n";
-        assert_eq!(audio_address(media_level), Ok("10.0.0.2:7000".parse().unwrap()));
+        let media_level =
+            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 7000 RTP/AVP 0\r\nc=IN IP4 10.0.0.2\r\n";
+        assert_eq!(
+            audio_address(media_level),
+            Ok("10.0.0.2:7000".parse().unwrap())
+        );
         let v6 = "v=0\r\nc=IN IP6 2001:db8::1\r\nm=audio 7000 RTP/AVP 0\r\n";
         assert_eq!(audio_address(v6), Ok("[2001:db8::1]:7000".parse().unwrap()));
     }
@@ -123,7 +127,10 @@ a=rtpmap:101 telephone-event/8000\r\n";
     #[test]
     fn rewrites_address_and_port_and_keeps_the_rest() {
         let out = rewrite_audio(OFFER, "203.0.113.10:30002".parse().unwrap());
-        assert_eq!(audio_address(&out), Ok("203.0.113.10:30002".parse().unwrap()));
+        assert_eq!(
+            audio_address(&out),
+            Ok("203.0.113.10:30002".parse().unwrap())
+        );
         assert!(out.contains("m=audio 30002 RTP/AVP 0 8 101\r\n"), "{out}");
         assert!(out.contains("o=user1 53655765 2353687637 IN IP4 203.0.113.10\r\n"));
         assert!(out.contains("a=rtpmap:101 telephone-event/8000\r\n"));

@@ -9,7 +9,7 @@ use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Request, Response};
 
 use crate::digest::{Authenticator, Refusal, parse_authorization};
-use crate::transaction::response_to;
+use crate::transaction::{Peer, response_to};
 
 /// Shortest registration accepted (a shorter one gets 423).
 pub const MIN_EXPIRES: u32 = 60;
@@ -29,6 +29,9 @@ pub struct Binding {
     pub call_id: String,
     /// Its CSeq: an older REGISTER of the same Call-ID cannot undo it.
     pub cseq: u32,
+    /// Where the REGISTER came from: requests for the user go back along
+    /// this flow (RFC 5626 style), which gets through NAT and reuses TCP.
+    pub source: Peer,
 }
 
 /// All bindings of this member.
@@ -142,7 +145,13 @@ impl Registrar {
     }
 
     /// Answers a REGISTER. `to_tag` is the tag this response gets.
-    pub fn register(&mut self, req: &Request, to_tag: &str, now: SystemTime) -> Response {
+    pub fn register(
+        &mut self,
+        req: &Request,
+        source: Peer,
+        to_tag: &str,
+        now: SystemTime,
+    ) -> Response {
         let reply = |code: u16| response_to(req, code, Some(to_tag));
         let challenge = |stale: bool| {
             let mut r = reply(401);
@@ -245,6 +254,7 @@ impl Registrar {
                     expires_at: now + Duration::from_secs(u64::from(requested.min(MAX_EXPIRES))),
                     call_id: call_id.clone(),
                     cseq,
+                    source,
                 });
             }
         }

@@ -82,15 +82,24 @@ fn authed(
     cseq: u32,
     now: SystemTime,
 ) -> Response {
-    let first = reg.register(&register(user, extra, cseq, None), "t", now);
+    let first = reg.register(&register(user, extra, cseq, None), SRC, "t", now);
     assert_eq!(code(&first), 401);
     let challenge = header(&first, "WWW-Authenticate").remove(0);
     reg.register(
         &register(user, extra, cseq + 1, Some((user, pw, &challenge))),
+        SRC,
         "t",
         now,
     )
 }
+
+const SRC: Peer = Peer {
+    addr: std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        5070,
+    )),
+    reliable: false,
+};
 
 const TWO: &str = "Contact: <sip:alice@10.0.0.1:5060>\r\nContact: \"Desk\" <sip:alice@10.0.0.2:5060;transport=tcp>;expires=120\r\n";
 
@@ -118,10 +127,11 @@ fn wrong_passwords_and_foreign_addresses_are_refused() {
     let now = SystemTime::now();
     assert_eq!(code(&authed(&mut reg, "alice", "guess", TWO, 1, now)), 401);
     // Bob may not register Alice's address.
-    let first = reg.register(&register("alice", TWO, 1, None), "t", now);
+    let first = reg.register(&register("alice", TWO, 1, None), SRC, "t", now);
     let challenge = header(&first, "WWW-Authenticate").remove(0);
     let r = reg.register(
         &register("alice", TWO, 2, Some(("bob", "builder", &challenge))),
+        SRC,
         "t",
         now,
     );
