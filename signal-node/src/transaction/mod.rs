@@ -398,6 +398,13 @@ impl Transactions {
             self.forget_after(Side::Server, key, j, now);
         } else if code < 300 {
             tx.state = ServerState::Accepted;
+            tx.resend_interval = t1;
+            // The 2xx is resent until the dialog reports the ACK
+            // ([`Self::acknowledged`]); the ACK has its own branch, so only
+            // the dialog can match it.
+            if !peer.reliable {
+                self.schedule(Side::Server, key, TimerKind::ResendResponse, now + t1);
+            }
             self.schedule(Side::Server, key, TimerKind::Forget, now + 64 * t1);
         } else {
             tx.state = ServerState::Completed;
@@ -408,6 +415,12 @@ impl Transactions {
             self.schedule(Side::Server, key, TimerKind::AckWait, now + 64 * t1);
         }
         Ok(())
+    }
+
+    /// The dialog got the ACK for the 2xx of INVITE server transaction
+    /// `key`: stop resending the 2xx.
+    pub fn acknowledged(&mut self, key: &TxKey) {
+        self.cancel(Side::Server, key, TimerKind::ResendResponse);
     }
 
     /// Sends a request in a new client transaction; its responses come out

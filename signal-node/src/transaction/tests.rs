@@ -167,6 +167,23 @@ fn an_accepted_invite_absorbs_retransmissions_and_passes_the_ack_on() {
 }
 
 #[test]
+fn a_2xx_is_resent_until_the_dialog_has_the_ack() {
+    let mut t = Transactions::new(Timers::default());
+    let t0 = Instant::now();
+    let req = request("INVITE", "z9hG4bK-9");
+    t.on_request(req.clone(), UDP, t0);
+    drain(&mut t);
+    let key = TxKey::of("z9hG4bK-9", &Method::Invite);
+    t.respond(&key, response(&req, 200), t0).unwrap();
+    drain(&mut t);
+    let sent = run_until(&mut t, t0, Duration::from_secs(2));
+    assert_eq!(sent, secs(&[0.5, 1.5]));
+    t.acknowledged(&key);
+    assert!(run_until(&mut t, t0, Duration::from_secs(40)).is_empty());
+    assert!(t.is_empty());
+}
+
+#[test]
 fn non_invite_client_retransmits_then_times_out() {
     let mut t = Transactions::new(Timers::default());
     let t0 = Instant::now();
