@@ -138,6 +138,11 @@ impl Authenticator {
         }
     }
 
+    /// Whether `user` may register and call.
+    pub fn knows(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// The realm challenged in.
     pub fn realm(&self) -> &str {
         &self.realm

@@ -1,9 +1,11 @@
 //! The SIP endpoint of a signal node, sans I/O: bytes in (with where they
 //! came from), bytes out, timers. It decodes, runs the transactions and
-//! answers what the node serves today: OPTIONS and REGISTER; a request for a
-//! dialog that does not exist gets 481, anything else 501.
+//! serves OPTIONS, REGISTER and calls (INVITE, ACK, BYE, CANCEL, re-INVITE;
+//! see [`crate::b2bua`]); a request for a dialog that does not exist gets
+//! 481, a method it does not serve 501.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -13,12 +15,16 @@ use prometheus_client::registry::Registry;
 use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Method, Request};
 
+use crate::calls::{CallLegs, CallRecord, Calls};
 use crate::registrar::Registrar;
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
 use crate::wire::{self, Inbound};
 
-/// The methods this endpoint answers with something other than 501.
-pub const ALLOW: &str = "OPTIONS, REGISTER";
+/// The methods this endpoint serves.
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER";
+
+/// Finished calls kept for billing until taken.
+const RECORDS_KEPT: usize = 10_000;
 
 type Labels = Vec<(String, String)>;
 
@@ -30,6 +36,8 @@ pub struct SipMetrics {
     rejected: Family<Labels, Counter>,
     registered_users: Gauge,
     transactions: Gauge,
+    calls_active: Gauge,
+    calls_completed: Family<Labels, Counter>,
 }
 
 impl SipMetrics {
@@ -61,6 +69,16 @@ impl SipMetrics {
             "Open SIP transactions",
             m.transactions.clone(),
         );
+        registry.register(
+            "voicecluster_calls_active",
+            "Calls in progress on this member",
+            m.calls_active.clone(),
+        );
+        registry.register(
+            "voicecluster_calls_completed",
+            "Calls ended on this member, by outcome (answered, or the refusal's status code, cancelled)",
+            m.calls_completed.clone(),
+        );
         m
     }
 
@@ -71,23 +89,79 @@ impl SipMetrics {
 
 /// One signal node's SIP endpoint.
 pub struct Endpoint {
-    transactions: Transactions,
-    registrar: Registrar,
+    pub(crate) transactions: Transactions,
+    pub(crate) registrar: Registrar,
+    pub(crate) calls: Calls,
+    pub(crate) legs: Option<Box<dyn CallLegs>>,
+    /// Public address of each leg, for the SDP sent to its endpoint.
+    pub(crate) leg_addresses: HashMap<u64, SocketAddr>,
+    /// This node's SIP address, in Via and Contact.
+    pub(crate) local: SocketAddr,
+    records: VecDeque<CallRecord>,
     metrics: SipMetrics,
     out: VecDeque<(Peer, Vec<u8>)>,
     next_tag: u64,
 }
 
 impl Endpoint {
-    /// An endpoint registering users through `registrar`.
-    pub fn new(registrar: Registrar, timers: Timers, metrics: SipMetrics) -> Self {
+    /// An endpoint at `local` registering users through `registrar` and
+    /// making call legs with `legs` (no calls without).
+    pub fn new(
+        local: SocketAddr,
+        registrar: Registrar,
+        legs: Option<Box<dyn CallLegs>>,
+        timers: Timers,
+        metrics: SipMetrics,
+    ) -> Self {
         Self {
             transactions: Transactions::new(timers),
             registrar,
+            calls: Calls::default(),
+            legs,
+            leg_addresses: HashMap::new(),
+            local,
+            records: VecDeque::new(),
             metrics,
             out: VecDeque::new(),
             next_tag: 0,
         }
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.calls.active()
+    }
+
+    /// Takes the records of the calls finished so far.
+    pub fn take_records(&mut self) -> Vec<CallRecord> {
+        self.records.drain(..).collect()
+    }
+
+    pub(crate) fn finished(&mut self, record: CallRecord) {
+        let outcome = if record.answered.is_some() {
+            "answered".to_string()
+        } else {
+            record.reason.clone()
+        };
+        SipMetrics::count(&self.metrics.calls_completed, "outcome", outcome);
+        if self.records.len() == RECORDS_KEPT {
+            self.records.pop_front();
+        }
+        self.records.push_back(record);
+    }
+
+    pub(crate) fn update_call_metrics(&self) {
+        self.metrics
+            .calls_active
+            .set(i64::try_from(self.calls.active()).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn count_response(&self, r: &rsipstack::sip::Response) {
+        SipMetrics::count(
+            &self.metrics.responses,
+            "code",
+            r.status_code().code().to_string(),
+        );
     }
 
     /// The registrar, for lookups.
@@ -147,8 +221,11 @@ impl Endpoint {
                 Output::Request { key, request, from } => {
                     self.serve(&key, &request, from, now, wall)
                 }
-                // No dialogs yet: nothing to acknowledge, nothing sent.
-                Output::Ack { .. } | Output::Response { .. } | Output::Timeout { .. } => {}
+                Output::Ack { request, .. } => self.on_ack(&request),
+                Output::Response { key, response } => {
+                    self.on_client_response(&key, &response, now, wall)
+                }
+                Output::Timeout { key } => self.on_client_timeout(&key, now, wall),
             }
         }
         let (server, client) = self.transactions.len();
@@ -160,12 +237,18 @@ impl Endpoint {
             .set(i64::try_from(self.registrar.registered_users(wall)).unwrap_or(i64::MAX));
     }
 
-    fn tag(&mut self) -> String {
+    pub(crate) fn tag(&mut self) -> String {
         self.next_tag += 1;
         format!("vc{:x}{:x}", std::process::id(), self.next_tag)
     }
 
     fn serve(&mut self, key: &TxKey, req: &Request, from: Peer, now: Instant, wall: SystemTime) {
+        match req.method() {
+            Method::Invite => return self.on_invite(key, req, from, now, wall),
+            Method::Bye => return self.on_bye(key, req, now, wall),
+            Method::Cancel => return self.on_cancel(key, req, now, wall),
+            _ => {}
+        }
         let tag = self.tag();
         let response = match req.method() {
             Method::Options => {
@@ -177,20 +260,14 @@ impl Endpoint {
             }
             Method::Register => self.registrar.register(req, from, &tag, wall),
             // In-dialog requests for a dialog this node does not have.
-            Method::Bye | Method::Cancel | Method::Update | Method::Info | Method::PRack => {
-                response_to(req, 481, Some(&tag))
-            }
+            Method::Update | Method::Info | Method::PRack => response_to(req, 481, Some(&tag)),
             _ => {
                 let mut r = response_to(req, 501, Some(&tag));
                 r.headers.push(make_header("Allow", ALLOW.into()));
                 r
             }
         };
-        SipMetrics::count(
-            &self.metrics.responses,
-            "code",
-            response.status_code().code().to_string(),
-        );
+        self.count_response(&response);
         if let Err(e) = self.transactions.respond(key, response, now) {
             tracing::warn!(error = %e, "cannot answer a request");
         }

@@ -2,9 +2,12 @@
 //! registrar and transport of a signal node, as a library so the binary
 //! and the tests share it.
 
+pub mod b2bua;
+pub mod calls;
 pub mod digest;
 pub mod endpoint;
 pub mod framing;
+pub mod local_legs;
 pub mod registrar;
 pub mod sdp;
 pub mod transaction;

@@ -12,10 +12,18 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use std::time::Duration;
+
 use voicecluster_api::VoiceClusterSpec;
+use voicecluster_api::voicecluster::CallLegMode;
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow};
+use voicecluster_media_node::engine::MediaEngine;
+use voicecluster_media_node::ports::PortPool;
+use voicecluster_media_node::relay::Relay;
+use voicecluster_signal_node::calls::CallLegs;
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
 use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
+use voicecluster_signal_node::local_legs::LocalLegs;
 use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::transaction::Timers;
 use voicecluster_signal_node::transport::{self, Listeners};
@@ -48,12 +56,48 @@ struct Args {
     /// Key of the digest nonces; members that share it accept each other's nonces.
     #[arg(long, env = "VC_NONCE_SECRET", hide_env_values = true)]
     nonce_secret: Option<String>,
+    /// This pod's IP: put in Via and Contact when SIP listens on all addresses.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<IpAddr>,
+    /// Where call legs are made (`Locally`, `LocallyForOthers`, `Remotely`);
+    /// defaults to the spec's.
+    #[arg(long, env = "VC_CALL_LEG_MODE", value_parser = parse_mode)]
+    call_leg_mode: Option<CallLegMode>,
+    /// RTP ports of in-process call legs, `min-max`; defaults to the spec's.
+    #[arg(long, env = "VC_RTP_PORTS")]
+    rtp_ports: Option<String>,
+    /// Address put in SDP for in-process call legs; defaults to the SIP address.
+    #[arg(long, env = "VC_MEDIA_PUBLIC_IP")]
+    media_public_ip: Option<IpAddr>,
+}
+
+fn parse_mode(s: &str) -> Result<CallLegMode, String> {
+    match s {
+        "Locally" => Ok(CallLegMode::Locally),
+        "LocallyForOthers" => Ok(CallLegMode::LocallyForOthers),
+        "Remotely" => Ok(CallLegMode::Remotely),
+        other => Err(format!(
+            "{other:?}: expected Locally, LocallyForOthers or Remotely"
+        )),
+    }
+}
+
+fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| anyhow::anyhow!("RTP ports {s:?}: expected min-max"))?;
+    Ok((a.trim().parse()?, b.trim().parse()?))
 }
 
 /// What SIP serves on, from the flags and the spec.
 struct SipSettings {
     addr: SocketAddr,
+    /// The address in Via and Contact.
+    advertised: SocketAddr,
     domain: String,
+    mode: CallLegMode,
+    rtp_ports: (u16, u16),
+    capacity: usize,
 }
 
 fn sip_settings(args: &Args) -> anyhow::Result<Option<SipSettings>> {
@@ -77,12 +121,58 @@ fn sip_settings(args: &Args) -> anyhow::Result<Option<SipSettings>> {
         (None, Some(_)) => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
         (None, None) => return Ok(None),
     };
+    let advertised_ip = if addr.ip().is_unspecified() {
+        args.pod_ip
+            .ok_or_else(|| anyhow::anyhow!("SIP listens on {addr}: set POD_IP to advertise"))?
+    } else {
+        addr.ip()
+    };
+    let rtp_ports = match &args.rtp_ports {
+        Some(r) => parse_ports(r)?,
+        None => spec.as_ref().map_or(Ok((20000, 29999)), |s| {
+            let r = &s.media.rtp_port_range;
+            Ok::<_, anyhow::Error>((u16::try_from(r.min)?, u16::try_from(r.max)?))
+        })?,
+    };
+    let mode = args
+        .call_leg_mode
+        .or(spec.as_ref().map(|s| s.signal.call_leg_mode))
+        .unwrap_or(CallLegMode::Locally);
+    let capacity = spec
+        .as_ref()
+        .and_then(|s| usize::try_from(s.media.capacity).ok())
+        .unwrap_or(1000);
     let domain = args
         .sip_domain
         .clone()
         .or_else(|| spec.map(|s| s.sip.domain))
         .unwrap_or_else(|| "voicecluster.local".to_string());
-    Ok(Some(SipSettings { addr, domain }))
+    Ok(Some(SipSettings {
+        addr,
+        advertised: SocketAddr::new(advertised_ip, addr.port()),
+        domain,
+        mode,
+        rtp_ports,
+        capacity,
+    }))
+}
+
+/// In-process call legs for `Locally` and `LocallyForOthers`.
+fn local_legs(
+    s: &SipSettings,
+    public_ip: Option<IpAddr>,
+) -> anyhow::Result<Option<Box<dyn CallLegs>>> {
+    if s.mode == CallLegMode::Remotely {
+        tracing::warn!("call legs Remotely are not available yet: calls get 503");
+        return Ok(None);
+    }
+    let (min, max) = s.rtp_ports;
+    let pool = PortPool::new(min, max)?;
+    let relay = Relay::new(pool, s.capacity, Duration::from_secs(30));
+    let bind = s.advertised.ip();
+    let engine = MediaEngine::new(relay, bind, public_ip.unwrap_or(bind));
+    tracing::info!(mode = ?s.mode, ports = %format!("{min}-{max}"), "call legs in this process");
+    Ok(Some(Box::new(LocalLegs::new(engine))))
 }
 
 fn nonce_secret(args: &Args) -> String {
@@ -130,7 +220,14 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let auth = Authenticator::new(&s.domain, &nonce_secret(&args), users);
-            let endpoint = Endpoint::new(Registrar::new(auth), Timers::default(), sip_metrics);
+            let legs = local_legs(&s, args.media_public_ip)?;
+            let endpoint = Endpoint::new(
+                s.advertised,
+                Registrar::new(auth),
+                legs,
+                Timers::default(),
+                sip_metrics,
+            );
             let listeners = Listeners::bind(s.addr, s.addr)
                 .await
                 .with_context(|| format!("binding SIP on {}", s.addr))?;

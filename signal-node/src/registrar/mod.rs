@@ -120,6 +120,11 @@ impl Registrar {
         }
     }
 
+    /// Whether `user` is a user of this service.
+    pub fn knows(&self, user: &str) -> bool {
+        self.auth.knows(user)
+    }
+
     /// The live bindings of `user`.
     pub fn lookup(&self, user: &str, now: SystemTime) -> Vec<Binding> {
         self.bindings

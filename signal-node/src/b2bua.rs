@@ -1,0 +1,496 @@
+//! The call logic of [`Endpoint`]: INVITE, answers, ACK, BYE and CANCEL on
+//! both sides of each call, and the call legs between them.
+
+use std::time::{Instant, SystemTime};
+
+use rsipstack::sip::headers::make_header;
+use rsipstack::sip::prelude::*;
+use rsipstack::sip::{Request, Response};
+
+use crate::calls::{
+    Call, CallRecord, Dialog, Phase, Side, callee_of, header, is_success, request_from_text,
+    sdp_body, tag_of, uri_of,
+};
+use crate::endpoint::Endpoint;
+use crate::sdp::{audio_address, rewrite_audio};
+use crate::transaction::{Peer, TxKey, response_to};
+
+/// Replaces a message's body.
+fn with_body(mut r: Response, content_type: &str, body: String) -> Response {
+    r.headers
+        .retain(|h| !h.name().eq_ignore_ascii_case("Content-Length"));
+    r.headers
+        .push(make_header("Content-Type", content_type.to_string()));
+    r.headers
+        .push(make_header("Content-Length", body.len().to_string()));
+    r.body = body.into_bytes();
+    r
+}
+
+fn transport(peer: Peer) -> &'static str {
+    if peer.reliable { "TCP" } else { "UDP" }
+}
+
+impl Endpoint {
+    fn branch(&mut self) -> String {
+        format!("z9hG4bK{}", self.tag())
+    }
+
+    fn contact(&self, peer: Peer) -> String {
+        if peer.reliable {
+            format!("<sip:{};transport=tcp>", self.local)
+        } else {
+            format!("<sip:{}>", self.local)
+        }
+    }
+
+    fn answer(&mut self, key: &TxKey, response: Response, now: Instant) {
+        self.count_response(&response);
+        if let Err(e) = self.transactions.respond(key, response, now) {
+            tracing::debug!(error = %e, "response not sent");
+        }
+    }
+
+    /// A request outside any transaction we keep (ACK for a 2xx), or in a
+    /// new client transaction.
+    fn send(&mut self, req: Request, to: Peer, now: Instant) -> Option<TxKey> {
+        match self.transactions.send_request(req, to, now) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot send a request");
+                None
+            }
+        }
+    }
+
+    /// A new INVITE (no To tag) or a re-INVITE.
+    pub(crate) fn on_invite(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        from: Peer,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let to = header(req, "To").unwrap_or_default().to_string();
+        if tag_of(&to).is_some() {
+            return self.on_reinvite(key, req, now);
+        }
+        let tag = self.tag();
+        let refuse = |code: u16| response_to(req, code, Some(&tag));
+        let Some(callee) = callee_of(req) else {
+            return self.answer(key, refuse(404), now);
+        };
+        if !self.registrar.knows(&callee) {
+            return self.answer(key, refuse(404), now);
+        }
+        let Some(binding) = self.registrar.lookup(&callee, wall).into_iter().last() else {
+            return self.answer(key, refuse(480), now);
+        };
+        let offer = sdp_body(req, req.body());
+        let Some(Ok(offer_addr)) = offer.as_deref().map(audio_address) else {
+            // An INVITE without an SDP offer (or a broken one) is not served.
+            return self.answer(key, refuse(488), now);
+        };
+        let Some(legs) = self.legs.as_mut() else {
+            return self.answer(key, refuse(503), now);
+        };
+        let created = legs.create().and_then(|a| {
+            legs.create()
+                .map(|b| (a, b))
+                .inspect_err(|_| legs.release(a.0))
+        });
+        let ((leg_a, a_addr), (leg_b, b_addr)) = match created {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "no call legs for a call");
+                return self.answer(key, refuse(503), now);
+            }
+        };
+        self.leg_addresses.insert(leg_a, a_addr);
+        self.leg_addresses.insert(leg_b, b_addr);
+        let Some(legs) = self.legs.as_mut() else {
+            return;
+        };
+        let wired = legs
+            .set_remote(leg_a, offer_addr)
+            .and_then(|()| legs.bridge(leg_a, leg_b));
+        if let Err(e) = wired {
+            legs.release(leg_a);
+            legs.release(leg_b);
+            self.leg_addresses.remove(&leg_a);
+            self.leg_addresses.remove(&leg_b);
+            tracing::warn!(error = %e, "cannot bridge call legs");
+            return self.answer(key, refuse(503), now);
+        }
+        let a_from = header(req, "From").unwrap_or_default().to_string();
+        let caller = crate::registrar::user_of(&a_from).unwrap_or_default();
+        let a_contact = header(req, "Contact").map(uri_of).unwrap_or_default();
+        let a_call_id = header(req, "Call-ID").unwrap_or_default().to_string();
+        let a = Dialog {
+            call_id: a_call_id,
+            local_tag: tag.clone(),
+            remote_tag: tag_of(&a_from),
+            local_uri: uri_of(&to),
+            remote_uri: uri_of(&a_from),
+            remote_target: a_contact,
+            peer: from,
+            cseq: 1,
+        };
+        let b_peer = binding.source;
+        let b_tag = self.tag();
+        let b_call_id = format!("{}-b@{}", self.tag(), self.local.ip());
+        let branch = self.branch();
+        let body = rewrite_audio(offer.as_deref().unwrap_or_default(), b_addr);
+        let text = format!(
+            "INVITE {target} SIP/2.0\r\n\
+             Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
+             Max-Forwards: 69\r\n\
+             From: <{a_uri}>;tag={b_tag}\r\n\
+             To: <{b_uri}>\r\n\
+             Call-ID: {b_call_id}\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: {contact}\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {len}\r\n\r\n{body}",
+            target = binding.contact,
+            t = transport(b_peer),
+            local = self.local,
+            a_uri = a.remote_uri,
+            b_uri = a.local_uri,
+            contact = self.contact(b_peer),
+            len = body.len(),
+        );
+        let Some(b_invite) = request_from_text(&text) else {
+            tracing::error!(%text, "built an INVITE that does not parse");
+            if let Some(legs) = self.legs.as_mut() {
+                legs.release(leg_a);
+                legs.release(leg_b);
+            }
+            return self.answer(key, refuse(500), now);
+        };
+        let Some(b_key) = self.send(b_invite.clone(), b_peer, now) else {
+            return self.answer(key, refuse(500), now);
+        };
+        let b = Dialog {
+            call_id: b_call_id,
+            local_tag: b_tag,
+            remote_tag: None,
+            local_uri: a.remote_uri.clone(),
+            remote_uri: a.local_uri.clone(),
+            remote_target: binding.contact.clone(),
+            peer: b_peer,
+            cseq: 1,
+        };
+        tracing::info!(%caller, %callee, call_id = %a.call_id, "call started");
+        self.calls.insert(Call {
+            caller,
+            callee,
+            a,
+            b,
+            a_invite: (key.clone(), req.clone()),
+            b_invite: (b_key, b_invite),
+            legs: (leg_a, leg_b),
+            phase: Phase::Calling,
+            started: wall,
+            answered: None,
+        });
+        self.update_call_metrics();
+    }
+
+    /// A re-INVITE from A: a new media address is applied to A's leg and
+    /// answered with the same leg address; B's side needs no change because
+    /// the media is anchored here.
+    fn on_reinvite(&mut self, key: &TxKey, req: &Request, now: Instant) {
+        let call_id = header(req, "Call-ID").unwrap_or_default();
+        let found = self.calls.by_call_id(call_id);
+        let Some((id, side)) = found else {
+            let r = response_to(req, 481, None);
+            return self.answer(key, r, now);
+        };
+        let offer = sdp_body(req, req.body());
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let (leg, dialog) = match side {
+            Side::A => (call.legs.0, call.a.clone()),
+            Side::B => (call.legs.1, call.b.clone()),
+        };
+        let mut ok = response_to(req, 200, Some(&dialog.local_tag));
+        if let Some(Ok(addr)) = offer.as_deref().map(audio_address) {
+            if let Some(legs) = self.legs.as_mut()
+                && let Err(e) = legs.set_remote(leg, addr)
+            {
+                tracing::warn!(error = %e, "re-INVITE: cannot move the leg");
+                let r = response_to(req, 488, Some(&dialog.local_tag));
+                return self.answer(key, r, now);
+            }
+            // The leg's own address does not change.
+            let leg_addr = self.leg_addresses.get(&leg).copied();
+            if let (Some(sdp), Some(leg_addr)) = (offer, leg_addr) {
+                ok = with_body(ok, "application/sdp", rewrite_audio(&sdp, leg_addr));
+            }
+        }
+        ok.headers
+            .push(make_header("Contact", self.contact(dialog.peer)));
+        self.answer(key, ok, now);
+    }
+
+    /// ACK for a 2xx we sent to A.
+    pub(crate) fn on_ack(&mut self, req: &Request) {
+        let call_id = header(req, "Call-ID").unwrap_or_default();
+        if let Some((id, Side::A)) = self.calls.by_call_id(call_id)
+            && let Some(call) = self.calls.get_mut(id)
+        {
+            let key = call.a_invite.0.clone();
+            self.transactions.acknowledged(&key);
+        }
+    }
+
+    /// BYE from either side: answered, and the other side is sent one.
+    pub(crate) fn on_bye(&mut self, key: &TxKey, req: &Request, now: Instant, wall: SystemTime) {
+        let call_id = header(req, "Call-ID").unwrap_or_default();
+        let Some((id, side)) = self.calls.by_call_id(call_id) else {
+            let r = response_to(req, 481, None);
+            return self.answer(key, r, now);
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let tag = match side {
+            Side::A => call.a.local_tag.clone(),
+            Side::B => call.b.local_tag.clone(),
+        };
+        let ok = response_to(req, 200, Some(&tag));
+        self.answer(key, ok, now);
+        let other = match side {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        };
+        self.send_bye(id, other, now);
+        let reason = match side {
+            Side::A => "caller-bye",
+            Side::B => "callee-bye",
+        };
+        self.end_call(id, reason, wall);
+    }
+
+    fn send_bye(&mut self, id: u64, side: Side, now: Instant) {
+        let branch = self.branch();
+        let local = self.local;
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let d = match side {
+            Side::A => &mut call.a,
+            Side::B => &mut call.b,
+        };
+        d.cseq += 1;
+        let remote_tag = d
+            .remote_tag
+            .as_deref()
+            .map(|t| format!(";tag={t}"))
+            .unwrap_or_default();
+        let text = format!(
+            "BYE {target} SIP/2.0\r\n\
+             Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{local_uri}>;tag={local_tag}\r\n\
+             To: <{remote_uri}>{remote_tag}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} BYE\r\n\
+             Content-Length: 0\r\n\r\n",
+            target = d.remote_target,
+            t = transport(d.peer),
+            local_uri = d.local_uri,
+            local_tag = d.local_tag,
+            remote_uri = d.remote_uri,
+            call_id = d.call_id,
+            cseq = d.cseq,
+        );
+        let peer = d.peer;
+        match request_from_text(&text) {
+            Some(bye) => {
+                self.send(bye, peer, now);
+            }
+            None => tracing::error!(%text, "built a BYE that does not parse"),
+        }
+    }
+
+    /// CANCEL from A for its pending INVITE.
+    pub(crate) fn on_cancel(&mut self, key: &TxKey, req: &Request, now: Instant, wall: SystemTime) {
+        let Some(id) = self.calls.by_a_invite(&key.cancelled_invite()) else {
+            let r = response_to(req, 481, None);
+            return self.answer(key, r, now);
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let ok = response_to(req, 200, Some(&call.a.local_tag));
+        if call.phase != Phase::Calling {
+            // Too late: the call is up; the CANCEL changes nothing.
+            return self.answer(key, ok, now);
+        }
+        let a_key = call.a_invite.0.clone();
+        let terminated = response_to(&call.a_invite.1, 487, Some(&call.a.local_tag));
+        let b_invite = call.b_invite.1.clone();
+        let b_peer = call.b.peer;
+        self.answer(key, ok, now);
+        self.answer(&a_key, terminated, now);
+        // CANCEL to B: same Request-URI, Call-ID, From, To, top Via, CSeq number.
+        let via = header(&b_invite, "Via").unwrap_or_default();
+        let seq = b_invite.cseq_header().and_then(|c| c.seq()).unwrap_or(1);
+        let text = format!(
+            "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: {call_id}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            uri = b_invite.uri,
+            from = header(&b_invite, "From").unwrap_or_default(),
+            to = header(&b_invite, "To").unwrap_or_default(),
+            call_id = header(&b_invite, "Call-ID").unwrap_or_default(),
+        );
+        if let Some(cancel) = request_from_text(&text) {
+            self.send(cancel, b_peer, now);
+        }
+        self.end_call(id, "cancelled", wall);
+    }
+
+    /// A response to our INVITE to B.
+    pub(crate) fn on_client_response(
+        &mut self,
+        key: &TxKey,
+        resp: &Response,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let Some(id) = self.calls.by_b_invite(key) else {
+            return;
+        };
+        let code = resp.status_code().code();
+        if code == 100 {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let to = header(resp, "To").unwrap_or_default();
+        if let Some(tag) = tag_of(to) {
+            call.b.remote_tag = Some(tag);
+        }
+        if is_success(resp)
+            && let Some(contact) = header(resp, "Contact")
+        {
+            call.b.remote_target = uri_of(contact);
+        }
+        let (leg_a, leg_b) = call.legs;
+        let a_key = call.a_invite.0.clone();
+        let a_invite = call.a_invite.1.clone();
+        let a_tag = call.a.local_tag.clone();
+        let a_peer = call.a.peer;
+        let phase = call.phase;
+        let answer_sdp = sdp_body(resp, resp.body());
+        if let (Some(sdp), Some(legs)) = (&answer_sdp, self.legs.as_mut())
+            && let Ok(addr) = audio_address(sdp)
+            && let Err(e) = legs.set_remote(leg_b, addr)
+        {
+            tracing::warn!(error = %e, "cannot point the callee's leg");
+        }
+        if is_success(resp) {
+            // ACK B's 2xx (each 2xx retransmission too).
+            self.ack_b(id, resp, now);
+            if phase != Phase::Calling {
+                return;
+            }
+        }
+        if phase != Phase::Calling {
+            return;
+        }
+        let mut to_a = response_to(&a_invite, code, Some(&a_tag));
+        if code > 100 && code < 300 {
+            to_a.headers
+                .push(make_header("Contact", self.contact(a_peer)));
+        }
+        if let (Some(sdp), Some(leg_addr)) = (answer_sdp, self.leg_addresses.get(&leg_a).copied())
+            && code < 300
+        {
+            to_a = with_body(to_a, "application/sdp", rewrite_audio(&sdp, leg_addr));
+        }
+        self.answer(&a_key, to_a, now);
+        if is_success(resp) {
+            if let Some(call) = self.calls.get_mut(id) {
+                call.phase = Phase::Answered;
+                call.answered = Some(wall);
+            }
+            tracing::info!(call = id, "call answered");
+        } else if code >= 300 {
+            self.end_call(id, &code.to_string(), wall);
+        }
+    }
+
+    fn ack_b(&mut self, id: u64, resp: &Response, now: Instant) {
+        let branch = self.branch();
+        let local = self.local;
+        let Some(call) = self.calls.get(id) else {
+            return;
+        };
+        let b = &call.b;
+        let text = format!(
+            "ACK {target} SIP/2.0\r\n\
+             Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{local_uri}>;tag={local_tag}\r\n\
+             To: {to}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 ACK\r\n\
+             Content-Length: 0\r\n\r\n",
+            target = b.remote_target,
+            t = transport(b.peer),
+            local_uri = b.local_uri,
+            local_tag = b.local_tag,
+            to = header(resp, "To").unwrap_or_default(),
+            call_id = b.call_id,
+        );
+        let peer = b.peer;
+        if let Some(ack) = request_from_text(&text) {
+            self.send(ack, peer, now);
+        }
+    }
+
+    /// Our INVITE to B got no final answer in time.
+    pub(crate) fn on_client_timeout(&mut self, key: &TxKey, now: Instant, wall: SystemTime) {
+        let Some(id) = self.calls.by_b_invite(key) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        if call.phase == Phase::Calling {
+            let r = response_to(&call.a_invite.1, 408, Some(&call.a.local_tag));
+            let a_key = call.a_invite.0.clone();
+            self.answer(&a_key, r, now);
+            self.end_call(id, "408", wall);
+        }
+    }
+
+    fn end_call(&mut self, id: u64, reason: &str, wall: SystemTime) {
+        let Some(call) = self.calls.remove(id) else {
+            return;
+        };
+        if let Some(legs) = self.legs.as_mut() {
+            legs.release(call.legs.0);
+            legs.release(call.legs.1);
+        }
+        self.leg_addresses.remove(&call.legs.0);
+        self.leg_addresses.remove(&call.legs.1);
+        tracing::info!(call_id = %call.a.call_id, %reason, "call ended");
+        self.finished(CallRecord {
+            call_id: call.a.call_id,
+            caller: call.caller,
+            callee: call.callee,
+            started: call.started,
+            answered: call.answered,
+            ended: wall,
+            reason: reason.to_string(),
+        });
+        self.update_call_metrics();
+    }
+}
