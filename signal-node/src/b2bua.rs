@@ -475,7 +475,13 @@ impl Endpoint {
         let Some(call) = self.calls.remove(id) else {
             return;
         };
+        let mut relayed = (0, 0);
         if let Some(legs) = self.legs.as_mut() {
+            // Out of the callee's leg went the caller's media, and back.
+            relayed = (
+                legs.packets(call.legs.1).map_or(0, |p| p.1),
+                legs.packets(call.legs.0).map_or(0, |p| p.1),
+            );
             legs.release(call.legs.0);
             legs.release(call.legs.1);
         }
@@ -490,6 +496,8 @@ impl Endpoint {
             answered: call.answered,
             ended: wall,
             reason: reason.to_string(),
+            packets_to_callee: relayed.0,
+            packets_to_caller: relayed.1,
         });
         self.update_call_metrics();
     }

@@ -26,6 +26,8 @@ pub trait CallLegs: Send {
     fn set_remote(&mut self, leg: u64, addr: SocketAddr) -> Result<(), String>;
     /// Media of each leg goes to the other.
     fn bridge(&mut self, a: u64, b: u64) -> Result<(), String>;
+    /// RTP packets the leg received from and sent to its endpoint so far.
+    fn packets(&self, leg: u64) -> Option<(u64, u64)>;
     /// The leg is no longer needed.
     fn release(&mut self, leg: u64);
 }
@@ -113,6 +115,10 @@ pub struct CallRecord {
     /// Why it ended: `caller-bye`, `callee-bye`, `cancelled`, or the
     /// final status code that refused it.
     pub reason: String,
+    /// RTP packets relayed from caller to callee.
+    pub packets_to_callee: u64,
+    /// RTP packets relayed from callee to caller.
+    pub packets_to_caller: u64,
 }
 
 /// All calls of one endpoint, indexed by what messages carry.

@@ -38,6 +38,7 @@ pub struct SipMetrics {
     transactions: Gauge,
     calls_active: Gauge,
     calls_completed: Family<Labels, Counter>,
+    call_media_packets: Family<Labels, Counter>,
 }
 
 impl SipMetrics {
@@ -78,6 +79,11 @@ impl SipMetrics {
             "voicecluster_calls_completed",
             "Calls ended on this member, by outcome (answered, or the refusal's status code, cancelled)",
             m.calls_completed.clone(),
+        );
+        registry.register(
+            "voicecluster_call_media_packets",
+            "RTP packets relayed in ended calls, by direction",
+            m.call_media_packets.clone(),
         );
         m
     }
@@ -144,6 +150,15 @@ impl Endpoint {
             record.reason.clone()
         };
         SipMetrics::count(&self.metrics.calls_completed, "outcome", outcome);
+        for (direction, n) in [
+            ("to_callee", record.packets_to_callee),
+            ("to_caller", record.packets_to_caller),
+        ] {
+            self.metrics
+                .call_media_packets
+                .get_or_create(&vec![("direction".to_string(), direction.to_string())])
+                .inc_by(n);
+        }
         if self.records.len() == RECORDS_KEPT {
             self.records.pop_front();
         }

@@ -40,6 +40,12 @@ impl CallLegs for LocalLegs {
             .map_err(|e| e.to_string())
     }
 
+    fn packets(&self, leg: u64) -> Option<(u64, u64)> {
+        self.engine
+            .stats(LegId(leg))
+            .map(|s| (s.packets_in, s.packets_out))
+    }
+
     fn release(&mut self, leg: u64) {
         let engine = self.engine.clone();
         // Closing the sockets is asynchronous; the call is already over.

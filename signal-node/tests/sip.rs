@@ -33,6 +33,10 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("vc-sip-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -50,30 +54,32 @@ impl Server {
                 users.display().to_string(),
                 "--nonce-secret".to_string(),
                 "test".to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|s| s.to_string())),
         )
         .expect("signal-node starts");
         Self { bin, sip, dir }
     }
 
-    /// Runs SIPp once against the server; true when its call succeeded.
-    fn sipp(&self, scenario: &str, transport: &str, users: &str) -> bool {
+    /// A SIPp command for one run of `scenario`.
+    fn sipp_command(&self, scenario: &str, transport: &str, users: &str, port: u16) -> Command {
         let inf = self.dir.join(format!("{scenario}-{transport}.csv"));
         std::fs::write(&inf, format!("SEQUENTIAL\n{users}\n")).unwrap();
-        let out = Command::new("sipp")
-            .arg(self.sip.to_string())
+        let mut cmd = Command::new("sipp");
+        cmd.arg(self.sip.to_string())
             .args(["-sf", &scenario_path(scenario), "-inf"])
             .arg(&inf)
-            .args([
-                "-t",
-                transport,
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &free_port().to_string(),
-            ])
+            .args(["-t", transport, "-i", "127.0.0.1", "-p", &port.to_string()])
             .args(["-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin"])
-            .current_dir(&self.dir)
+            .current_dir(&self.dir);
+        cmd
+    }
+
+    /// Runs SIPp once against the server; true when its call succeeded.
+    fn sipp(&self, scenario: &str, transport: &str, users: &str) -> bool {
+        let out = self
+            .sipp_command(scenario, transport, users, free_port())
             .output()
             .expect("sipp runs (apt install sip-tester)");
         if !out.status.success() {
@@ -243,4 +249,88 @@ async fn malformed_input_is_answered_or_dropped_and_service_goes_on() {
             >= Some(4.0)
     );
     assert!(server.sipp("options", "u1", "x;y;"), "SIPp still served");
+}
+
+/// Two seconds of mu-law silence as a WAV file, for SIPp's rtp_stream.
+fn write_audio(dir: &Path) {
+    let data = vec![0xffu8; 16_000];
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    // Format 7 (mu-law), mono, 8000 Hz, 8000 B/s, block 1, 8 bits.
+    for v in [7u16, 1] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    for v in [1u16, 8] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    std::fs::write(dir.join("audio.wav"), wav).unwrap();
+}
+
+#[tokio::test]
+async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
+    let server = Server::start_with(&["--call-leg-mode", "Locally", "--rtp-ports", "31000-31199"]);
+    write_audio(&server.dir);
+    // Each registers from the port it then calls or answers on.
+    let (alice_port, bob_port) = (free_port(), free_port());
+    for (user, pw, port) in [
+        ("alice", "wonder", alice_port),
+        ("bob", "builder", bob_port),
+    ] {
+        let ok = server
+            .sipp_command("register", "u1", &auth(user, pw), port)
+            .status()
+            .expect("sipp runs");
+        assert!(ok.success(), "{user} registers");
+    }
+    let callee = server
+        .sipp_command("callee", "u1", "bob;", bob_port)
+        .args(["-rtp_echo", "-mp", &free_port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sipp runs");
+    // Give the callee a moment to bind its port.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let caller = server
+        .sipp_command("caller", "u1", "alice;bob;", alice_port)
+        .args(["-mp", &free_port().to_string()])
+        .output()
+        .expect("sipp runs");
+    let callee_done = callee.wait_with_output().expect("callee sipp ends");
+    assert!(
+        caller.status.success(),
+        "caller: {}",
+        String::from_utf8_lossy(&caller.stderr)
+    );
+    assert!(
+        callee_done.status.success(),
+        "callee: {}",
+        String::from_utf8_lossy(&callee_done.stderr)
+    );
+    assert_eq!(
+        server
+            .metric("voicecluster_calls_completed_total{outcome=\"answered\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(server.metric("voicecluster_calls_active").await, Some(0.0));
+    // 2 s of 20 ms packets is 100 each way; the echo sends each one back.
+    let to_callee = server
+        .metric("voicecluster_call_media_packets_total{direction=\"to_callee\"}")
+        .await
+        .unwrap_or(0.0);
+    let to_caller = server
+        .metric("voicecluster_call_media_packets_total{direction=\"to_caller\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(to_callee >= 50.0, "RTP to the callee: {to_callee}");
+    assert!(to_caller >= 50.0, "RTP back to the caller: {to_caller}");
 }
