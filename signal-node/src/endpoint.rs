@@ -15,7 +15,9 @@ use prometheus_client::registry::Registry;
 use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Method, Request};
 
+use crate::billing::{Bill, RateTable, bill};
 use crate::calls::{CallLegs, CallRecord, Calls};
+use crate::management::SharedBills;
 use crate::registrar::Registrar;
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
 use crate::wire::{self, Inbound};
@@ -39,6 +41,7 @@ pub struct SipMetrics {
     calls_active: Gauge,
     calls_completed: Family<Labels, Counter>,
     call_media_packets: Family<Labels, Counter>,
+    bill_write_errors: Counter,
 }
 
 impl SipMetrics {
@@ -81,6 +84,11 @@ impl SipMetrics {
             m.calls_completed.clone(),
         );
         registry.register(
+            "voicecluster_bill_write_errors",
+            "Bills that could not be written at once (kept and retried)",
+            m.bill_write_errors.clone(),
+        );
+        registry.register(
             "voicecluster_call_media_packets",
             "RTP packets relayed in ended calls, by direction",
             m.call_media_packets.clone(),
@@ -90,6 +98,32 @@ impl SipMetrics {
 
     fn count(family: &Family<Labels, Counter>, key: &str, value: String) {
         family.get_or_create(&vec![(key.to_string(), value)]).inc();
+    }
+}
+
+/// Where bills go.
+struct Billing {
+    rates: RateTable,
+    store: SharedBills,
+    /// Bills a failed write left behind; written before the next one.
+    pending: Vec<Bill>,
+}
+
+impl Billing {
+    fn record(&mut self, record: &CallRecord, metrics: &SipMetrics) {
+        self.pending.push(bill(record, &self.rates));
+        let mut store = self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(b) = self.pending.first().cloned() {
+            if let Err(e) = store.append(b) {
+                tracing::error!(error = %e, path = %store.path().display(), pending = self.pending.len(), "cannot write a bill; kept for the next attempt");
+                metrics.bill_write_errors.inc();
+                return;
+            }
+            self.pending.remove(0);
+        }
     }
 }
 
@@ -104,6 +138,7 @@ pub struct Endpoint {
     /// This node's SIP address, in Via and Contact.
     pub(crate) local: SocketAddr,
     records: VecDeque<CallRecord>,
+    billing: Option<Billing>,
     metrics: SipMetrics,
     out: VecDeque<(Peer, Vec<u8>)>,
     next_tag: u64,
@@ -127,10 +162,21 @@ impl Endpoint {
             leg_addresses: HashMap::new(),
             local,
             records: VecDeque::new(),
+            billing: None,
             metrics,
             out: VecDeque::new(),
             next_tag: 0,
         }
+    }
+
+    /// Bills every finished call with `rates` into `store`.
+    pub fn with_billing(mut self, rates: RateTable, store: SharedBills) -> Self {
+        self.billing = Some(Billing {
+            rates,
+            store,
+            pending: Vec::new(),
+        });
+        self
     }
 
     /// Calls in progress.
@@ -158,6 +204,9 @@ impl Endpoint {
                 .call_media_packets
                 .get_or_create(&vec![("direction".to_string(), direction.to_string())])
                 .inc_by(n);
+        }
+        if let Some(b) = self.billing.as_mut() {
+            b.record(&record, &self.metrics);
         }
         if self.records.len() == RECORDS_KEPT {
             self.records.pop_front();

@@ -3,11 +3,13 @@
 //! and the tests share it.
 
 pub mod b2bua;
+pub mod billing;
 pub mod calls;
 pub mod digest;
 pub mod endpoint;
 pub mod framing;
 pub mod local_legs;
+pub mod management;
 pub mod registrar;
 pub mod sdp;
 pub mod transaction;

@@ -14,16 +14,20 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
 use voicecluster_api::VoiceClusterSpec;
-use voicecluster_api::voicecluster::CallLegMode;
+
+use voicecluster_api::voicecluster::{BillingSpec, CallLegMode};
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
+use voicecluster_signal_node::billing::{BillStore, RateTable};
 use voicecluster_signal_node::calls::CallLegs;
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
 use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
 use voicecluster_signal_node::local_legs::LocalLegs;
+use voicecluster_signal_node::management::{self, SharedBills};
 use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::transaction::Timers;
 use voicecluster_signal_node::transport::{self, Listeners};
@@ -69,6 +73,16 @@ struct Args {
     /// Address put in SDP for in-process call legs; defaults to the SIP address.
     #[arg(long, env = "VC_MEDIA_PUBLIC_IP")]
     media_public_ip: Option<IpAddr>,
+    /// Where bills are written (append-only, fsync'd), on the pod's volume.
+    #[arg(
+        long,
+        env = "VC_BILLS_FILE",
+        default_value = "/var/lib/voicecluster/bills.jsonl"
+    )]
+    bills_file: PathBuf,
+    /// Where the management API (bills) listens.
+    #[arg(long, env = "VC_MANAGEMENT_ADDR", default_value = "0.0.0.0:8080")]
+    management_addr: SocketAddr,
 }
 
 fn parse_mode(s: &str) -> Result<CallLegMode, String> {
@@ -98,6 +112,7 @@ struct SipSettings {
     mode: CallLegMode,
     rtp_ports: (u16, u16),
     capacity: usize,
+    billing: BillingSpec,
 }
 
 fn sip_settings(args: &Args) -> anyhow::Result<Option<SipSettings>> {
@@ -142,6 +157,7 @@ fn sip_settings(args: &Args) -> anyhow::Result<Option<SipSettings>> {
         .as_ref()
         .and_then(|s| usize::try_from(s.media.capacity).ok())
         .unwrap_or(1000);
+    let billing = spec.as_ref().map(|s| s.billing.clone()).unwrap_or_default();
     let domain = args
         .sip_domain
         .clone()
@@ -154,6 +170,7 @@ fn sip_settings(args: &Args) -> anyhow::Result<Option<SipSettings>> {
         mode,
         rtp_ports,
         capacity,
+        billing,
     }))
 }
 
@@ -221,13 +238,20 @@ async fn main() -> anyhow::Result<()> {
             };
             let auth = Authenticator::new(&s.domain, &nonce_secret(&args), users);
             let legs = local_legs(&s, args.media_public_ip)?;
+            let rates = RateTable::from_spec(&s.billing).map_err(anyhow::Error::msg)?;
+            let bills: SharedBills = Arc::new(Mutex::new(
+                BillStore::open(&args.bills_file)
+                    .with_context(|| format!("opening {}", args.bills_file.display()))?,
+            ));
             let endpoint = Endpoint::new(
                 s.advertised,
                 Registrar::new(auth),
                 legs,
                 Timers::default(),
                 sip_metrics,
-            );
+            )
+            .with_billing(rates, Arc::clone(&bills));
+            let management = tokio::spawn(management::serve(args.management_addr, bills));
             let listeners = Listeners::bind(s.addr, s.addr)
                 .await
                 .with_context(|| format!("binding SIP on {}", s.addr))?;
@@ -237,7 +261,13 @@ async fn main() -> anyhow::Result<()> {
                 domain = %s.domain,
                 "serving SIP"
             );
-            Some(tokio::spawn(transport::serve(listeners, endpoint)))
+            let sip = tokio::spawn(transport::serve(listeners, endpoint));
+            Some(tokio::spawn(async move {
+                tokio::select! {
+                    r = sip => r.map_err(std::io::Error::other)?,
+                    r = management => r.map_err(std::io::Error::other)?,
+                }
+            }))
         }
         None => {
             tracing::info!("no VC_CONFIG or --sip-addr: SIP not served");

@@ -28,21 +28,34 @@ fn free_port() -> u16 {
 struct Server {
     bin: RunningBinary,
     sip: SocketAddr,
+    management: SocketAddr,
     dir: PathBuf,
 }
 
 impl Server {
     fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("vc-sip-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let users = dir.join("users");
         std::fs::write(&users, "alice:wonder\nbob:builder\n").unwrap();
         let sip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let management: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        // A spec as the operator mounts it: prices per second, 0.60 a minute.
+        let config = dir.join("config.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({
+                "sip": {"domain": "voice.test"},
+                "signal": {"callLegMode": "Locally"},
+                "media": {"rtpPortRange": {"min": 31000, "max": 31199}},
+                "billing": {"currency": "EUR", "rates": [
+                    {"prefix": "", "pricePerMinute": "0.60", "incrementSeconds": 1}
+                ]},
+            })
+            .to_string(),
+        )
+        .unwrap();
         let bin = RunningBinary::start_with(
             BIN,
             [
@@ -54,12 +67,21 @@ impl Server {
                 users.display().to_string(),
                 "--nonce-secret".to_string(),
                 "test".to_string(),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(|s| s.to_string())),
+                "--config".to_string(),
+                config.display().to_string(),
+                "--bills-file".to_string(),
+                dir.join("bills.jsonl").display().to_string(),
+                "--management-addr".to_string(),
+                management.to_string(),
+            ],
         )
         .expect("signal-node starts");
-        Self { bin, sip, dir }
+        Self {
+            bin,
+            sip,
+            management,
+            dir,
+        }
     }
 
     /// A SIPp command for one run of `scenario`.
@@ -276,7 +298,7 @@ fn write_audio(dir: &Path) {
 
 #[tokio::test]
 async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
-    let server = Server::start_with(&["--call-leg-mode", "Locally", "--rtp-ports", "31000-31199"]);
+    let server = Server::start();
     write_audio(&server.dir);
     // Each registers from the port it then calls or answers on.
     let (alice_port, bob_port) = (free_port(), free_port());
@@ -333,4 +355,45 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
         .unwrap_or(0.0);
     assert!(to_callee >= 50.0, "RTP to the callee: {to_callee}");
     assert!(to_caller >= 50.0, "RTP back to the caller: {to_caller}");
+
+    // The bill: answer to BYE is the 2 s the caller streamed (plus
+    // signalling), priced per second at 0.01.
+    let bills = http_get(server.management, "/bills").await.unwrap();
+    assert_eq!(bills.status, 200);
+    let bills: Vec<serde_json::Value> = serde_json::from_str(&bills.body).unwrap();
+    assert_eq!(bills.len(), 1, "{bills:?}");
+    let b = &bills[0];
+    let call_id = b["callId"].as_str().unwrap();
+    let one = http_get(server.management, &format!("/calls/{call_id}/bill"))
+        .await
+        .unwrap();
+    assert_eq!(one.status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&one.body).unwrap(),
+        *b
+    );
+    let ms = b["durationMs"].as_u64().unwrap();
+    assert!((1900..4000).contains(&ms), "duration {ms} ms");
+    let billed = b["billedSeconds"].as_u64().unwrap();
+    assert_eq!(billed, ms.div_ceil(1000));
+    assert_eq!(b["cost"], format!("{:.2}", billed as f64 * 0.01));
+    assert_eq!(
+        (b["caller"].as_str(), b["callee"].as_str()),
+        (Some("alice"), Some("bob"))
+    );
+    assert_eq!(b["disconnectReason"], "caller-bye");
+    assert_eq!(
+        http_get(server.management, "/calls/nope/bill")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        http_get(server.management, "/bills?since=yesterday")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
 }
