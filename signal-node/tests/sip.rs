@@ -397,3 +397,53 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
         400
     );
 }
+
+#[tokio::test]
+async fn two_hundred_calls_at_twenty_per_second_all_succeed() {
+    let server = Server::start();
+    let (alice_port, bob_port) = (free_port(), free_port());
+    for (user, pw, port) in [
+        ("alice", "wonder", alice_port),
+        ("bob", "builder", bob_port),
+    ] {
+        let ok = server
+            .sipp_command("register", "u1", &auth(user, pw), port)
+            .status()
+            .expect("sipp runs");
+        assert!(ok.success(), "{user} registers");
+    }
+    let mut callee = server.sipp_command("callee", "u1", "bob;", bob_port);
+    callee
+        .args(["-m", "200", "-mp", &free_port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let callee = callee.spawn().expect("sipp runs");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let caller = server
+        .sipp_command("short-call", "u1", "alice;bob;", alice_port)
+        .args(["-m", "200", "-r", "20", "-timeout", "60s"])
+        .args(["-mp", &free_port().to_string()])
+        .output()
+        .expect("sipp runs");
+    let callee = callee.wait_with_output().expect("callee sipp ends");
+    // SIPp exits 0 only when every call succeeded.
+    assert!(
+        caller.status.success(),
+        "caller: {}",
+        String::from_utf8_lossy(&caller.stderr)
+    );
+    assert!(
+        callee.status.success(),
+        "callee: {}",
+        String::from_utf8_lossy(&callee.stderr)
+    );
+    assert_eq!(
+        server
+            .metric("voicecluster_calls_completed_total{outcome=\"answered\"}")
+            .await,
+        Some(200.0)
+    );
+    let bills = http_get(server.management, "/bills").await.unwrap();
+    let bills: Vec<serde_json::Value> = serde_json::from_str(&bills.body).unwrap();
+    assert_eq!(bills.len(), 200, "one bill per call");
+}
