@@ -141,6 +141,22 @@ impl Registrar {
             .count()
     }
 
+    /// A binding made without the REGISTER dance, for tests of what
+    /// happens after registration.
+    #[cfg(test)]
+    pub(crate) fn bind(&mut self, user: &str, contact: &str, source: Peer, now: SystemTime) {
+        self.bindings
+            .entry(user.to_string())
+            .or_default()
+            .push(Binding {
+                contact: contact.to_string(),
+                expires_at: now + Duration::from_secs(3600),
+                call_id: "test".to_string(),
+                cseq: 1,
+                source,
+            });
+    }
+
     /// Drops lapsed bindings.
     pub fn expire(&mut self, now: SystemTime) {
         for b in self.bindings.values_mut() {

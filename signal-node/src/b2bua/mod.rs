@@ -502,3 +502,6 @@ impl Endpoint {
         self.update_call_metrics();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,315 @@
+//! Call flows through the sans-I/O endpoint, with call legs faked: what
+//! goes out to each side for what comes in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use crate::calls::CallLegs;
+use crate::digest::Authenticator;
+use crate::endpoint::{Endpoint, SipMetrics};
+use crate::registrar::Registrar;
+use crate::transaction::{Peer, Timers};
+
+/// What the fake legs were asked to do.
+#[derive(Default)]
+struct LegLog {
+    next: u64,
+    remotes: HashMap<u64, SocketAddr>,
+    bridged: Vec<(u64, u64)>,
+    released: Vec<u64>,
+}
+
+struct FakeLegs(Arc<Mutex<LegLog>>);
+
+impl CallLegs for FakeLegs {
+    fn create(&mut self) -> Result<(u64, SocketAddr), String> {
+        let mut l = self.0.lock().unwrap();
+        l.next += 1;
+        let port = 30000 + 2 * u16::try_from(l.next).unwrap();
+        Ok((l.next, SocketAddr::from(([203, 0, 113, 10], port))))
+    }
+    fn set_remote(&mut self, leg: u64, addr: SocketAddr) -> Result<(), String> {
+        self.0.lock().unwrap().remotes.insert(leg, addr);
+        Ok(())
+    }
+    fn bridge(&mut self, a: u64, b: u64) -> Result<(), String> {
+        self.0.lock().unwrap().bridged.push((a, b));
+        Ok(())
+    }
+    fn packets(&self, _leg: u64) -> Option<(u64, u64)> {
+        Some((0, 0))
+    }
+    fn release(&mut self, leg: u64) {
+        self.0.lock().unwrap().released.push(leg);
+    }
+}
+
+const A: Peer = Peer {
+    addr: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(10, 0, 0, 1),
+        5060,
+    )),
+    reliable: false,
+};
+const B: Peer = Peer {
+    addr: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(10, 0, 0, 2),
+        5070,
+    )),
+    reliable: false,
+};
+
+struct Harness {
+    ep: Endpoint,
+    legs: Arc<Mutex<LegLog>>,
+    now: Instant,
+    wall: SystemTime,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let wall = SystemTime::now();
+        let auth = Authenticator::new(
+            "voice.test",
+            "k",
+            HashMap::from([
+                ("alice".to_string(), "a".to_string()),
+                ("bob".to_string(), "b".to_string()),
+                ("carol".to_string(), "c".to_string()),
+            ]),
+        );
+        let mut registrar = Registrar::new(auth);
+        registrar.bind("bob", "sip:bob@10.0.0.2:5070", B, wall);
+        let legs = Arc::new(Mutex::new(LegLog::default()));
+        let ep = Endpoint::new(
+            "192.0.2.1:5060".parse().unwrap(),
+            registrar,
+            Some(Box::new(FakeLegs(Arc::clone(&legs)))),
+            Timers::default(),
+            SipMetrics::default(),
+        );
+        Self {
+            ep,
+            legs,
+            now: Instant::now(),
+            wall,
+        }
+    }
+
+    /// Feeds `text` from `from`; returns what went out, as (peer, text).
+    fn feed(&mut self, text: &str, from: Peer) -> Vec<(Peer, String)> {
+        self.ep.on_bytes(text.as_bytes(), from, self.now, self.wall);
+        std::iter::from_fn(|| self.ep.poll_transmit())
+            .map(|(p, b)| (p, String::from_utf8_lossy(&b).into_owned()))
+            .collect()
+    }
+}
+
+const OFFER: &str = "v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+const ANSWER: &str = "v=0\r\no=b 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+
+fn invite(to_user: &str, branch: &str, body: &str) -> String {
+    let ctype = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/sdp\r\n".to_string()
+    };
+    format!(
+        "INVITE sip:{to_user}@voice.test SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch={branch}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@voice.test>;tag=a1\r\n\
+To: <sip:{to_user}@voice.test>\r\n\
+Call-ID: call-a\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@10.0.0.1:5060>\r\n\
+{ctype}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_default()
+}
+
+/// A response from B to the INVITE we sent it.
+fn reply_to(req: &str, code: &str, to_tag: &str, body: &str) -> String {
+    let ctype = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/sdp\r\n".to_string()
+    };
+    format!(
+        "SIP/2.0 {code}\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+Contact: <sip:bob@10.0.0.2:5070>\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+        header(req, "Via"),
+        header(req, "From"),
+        header(req, "To"),
+        header(req, "Call-ID"),
+        header(req, "CSeq"),
+        body.len()
+    )
+}
+
+/// Starts a call: returns the INVITE that went to B.
+fn start_call(h: &mut Harness) -> String {
+    let out = h.feed(&invite("bob", "z9hG4bK-a1", OFFER), A);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        ["SIP/2.0 100 Trying", "INVITE sip:bob@10.0.0.2:5070 SIP/2.0"]
+    );
+    let (peer, to_b) = out[1].clone();
+    assert_eq!(peer, B, "sent along the flow Bob registered from");
+    to_b
+}
+
+#[test]
+fn the_callee_gets_an_offer_for_its_own_leg() {
+    let mut h = Harness::new();
+    let to_b = start_call(&mut h);
+    assert!(to_b.contains("c=IN IP4 203.0.113.10\r\n"), "{to_b}");
+    assert!(
+        to_b.contains("m=audio 30004 RTP/AVP 0\r\n"),
+        "B's leg: {to_b}"
+    );
+    assert_ne!(
+        header(&to_b, "Call-ID"),
+        "call-a",
+        "each side has its own dialog"
+    );
+    let legs = h.legs.lock().unwrap();
+    assert_eq!(
+        legs.remotes.get(&1),
+        Some(&"10.0.0.1:4000".parse().unwrap())
+    );
+    assert_eq!(legs.bridged, [(1, 2)]);
+}
+
+#[test]
+fn an_answer_reaches_the_caller_with_its_leg_and_bye_ends_both_sides() {
+    let mut h = Harness::new();
+    let to_b = start_call(&mut h);
+    let out = h.feed(&reply_to(&to_b, "180 Ringing", "b1", ""), B);
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 180 Ringing");
+    assert_eq!(out[0].0, A);
+    let out = h.feed(&reply_to(&to_b, "200 OK", "b1", ANSWER), B);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        ["ACK sip:bob@10.0.0.2:5070 SIP/2.0", "SIP/2.0 200 OK"]
+    );
+    let ok = &out[1].1;
+    assert!(ok.contains("m=audio 30002 RTP/AVP 0\r\n"), "A's leg: {ok}");
+    assert!(ok.contains("Contact: <sip:192.0.2.1:5060>"), "{ok}");
+    assert_eq!(
+        h.legs.lock().unwrap().remotes.get(&2),
+        Some(&"10.0.0.2:6000".parse().unwrap())
+    );
+    assert_eq!(h.ep.active_calls(), 1);
+
+    // B hangs up: B gets 200, A gets a BYE in A's dialog.
+    let bye = format!(
+        "BYE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5070;branch=z9hG4bK-bye\r\n\
+Max-Forwards: 70\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        header(&to_b, "To"),
+        header(&to_b, "From"),
+        header(&to_b, "Call-ID")
+    );
+    let out = h.feed(&bye, B);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        ["SIP/2.0 200 OK", "BYE sip:alice@10.0.0.1:5060 SIP/2.0"]
+    );
+    assert_eq!((out[0].0, out[1].0), (B, A));
+    assert_eq!(header(&out[1].1, "Call-ID"), "call-a");
+    assert!(header(&out[1].1, "To").ends_with(";tag=a1"));
+    assert_eq!(h.ep.active_calls(), 0);
+    let records = h.ep.take_records();
+    assert_eq!(records[0].reason, "callee-bye");
+    assert!(records[0].answered.is_some());
+    let mut released = h.legs.lock().unwrap().released.clone();
+    released.sort();
+    assert_eq!(released, [1, 2]);
+}
+
+#[test]
+fn a_busy_callee_is_relayed_and_acked() {
+    let mut h = Harness::new();
+    let to_b = start_call(&mut h);
+    let out = h.feed(&reply_to(&to_b, "486 Busy Here", "b1", ""), B);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        ["ACK sip:bob@10.0.0.2:5070 SIP/2.0", "SIP/2.0 486 Busy Here"]
+    );
+    assert_eq!(h.ep.take_records()[0].reason, "486");
+    assert_eq!(h.legs.lock().unwrap().released.len(), 2);
+}
+
+#[test]
+fn cancel_gets_487_and_is_passed_on() {
+    let mut h = Harness::new();
+    let to_b = start_call(&mut h);
+    let cancel = "CANCEL sip:bob@voice.test SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-a1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@voice.test>;tag=a1\r\nTo: <sip:bob@voice.test>\r\nCall-ID: call-a\r\n\
+CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    let out = h.feed(cancel, A);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        [
+            "SIP/2.0 200 OK",
+            "SIP/2.0 487 Request Terminated",
+            "CANCEL sip:bob@10.0.0.2:5070 SIP/2.0"
+        ]
+    );
+    assert_eq!(
+        header(&out[2].1, "Via"),
+        header(&to_b, "Via"),
+        "same branch as the INVITE"
+    );
+    assert!(header(&out[1].1, "CSeq").ends_with("INVITE"));
+    assert_eq!(h.ep.take_records()[0].reason, "cancelled");
+}
+
+#[test]
+fn calls_that_cannot_be_placed_get_the_right_status() {
+    let mut h = Harness::new();
+    let cases = [
+        (
+            invite("nobody", "z9hG4bK-1", OFFER),
+            "SIP/2.0 404 Not Found",
+        ),
+        (
+            invite("carol", "z9hG4bK-2", OFFER),
+            "SIP/2.0 480 Temporarily Unavailable",
+        ),
+        (
+            invite("bob", "z9hG4bK-3", ""),
+            "SIP/2.0 488 Not Acceptable Here",
+        ),
+    ];
+    for (msg, want) in cases {
+        let out = h.feed(&msg, A);
+        assert_eq!(first_line(&out.last().unwrap().1), want);
+    }
+    let bye = "BYE sip:x@voice.test SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-9\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@voice.test>;tag=a1\r\nTo: <sip:x@voice.test>;tag=z\r\nCall-ID: nope\r\n\
+CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(
+        first_line(&h.feed(bye, A)[0].1),
+        "SIP/2.0 481 Call/Transaction Does Not Exist"
+    );
+    assert_eq!(h.ep.active_calls(), 0);
+    assert!(h.legs.lock().unwrap().bridged.is_empty());
+}
