@@ -141,10 +141,9 @@ impl Registrar {
             .count()
     }
 
-    /// A binding made without the REGISTER dance, for tests of what
-    /// happens after registration.
-    #[cfg(test)]
-    pub(crate) fn bind(&mut self, user: &str, contact: &str, source: Peer, now: SystemTime) {
+    /// A static registration (a device or trunk configured rather than
+    /// registering itself), valid for an hour.
+    pub fn bind(&mut self, user: &str, contact: &str, source: Peer, now: SystemTime) {
         self.bindings
             .entry(user.to_string())
             .or_default()
