@@ -9,9 +9,9 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateDaemonSet, StatefulSet, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -160,6 +160,30 @@ fn port(name: &str, port: u16, protocol: &str) -> ContainerPort {
 
 const CONFIG_DIR: &str = "/etc/voicecluster";
 
+/// Where a signal pod keeps its bills.
+const DATA_DIR: &str = "/var/lib/voicecluster";
+
+/// Port of a signal pod's management API (bills).
+pub const MANAGEMENT_PORT: u16 = 8080;
+
+/// A signal pod's data volume. An emptyDir outlives container restarts (a
+/// crash keeps its bills) but not the pod; a cluster with a storage class
+/// would give each member a claim instead.
+fn data_volume() -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "data".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "data".to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+    )
+}
+
 fn config_volume(vc: &VoiceCluster) -> (Volume, VolumeMount) {
     (
         Volume {
@@ -280,6 +304,13 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
         "VC_CALL_LEG_MODE",
         format!("{:?}", spec.signal.call_leg_mode),
     ));
+    signal_env.push(env("VC_BILLS_FILE", format!("{DATA_DIR}/bills.jsonl")));
+    signal_env.push(env(
+        "VC_MANAGEMENT_ADDR",
+        format!("0.0.0.0:{MANAGEMENT_PORT}"),
+    ));
+    signal_ports.push(port("management", MANAGEMENT_PORT, "TCP"));
+    let (data, data_mount) = data_volume();
     let signal = StatefulSet {
         metadata: meta(vc, &owner, "signal", COMPONENT_SIGNAL),
         spec: Some(StatefulSetSpec {
@@ -311,10 +342,10 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
                         readiness_probe: Some(http_probe(READYZ_PATH, 2)),
                         liveness_probe: Some(http_probe(HEALTHZ_PATH, 10)),
                         resources: spec.signal.resources.clone(),
-                        volume_mounts: Some(vec![mount.clone()]),
+                        volume_mounts: Some(vec![mount.clone(), data_mount]),
                         ..Container::default()
                     }],
-                    volumes: Some(vec![volume.clone()]),
+                    volumes: Some(vec![volume.clone(), data]),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
                 }),
@@ -543,6 +574,15 @@ mod tests {
         assert!(
             env.iter().any(|e| e.name == ENV_DIRECTORY_URL
                 && e.value.as_deref() == Some("http://10.252.0.9:9443"))
+        );
+        // Bills live on the pod's data volume.
+        assert!(env.iter().any(|e| e.name == "VC_BILLS_FILE"
+            && e.value.as_deref() == Some("/var/lib/voicecluster/bills.jsonl")));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.mount_path == "/var/lib/voicecluster")
         );
         let sip = d.sip.spec.as_ref().unwrap().ports.as_ref().unwrap();
         assert_eq!(sip.len(), 1);
