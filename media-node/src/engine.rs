@@ -29,6 +29,9 @@ pub enum EngineError {
     },
 }
 
+/// Port pairs tried for one leg before giving up.
+const BIND_ATTEMPTS: usize = 8;
+
 struct LegIo {
     tasks: [JoinHandle<()>; 2],
 }
@@ -84,8 +87,37 @@ impl MediaEngine {
     /// A new leg; returns its id and the public address of its RTP port.
     /// Must be called within a tokio runtime.
     pub fn create_leg(&self) -> Result<(LegId, SocketAddr), EngineError> {
-        let (id, port) = self.shared.relay().create_leg(Instant::now())?;
-        let bound = [port, port + 1].map(|p| {
+        // A pair another process holds is skipped (and stays in the pool
+        // for later); only a run of such pairs fails the leg.
+        let mut last = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let (id, port) = self.shared.relay().create_leg(Instant::now())?;
+            match self.bind_pair(port) {
+                Ok((rtp, rtcp)) => {
+                    {
+                        let mut sockets = self.shared.sockets();
+                        sockets.insert(port, Arc::clone(&rtp));
+                        sockets.insert(port + 1, Arc::clone(&rtcp));
+                    }
+                    let tasks = [
+                        tokio::spawn(receive(Arc::clone(&self.shared), rtp, port)),
+                        tokio::spawn(receive(Arc::clone(&self.shared), rtcp, port + 1)),
+                    ];
+                    self.io().insert(id, LegIo { tasks });
+                    return Ok((id, SocketAddr::new(self.public_ip, port)));
+                }
+                Err(e) => {
+                    let _ = self.shared.relay().destroy(id);
+                    tracing::debug!(error = %e, "RTP port pair taken; trying the next");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(EngineError::Relay(RelayError::AtCapacity(0))))
+    }
+
+    fn bind_pair(&self, port: u16) -> Result<(Arc<UdpSocket>, Arc<UdpSocket>), EngineError> {
+        let bind = |p: u16| {
             std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, p))
                 .and_then(|s| {
                     s.set_nonblocking(true)?;
@@ -93,26 +125,8 @@ impl MediaEngine {
                 })
                 .map(Arc::new)
                 .map_err(|source| EngineError::Bind { port: p, source })
-        });
-        let [Ok(rtp), Ok(rtcp)] = bound else {
-            let _ = self.shared.relay().destroy(id);
-            let [a, b] = bound;
-            return Err(a
-                .err()
-                .or(b.err())
-                .unwrap_or(EngineError::Relay(RelayError::NoSuchLeg(id))));
         };
-        {
-            let mut sockets = self.shared.sockets();
-            sockets.insert(port, Arc::clone(&rtp));
-            sockets.insert(port + 1, Arc::clone(&rtcp));
-        }
-        let tasks = [
-            tokio::spawn(receive(Arc::clone(&self.shared), rtp, port)),
-            tokio::spawn(receive(Arc::clone(&self.shared), rtcp, port + 1)),
-        ];
-        self.io().insert(id, LegIo { tasks });
-        Ok((id, SocketAddr::new(self.public_ip, port)))
+        Ok((bind(port)?, bind(port + 1)?))
     }
 
     /// Where the leg's endpoint receives, from its SDP.
@@ -249,5 +263,13 @@ mod tests {
         // The ports are really closed: they can be bound again.
         std::net::UdpSocket::bind(a_addr).unwrap();
         std::net::UdpSocket::bind(b_addr).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pair_held_by_another_process_is_skipped() {
+        let e = engine(42000);
+        let _squatter = std::net::UdpSocket::bind("127.0.0.1:42001").unwrap();
+        let (_, addr) = e.create_leg().unwrap();
+        assert_eq!(addr.port(), 42002);
     }
 }

@@ -91,6 +91,8 @@ pub struct Call {
     pub legs: (u64, u64),
     /// Progress.
     pub phase: Phase,
+    /// When the INVITE to B left, until its session request delay is known.
+    pub invite_sent: Option<std::time::Instant>,
     /// When A's INVITE arrived.
     pub started: SystemTime,
     /// When B answered.

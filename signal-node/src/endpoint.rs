@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Method, Request};
@@ -31,7 +32,7 @@ const RECORDS_KEPT: usize = 10_000;
 type Labels = Vec<(String, String)>;
 
 /// SIP metrics of a signal node.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SipMetrics {
     requests: Family<Labels, Counter>,
     responses: Family<Labels, Counter>,
@@ -42,6 +43,25 @@ pub struct SipMetrics {
     calls_completed: Family<Labels, Counter>,
     call_media_packets: Family<Labels, Counter>,
     bill_write_errors: Counter,
+    session_request_delay: Histogram,
+}
+
+impl Default for SipMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            responses: Family::default(),
+            rejected: Family::default(),
+            registered_users: Gauge::default(),
+            transactions: Gauge::default(),
+            calls_active: Gauge::default(),
+            calls_completed: Family::default(),
+            call_media_packets: Family::default(),
+            bill_write_errors: Counter::default(),
+            // 1 ms to about 33 s: a local answer to a slow PSTN gateway.
+            session_request_delay: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
 }
 
 impl SipMetrics {
@@ -82,6 +102,11 @@ impl SipMetrics {
             "voicecluster_calls_completed",
             "Calls ended on this member, by outcome (answered, or the refusal's status code, cancelled)",
             m.calls_completed.clone(),
+        );
+        registry.register(
+            "voicecluster_sip_session_request_delay_seconds",
+            "Session request delay (RFC 6076 SRD) of INVITEs sent to callees",
+            m.session_request_delay.clone(),
         );
         registry.register(
             "voicecluster_bill_write_errors",
@@ -212,6 +237,10 @@ impl Endpoint {
             self.records.pop_front();
         }
         self.records.push_back(record);
+    }
+
+    pub(crate) fn observe_session_request_delay(&self, d: std::time::Duration) {
+        self.metrics.session_request_delay.observe(d.as_secs_f64());
     }
 
     pub(crate) fn update_call_metrics(&self) {

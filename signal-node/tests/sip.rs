@@ -41,6 +41,9 @@ impl Server {
         std::fs::write(&users, "alice:wonder\nbob:builder\n").unwrap();
         let sip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let management: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        // Servers of one test run get RTP ranges of their own.
+        static NEXT_RTP: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(31000);
+        let rtp = NEXT_RTP.fetch_add(400, std::sync::atomic::Ordering::Relaxed);
         // A spec as the operator mounts it: prices per second, 0.60 a minute.
         let config = dir.join("config.json");
         std::fs::write(
@@ -48,7 +51,7 @@ impl Server {
             serde_json::json!({
                 "sip": {"domain": "voice.test"},
                 "signal": {"callLegMode": "Locally"},
-                "media": {"rtpPortRange": {"min": 31000, "max": 31199}},
+                "media": {"rtpPortRange": {"min": rtp, "max": rtp + 399}},
                 "billing": {"currency": "EUR", "rates": [
                     {"prefix": "", "pricePerMinute": "0.60", "incrementSeconds": 1}
                 ]},
@@ -344,6 +347,13 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
         Some(1.0)
     );
     assert_eq!(server.metric("voicecluster_calls_active").await, Some(0.0));
+    assert_eq!(
+        server
+            .metric("voicecluster_sip_session_request_delay_seconds_count")
+            .await,
+        Some(1.0),
+        "one session request delay measured"
+    );
     // 2 s of 20 ms packets is 100 each way; the echo sends each one back.
     let to_callee = server
         .metric("voicecluster_call_media_packets_total{direction=\"to_callee\"}")

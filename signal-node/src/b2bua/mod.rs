@@ -192,6 +192,7 @@ impl Endpoint {
             b_invite: (b_key, b_invite),
             legs: (leg_a, leg_b),
             phase: Phase::Calling,
+            invite_sent: Some(now),
             started: wall,
             answered: None,
         });
@@ -387,6 +388,13 @@ impl Endpoint {
         let a_tag = call.a.local_tag.clone();
         let a_peer = call.a.peer;
         let phase = call.phase;
+        // RFC 6076 §4.2: from the INVITE to the first response that is a
+        // 2xx or a provisional other than 100.
+        if (code > 100 && code < 300)
+            && let Some(sent) = call.invite_sent.take()
+        {
+            self.observe_session_request_delay(now.duration_since(sent));
+        }
         let answer_sdp = sdp_body(resp, resp.body());
         if let (Some(sdp), Some(legs)) = (&answer_sdp, self.legs.as_mut())
             && let Ok(addr) = audio_address(sdp)
