@@ -309,6 +309,17 @@ pub struct SipSpec {
     /// Service type of the SIP Service.
     #[serde(default)]
     pub service_type: ServiceType,
+    /// Name of a Secret in this namespace holding the users who may
+    /// register and call: key `users`, one `user:password` per line. An
+    /// optional key `nonce-secret` keys the digest nonces, so that every
+    /// signal member accepts the nonces of the others. Without it, every
+    /// REGISTER is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub users_secret: Option<String>,
 }
 
 fn default_transports() -> Vec<Transport> {

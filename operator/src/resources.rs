@@ -10,8 +10,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -166,6 +166,49 @@ const DATA_DIR: &str = "/var/lib/voicecluster";
 /// Port of a signal pod's management API (bills).
 pub const MANAGEMENT_PORT: u16 = 8080;
 
+/// Where a signal pod reads its users (from `spec.sip.usersSecret`).
+const USERS_DIR: &str = "/var/run/voicecluster/users";
+
+/// The users Secret as a volume, and the variables pointing at it.
+fn users_secret(secret: &str) -> (Volume, VolumeMount, Vec<EnvVar>) {
+    let volume = Volume {
+        name: "users".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            items: Some(vec![KeyToPath {
+                key: "users".to_string(),
+                path: "users".to_string(),
+                ..KeyToPath::default()
+            }]),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "users".to_string(),
+        mount_path: USERS_DIR.to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let nonce = EnvVar {
+        name: "VC_NONCE_SECRET".to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: "nonce-secret".to_string(),
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    (
+        volume,
+        mount,
+        vec![env("VC_USERS_FILE", format!("{USERS_DIR}/users")), nonce],
+    )
+}
+
 /// A signal pod's data volume. An emptyDir outlives container restarts (a
 /// crash keeps its bills) but not the pod; a cluster with a storage class
 /// would give each member a claim instead.
@@ -311,6 +354,14 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
     ));
     signal_ports.push(port("management", MANAGEMENT_PORT, "TCP"));
     let (data, data_mount) = data_volume();
+    let mut signal_volumes = vec![volume.clone(), data];
+    let mut signal_mounts = vec![mount.clone(), data_mount];
+    if let Some(secret) = &spec.sip.users_secret {
+        let (v, m, vars) = users_secret(secret);
+        signal_volumes.push(v);
+        signal_mounts.push(m);
+        signal_env.extend(vars);
+    }
     let signal = StatefulSet {
         metadata: meta(vc, &owner, "signal", COMPONENT_SIGNAL),
         spec: Some(StatefulSetSpec {
@@ -342,10 +393,10 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
                         readiness_probe: Some(http_probe(READYZ_PATH, 2)),
                         liveness_probe: Some(http_probe(HEALTHZ_PATH, 10)),
                         resources: spec.signal.resources.clone(),
-                        volume_mounts: Some(vec![mount.clone(), data_mount]),
+                        volume_mounts: Some(signal_mounts),
                         ..Container::default()
                     }],
-                    volumes: Some(vec![volume.clone(), data]),
+                    volumes: Some(signal_volumes),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
                 }),
@@ -598,6 +649,51 @@ mod tests {
                 .cluster_ip
                 .as_deref(),
             Some("None")
+        );
+    }
+
+    #[test]
+    fn signal_pods_read_users_from_the_named_secret() {
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x", "usersSecret": "voice-users"}})),
+            &settings(),
+        )
+        .unwrap();
+        let pod = pod_spec(&d.signal.spec.as_ref().unwrap().template);
+        let secret = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find_map(|v| v.secret.as_ref())
+            .unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("voice-users"));
+        let env = pod.containers[0].env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "VC_USERS_FILE"
+            && e.value.as_deref() == Some("/var/run/voicecluster/users/users")));
+        let nonce = env.iter().find(|e| e.name == "VC_NONCE_SECRET").unwrap();
+        let key = nonce
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.optional),
+            ("voice-users", Some(true))
+        );
+        // Without the field, no Secret is mounted.
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x"}})),
+            &settings(),
+        )
+        .unwrap();
+        let pod = pod_spec(&d.signal.spec.as_ref().unwrap().template);
+        assert!(
+            pod.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.secret.is_none())
         );
     }
 
