@@ -19,6 +19,23 @@ fn md5_hex(s: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a client answers to a challenge with `qop=auth` (RFC 2617
+/// §3.2.2): for our own requests to peers that challenge us, and tests.
+pub fn client_response(
+    user: &str,
+    realm: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+    nc: &str,
+    cnonce: &str,
+) -> String {
+    let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+}
+
 /// The `Authorization` header's fields.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Credentials {
@@ -238,10 +255,17 @@ mod tests {
     }
 
     /// What a client computes, as in RFC 2617 §3.2.2.
-    fn client_response(nonce: &str, password: &str) -> String {
-        let ha1 = md5_hex(&format!("alice:example.com:{password}"));
-        let ha2 = md5_hex("REGISTER:sip:example.com");
-        md5_hex(&format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"))
+    fn alice(nonce: &str, password: &str) -> String {
+        client_response(
+            "alice",
+            "example.com",
+            password,
+            "REGISTER",
+            "sip:example.com",
+            nonce,
+            "00000001",
+            "0a4f113b",
+        )
     }
 
     fn header(nonce: &str, response: &str) -> String {
@@ -266,10 +290,9 @@ mod tests {
         let a = auth();
         let now = SystemTime::now();
         let nonce = nonce_of(&a.challenge(now, false));
-        let good =
-            parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
+        let good = parse_authorization(&header(&nonce, &alice(&nonce, "wonder"))).unwrap();
         assert_eq!(a.verify(&good, "REGISTER", now), Ok(()));
-        let bad = parse_authorization(&header(&nonce, &client_response(&nonce, "guess"))).unwrap();
+        let bad = parse_authorization(&header(&nonce, &alice(&nonce, "guess"))).unwrap();
         assert_eq!(a.verify(&bad, "REGISTER", now), Err(Refusal::Wrong));
         // The response binds the method.
         assert_eq!(a.verify(&good, "INVITE", now), Err(Refusal::Wrong));
@@ -283,16 +306,16 @@ mod tests {
         let multibyte = "ééééééééééééééééé";
         let c = parse_authorization(&header(multibyte, "x")).unwrap();
         assert_eq!(a.verify(&c, "REGISTER", now), Err(Refusal::Wrong));
-        let c = parse_authorization(&header(forged, &client_response(forged, "wonder"))).unwrap();
+        let c = parse_authorization(&header(forged, &alice(forged, "wonder"))).unwrap();
         assert_eq!(a.verify(&c, "REGISTER", now), Err(Refusal::Wrong));
         let old = now - NONCE_LIFETIME - Duration::from_secs(1);
         let nonce = nonce_of(&a.challenge(old, false));
-        let c = parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
+        let c = parse_authorization(&header(&nonce, &alice(&nonce, "wonder"))).unwrap();
         assert_eq!(a.verify(&c, "REGISTER", now), Err(Refusal::Stale));
         // Another member with the same secret accepts a fresh one.
         let other = auth();
         let nonce = nonce_of(&a.challenge(now, false));
-        let c = parse_authorization(&header(&nonce, &client_response(&nonce, "wonder"))).unwrap();
+        let c = parse_authorization(&header(&nonce, &alice(&nonce, "wonder"))).unwrap();
         assert_eq!(other.verify(&c, "REGISTER", now), Ok(()));
     }
 

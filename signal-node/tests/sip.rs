@@ -325,7 +325,12 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
     // Give the callee a moment to bind its port.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let caller = server
-        .sipp_command("caller", "u1", "alice;bob;", alice_port)
+        .sipp_command(
+            "caller",
+            "u1",
+            "alice;bob;[authentication username=alice password=wonder];",
+            alice_port,
+        )
         .args(["-mp", &free_port().to_string()])
         .output()
         .expect("sipp runs");
@@ -430,7 +435,12 @@ async fn two_hundred_calls_at_twenty_per_second_all_succeed() {
     let callee = callee.spawn().expect("sipp runs");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let caller = server
-        .sipp_command("short-call", "u1", "alice;bob;", alice_port)
+        .sipp_command(
+            "short-call",
+            "u1",
+            "alice;bob;[authentication username=alice password=wonder];",
+            alice_port,
+        )
         .args(["-m", "200", "-r", "20", "-timeout", "60s"])
         .args(["-mp", &free_port().to_string()])
         .output()

@@ -78,6 +78,22 @@ impl Endpoint {
         }
         let tag = self.tag();
         let refuse = |code: u16| response_to(req, code, Some(&tag));
+        // Only users of this service place calls, as themselves.
+        let caller = match self
+            .registrar
+            .authenticate(req, "Proxy-Authorization", wall)
+        {
+            Ok(user) => user,
+            Err(challenge) => {
+                let mut r = refuse(407);
+                r.headers.push(make_header("Proxy-Authenticate", challenge));
+                return self.answer(key, r, now);
+            }
+        };
+        let from_user = crate::registrar::user_of(header(req, "From").unwrap_or_default());
+        if from_user.as_deref() != Some(caller.as_str()) {
+            return self.answer(key, refuse(403), now);
+        }
         let Some(callee) = callee_of(req) else {
             return self.answer(key, refuse(404), now);
         };
@@ -124,7 +140,6 @@ impl Endpoint {
             return self.answer(key, refuse(503), now);
         }
         let a_from = header(req, "From").unwrap_or_default().to_string();
-        let caller = crate::registrar::user_of(&a_from).unwrap_or_default();
         let a_contact = header(req, "Contact").map(uri_of).unwrap_or_default();
         let a_call_id = header(req, "Call-ID").unwrap_or_default().to_string();
         let a = Dialog {

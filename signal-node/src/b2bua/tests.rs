@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::calls::CallLegs;
-use crate::digest::Authenticator;
+use crate::digest::{Authenticator, client_response};
 use crate::endpoint::{Endpoint, SipMetrics};
 use crate::registrar::Registrar;
 use crate::transaction::{Peer, Timers};
@@ -111,6 +111,10 @@ const OFFER: &str = "v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\
 const ANSWER: &str = "v=0\r\no=b 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
 
 fn invite(to_user: &str, branch: &str, body: &str) -> String {
+    invite_with(to_user, branch, body, "")
+}
+
+fn invite_with(to_user: &str, branch: &str, body: &str, extra: &str) -> String {
     let ctype = if body.is_empty() {
         String::new()
     } else {
@@ -125,7 +129,7 @@ To: <sip:{to_user}@voice.test>\r\n\
 Call-ID: call-a\r\n\
 CSeq: 1 INVITE\r\n\
 Contact: <sip:alice@10.0.0.1:5060>\r\n\
-{ctype}Content-Length: {}\r\n\r\n{body}",
+{extra}{ctype}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }
@@ -159,9 +163,50 @@ Contact: <sip:bob@10.0.0.2:5070>\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
     )
 }
 
+/// Alice's INVITE, after answering the 407 challenge as `user`/`password`.
+fn authed_invite(
+    h: &mut Harness,
+    to_user: &str,
+    branch: &str,
+    body: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let out = h.feed(&invite(to_user, &format!("{branch}-first"), body), A);
+    let challenge = out
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 407 Proxy Authentication Required")
+        .map(|(_, m)| header(m, "Proxy-Authenticate").to_string())
+        .expect("a 407 challenge");
+    let nonce = challenge
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let uri = format!("sip:{to_user}@voice.test");
+    let response = client_response(
+        user,
+        "voice.test",
+        password,
+        "INVITE",
+        &uri,
+        nonce,
+        "00000001",
+        "c",
+    );
+    let auth = format!(
+        "Proxy-Authorization: Digest username=\"{user}\", realm=\"voice.test\", nonce=\"{nonce}\", \
+         uri=\"{uri}\", response=\"{response}\", qop=auth, nc=00000001, cnonce=\"c\"\r\n"
+    );
+    invite_with(to_user, branch, body, &auth)
+}
+
 /// Starts a call: returns the INVITE that went to B.
 fn start_call(h: &mut Harness) -> String {
-    let out = h.feed(&invite("bob", "z9hG4bK-a1", OFFER), A);
+    let msg = authed_invite(h, "bob", "z9hG4bK-a1", OFFER, "alice", "a");
+    let out = h.feed(&msg, A);
     let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
     assert_eq!(
         lines,
@@ -287,15 +332,27 @@ fn calls_that_cannot_be_placed_get_the_right_status() {
     let mut h = Harness::new();
     let cases = [
         (
-            invite("nobody", "z9hG4bK-1", OFFER),
+            invite("bob", "z9hG4bK-0", OFFER),
+            "SIP/2.0 407 Proxy Authentication Required",
+        ),
+        (
+            authed_invite(&mut h, "bob", "z9hG4bK-w", OFFER, "alice", "wrong"),
+            "SIP/2.0 407 Proxy Authentication Required",
+        ),
+        (
+            authed_invite(&mut h, "bob", "z9hG4bK-c", OFFER, "carol", "c"),
+            "SIP/2.0 403 Forbidden",
+        ),
+        (
+            authed_invite(&mut h, "nobody", "z9hG4bK-1", OFFER, "alice", "a"),
             "SIP/2.0 404 Not Found",
         ),
         (
-            invite("carol", "z9hG4bK-2", OFFER),
+            authed_invite(&mut h, "carol", "z9hG4bK-2", OFFER, "alice", "a"),
             "SIP/2.0 480 Temporarily Unavailable",
         ),
         (
-            invite("bob", "z9hG4bK-3", ""),
+            authed_invite(&mut h, "bob", "z9hG4bK-3", "", "alice", "a"),
             "SIP/2.0 488 Not Acceptable Here",
         ),
     ];

@@ -120,6 +120,30 @@ impl Registrar {
         }
     }
 
+    /// Checks a request's credentials in `header` (`Authorization` or
+    /// `Proxy-Authorization`): the authenticated user, or the challenge to
+    /// send (a `WWW-Authenticate`/`Proxy-Authenticate` value).
+    pub fn authenticate(
+        &self,
+        req: &Request,
+        header: &str,
+        now: SystemTime,
+    ) -> Result<String, String> {
+        let value = req
+            .headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case(header))
+            .map(|h| h.value().to_string());
+        let Some(Ok(creds)) = value.as_deref().map(parse_authorization) else {
+            return Err(self.auth.challenge(now, false));
+        };
+        match self.auth.verify(&creds, &req.method().to_string(), now) {
+            Ok(()) => Ok(creds.username),
+            Err(Refusal::Stale) => Err(self.auth.challenge(now, true)),
+            Err(Refusal::Wrong) => Err(self.auth.challenge(now, false)),
+        }
+    }
+
     /// Whether `user` is a user of this service.
     pub fn knows(&self, user: &str) -> bool {
         self.auth.knows(user)

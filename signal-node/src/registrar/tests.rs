@@ -1,16 +1,8 @@
 use std::collections::HashMap;
 
-use md5::{Digest as _, Md5};
-
 use super::*;
+use crate::digest::client_response;
 use crate::wire::{Inbound, decode};
-
-fn md5_hex(s: &str) -> String {
-    Md5::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn registrar() -> Registrar {
     Registrar::new(Authenticator::new(
@@ -35,9 +27,16 @@ fn register(aor_user: &str, extra: &str, cseq: u32, auth: Option<(&str, &str, &s
                 .split('"')
                 .next()
                 .unwrap();
-            let ha1 = md5_hex(&format!("{user}:voice.example.com:{password}"));
-            let ha2 = md5_hex("REGISTER:sip:voice.example.com");
-            let resp = md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+            let resp = client_response(
+                user,
+                "voice.example.com",
+                password,
+                "REGISTER",
+                "sip:voice.example.com",
+                nonce,
+                "00000001",
+                "abc",
+            );
             format!(
                 "Authorization: Digest username=\"{user}\", realm=\"voice.example.com\", \
                  nonce=\"{nonce}\", uri=\"sip:voice.example.com\", response=\"{resp}\", \
