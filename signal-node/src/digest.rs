@@ -19,21 +19,35 @@ fn md5_hex(s: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What a client answers to a challenge with `qop=auth` (RFC 2617
-/// §3.2.2): for our own requests to peers that challenge us, and tests.
-pub fn client_response(
-    user: &str,
-    realm: &str,
-    password: &str,
-    method: &str,
-    uri: &str,
-    nonce: &str,
-    nc: &str,
-    cnonce: &str,
-) -> String {
-    let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
-    let ha2 = md5_hex(&format!("{method}:{uri}"));
-    md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+/// What a client puts in its answer to a challenge with `qop=auth`.
+pub struct ClientAuth<'a> {
+    /// User name.
+    pub user: &'a str,
+    /// Password.
+    pub password: &'a str,
+    /// Realm of the challenge.
+    pub realm: &'a str,
+    /// Nonce of the challenge.
+    pub nonce: &'a str,
+    /// Method of the request.
+    pub method: &'a str,
+    /// Request-URI.
+    pub uri: &'a str,
+    /// Nonce count.
+    pub nc: &'a str,
+    /// Client nonce.
+    pub cnonce: &'a str,
+}
+
+/// The `response` a client computes (RFC 2617 §3.2.2): for our own
+/// requests to peers that challenge us, and tests.
+pub fn client_response(a: &ClientAuth<'_>) -> String {
+    let ha1 = md5_hex(&format!("{}:{}:{}", a.user, a.realm, a.password));
+    let ha2 = md5_hex(&format!("{}:{}", a.method, a.uri));
+    md5_hex(&format!(
+        "{ha1}:{}:{}:{}:auth:{ha2}",
+        a.nonce, a.nc, a.cnonce
+    ))
 }
 
 /// The `Authorization` header's fields.
@@ -256,16 +270,16 @@ mod tests {
 
     /// What a client computes, as in RFC 2617 §3.2.2.
     fn alice(nonce: &str, password: &str) -> String {
-        client_response(
-            "alice",
-            "example.com",
+        client_response(&ClientAuth {
+            user: "alice",
             password,
-            "REGISTER",
-            "sip:example.com",
+            realm: "example.com",
             nonce,
-            "00000001",
-            "0a4f113b",
-        )
+            method: "REGISTER",
+            uri: "sip:example.com",
+            nc: "00000001",
+            cnonce: "0a4f113b",
+        })
     }
 
     fn header(nonce: &str, response: &str) -> String {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::calls::CallLegs;
-use crate::digest::{Authenticator, client_response};
+use crate::digest::{Authenticator, ClientAuth, client_response};
 use crate::endpoint::{Endpoint, SipMetrics};
 use crate::registrar::Registrar;
 use crate::transaction::{Peer, Timers};
@@ -186,16 +186,16 @@ fn authed_invite(
         .next()
         .unwrap();
     let uri = format!("sip:{to_user}@voice.test");
-    let response = client_response(
+    let response = client_response(&ClientAuth {
         user,
-        "voice.test",
         password,
-        "INVITE",
-        &uri,
+        realm: "voice.test",
         nonce,
-        "00000001",
-        "c",
-    );
+        method: "INVITE",
+        uri: &uri,
+        nc: "00000001",
+        cnonce: "c",
+    });
     let auth = format!(
         "Proxy-Authorization: Digest username=\"{user}\", realm=\"voice.test\", nonce=\"{nonce}\", \
          uri=\"{uri}\", response=\"{response}\", qop=auth, nc=00000001, cnonce=\"c\"\r\n"

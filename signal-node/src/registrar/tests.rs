@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::digest::client_response;
+use crate::digest::{ClientAuth, client_response};
 use crate::wire::{Inbound, decode};
 
 fn registrar() -> Registrar {
@@ -27,16 +27,16 @@ fn register(aor_user: &str, extra: &str, cseq: u32, auth: Option<(&str, &str, &s
                 .split('"')
                 .next()
                 .unwrap();
-            let resp = client_response(
+            let resp = client_response(&ClientAuth {
                 user,
-                "voice.example.com",
                 password,
-                "REGISTER",
-                "sip:voice.example.com",
+                realm: "voice.example.com",
                 nonce,
-                "00000001",
-                "abc",
-            );
+                method: "REGISTER",
+                uri: "sip:voice.example.com",
+                nc: "00000001",
+                cnonce: "abc",
+            });
             format!(
                 "Authorization: Digest username=\"{user}\", realm=\"voice.example.com\", \
                  nonce=\"{nonce}\", uri=\"sip:voice.example.com\", response=\"{resp}\", \
