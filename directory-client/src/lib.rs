@@ -185,6 +185,24 @@ pub fn follow(
     view
 }
 
+/// Follows the Directory when the pod was given one (`target`), and says
+/// in the log which it is; the pod works on without a Directory otherwise.
+pub fn follow_target(
+    target: Option<Target>,
+    metrics: ClientMetrics,
+) -> Option<watch::Receiver<Option<Arc<DirectorySnapshot>>>> {
+    match target {
+        Some(target) => {
+            tracing::info!(url = %target.url, "following the Directory");
+            Some(follow(target, metrics))
+        }
+        None => {
+            tracing::info!("no Directory URL: not following the Directory");
+            None
+        }
+    }
+}
+
 fn gauge_len(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

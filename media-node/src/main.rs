@@ -8,7 +8,7 @@
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow};
+use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow_target};
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
@@ -34,16 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let directory_metrics = ClientMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     // The providers and members in use; what this pod applied and acked.
-    let _directory = match target {
-        Some(target) => {
-            tracing::info!(url = %target.url, "following the Directory");
-            Some(follow(target, directory_metrics))
-        }
-        None => {
-            tracing::info!("no Directory URL: not following the Directory");
-            None
-        }
-    };
+    let _directory = follow_target(target, directory_metrics);
 
     telemetry.readiness().set_ready();
     tracing::info!(

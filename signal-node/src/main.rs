@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use voicecluster_api::VoiceClusterSpec;
 
 use voicecluster_api::voicecluster::{BillingSpec, CallLegMode};
-use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow};
+use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
@@ -212,16 +212,7 @@ async fn main() -> anyhow::Result<()> {
     let sip_metrics = SipMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     // The providers and members in use; what this pod applied and acked.
-    let _directory = match target {
-        Some(target) => {
-            tracing::info!(url = %target.url, "following the Directory");
-            Some(follow(target, directory_metrics))
-        }
-        None => {
-            tracing::info!("no Directory URL: not following the Directory");
-            None
-        }
-    };
+    let _directory = follow_target(target, directory_metrics);
 
     let sip = match sip_settings(&args)? {
         Some(s) => {

@@ -117,6 +117,57 @@ impl Server {
         out.status.success()
     }
 
+    /// Alice and Bob register with SIPp; Bob answers `calls` calls (and
+    /// echoes their RTP), Alice places them with `scenario` and `caller_args`.
+    /// Fails unless both SIPp runs succeed (SIPp exits 0 only when every
+    /// call did).
+    async fn alice_calls_bob(&self, scenario: &str, calls: u32, caller_args: &[&str]) {
+        let (alice_port, bob_port) = (free_port(), free_port());
+        for (user, pw, port) in [
+            ("alice", "wonder", alice_port),
+            ("bob", "builder", bob_port),
+        ] {
+            let ok = self
+                .sipp_command("register", "u1", &auth(user, pw), port)
+                .status()
+                .expect("sipp runs");
+            assert!(ok.success(), "{user} registers");
+        }
+        let calls = calls.to_string();
+        let callee = self
+            .sipp_command("callee", "u1", "bob;", bob_port)
+            .args(["-rtp_echo", "-m", &calls, "-mp", &free_port().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sipp runs");
+        // Give the callee a moment to bind its port.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let caller = self
+            .sipp_command(
+                scenario,
+                "u1",
+                "alice;bob;[authentication username=alice password=wonder];",
+                alice_port,
+            )
+            .args(["-m", &calls])
+            .args(caller_args)
+            .args(["-mp", &free_port().to_string()])
+            .output()
+            .expect("sipp runs");
+        let callee = callee.wait_with_output().expect("callee sipp ends");
+        assert!(
+            caller.status.success(),
+            "caller: {}",
+            String::from_utf8_lossy(&caller.stderr)
+        );
+        assert!(
+            callee.status.success(),
+            "callee: {}",
+            String::from_utf8_lossy(&callee.stderr)
+        );
+    }
+
     async fn metric(&self, name: &str) -> Option<f64> {
         let page = http_get(self.bin.admin_addr(), "/metrics").await.ok()?;
         page.body
@@ -304,47 +355,7 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
     let server = Server::start();
     write_audio(&server.dir);
     // Each registers from the port it then calls or answers on.
-    let (alice_port, bob_port) = (free_port(), free_port());
-    for (user, pw, port) in [
-        ("alice", "wonder", alice_port),
-        ("bob", "builder", bob_port),
-    ] {
-        let ok = server
-            .sipp_command("register", "u1", &auth(user, pw), port)
-            .status()
-            .expect("sipp runs");
-        assert!(ok.success(), "{user} registers");
-    }
-    let callee = server
-        .sipp_command("callee", "u1", "bob;", bob_port)
-        .args(["-rtp_echo", "-mp", &free_port().to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sipp runs");
-    // Give the callee a moment to bind its port.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let caller = server
-        .sipp_command(
-            "caller",
-            "u1",
-            "alice;bob;[authentication username=alice password=wonder];",
-            alice_port,
-        )
-        .args(["-mp", &free_port().to_string()])
-        .output()
-        .expect("sipp runs");
-    let callee_done = callee.wait_with_output().expect("callee sipp ends");
-    assert!(
-        caller.status.success(),
-        "caller: {}",
-        String::from_utf8_lossy(&caller.stderr)
-    );
-    assert!(
-        callee_done.status.success(),
-        "callee: {}",
-        String::from_utf8_lossy(&callee_done.stderr)
-    );
+    server.alice_calls_bob("caller", 1, &[]).await;
     assert_eq!(
         server
             .metric("voicecluster_calls_completed_total{outcome=\"answered\"}")
@@ -416,47 +427,10 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
 #[tokio::test]
 async fn two_hundred_calls_at_twenty_per_second_all_succeed() {
     let server = Server::start();
-    let (alice_port, bob_port) = (free_port(), free_port());
-    for (user, pw, port) in [
-        ("alice", "wonder", alice_port),
-        ("bob", "builder", bob_port),
-    ] {
-        let ok = server
-            .sipp_command("register", "u1", &auth(user, pw), port)
-            .status()
-            .expect("sipp runs");
-        assert!(ok.success(), "{user} registers");
-    }
-    let mut callee = server.sipp_command("callee", "u1", "bob;", bob_port);
-    callee
-        .args(["-m", "200", "-mp", &free_port().to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let callee = callee.spawn().expect("sipp runs");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let caller = server
-        .sipp_command(
-            "short-call",
-            "u1",
-            "alice;bob;[authentication username=alice password=wonder];",
-            alice_port,
-        )
-        .args(["-m", "200", "-r", "20", "-timeout", "60s"])
-        .args(["-mp", &free_port().to_string()])
-        .output()
-        .expect("sipp runs");
-    let callee = callee.wait_with_output().expect("callee sipp ends");
     // SIPp exits 0 only when every call succeeded.
-    assert!(
-        caller.status.success(),
-        "caller: {}",
-        String::from_utf8_lossy(&caller.stderr)
-    );
-    assert!(
-        callee.status.success(),
-        "callee: {}",
-        String::from_utf8_lossy(&callee.stderr)
-    );
+    server
+        .alice_calls_bob("short-call", 200, &["-r", "20", "-timeout", "60s"])
+        .await;
     assert_eq!(
         server
             .metric("voicecluster_calls_completed_total{outcome=\"answered\"}")
