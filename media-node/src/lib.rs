@@ -5,3 +5,4 @@
 pub mod engine;
 pub mod ports;
 pub mod relay;
+pub mod service;

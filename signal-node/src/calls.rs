@@ -13,24 +13,10 @@ use std::time::SystemTime;
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Request, Response};
 
+use crate::legs::Media;
 use crate::registrar::user_of;
 use crate::transaction::{Peer, TxKey};
 use crate::wire::{self, Inbound};
-
-/// Call legs for a call's media, from wherever they are made (this process
-/// for `Locally`, a media pod for `Remotely`).
-pub trait CallLegs: Send {
-    /// A new leg; its id and the address its endpoint must send media to.
-    fn create(&mut self) -> Result<(u64, SocketAddr), String>;
-    /// Where the leg's endpoint receives media (from its SDP).
-    fn set_remote(&mut self, leg: u64, addr: SocketAddr) -> Result<(), String>;
-    /// Media of each leg goes to the other.
-    fn bridge(&mut self, a: u64, b: u64) -> Result<(), String>;
-    /// RTP packets the leg received from and sent to its endpoint so far.
-    fn packets(&self, leg: u64) -> Option<(u64, u64)>;
-    /// The leg is no longer needed.
-    fn release(&mut self, leg: u64);
-}
 
 /// Which dialog of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,7 +74,7 @@ pub struct Call {
     /// Our INVITE to B: its client transaction and the request.
     pub b_invite: (TxKey, Request),
     /// The legs facing A and B.
-    pub legs: (u64, u64),
+    pub media: Media,
     /// Progress.
     pub phase: Phase,
     /// When the INVITE to B left, until its session request delay is known.
@@ -117,10 +103,6 @@ pub struct CallRecord {
     /// Why it ended: `caller-bye`, `callee-bye`, `cancelled`, or the
     /// final status code that refused it.
     pub reason: String,
-    /// RTP packets relayed from caller to callee.
-    pub packets_to_callee: u64,
-    /// RTP packets relayed from callee to caller.
-    pub packets_to_caller: u64,
 }
 
 /// All calls of one endpoint, indexed by what messages carry.
@@ -139,10 +121,14 @@ impl Calls {
         self.calls.len()
     }
 
-    /// Adds a call; returns its id.
-    pub fn insert(&mut self, call: Call) -> u64 {
+    /// A new call id (the call's task id on this member).
+    pub fn next_id(&mut self) -> u64 {
         self.next += 1;
-        let id = self.next;
+        self.next
+    }
+
+    /// Adds call `id` (from [`Self::next_id`]).
+    pub fn insert(&mut self, id: u64, call: Call) {
         self.by_call_id
             .insert(call.a.call_id.clone(), (id, Side::A));
         self.by_call_id
@@ -150,7 +136,6 @@ impl Calls {
         self.by_b_invite.insert(call.b_invite.0.clone(), id);
         self.by_a_invite.insert(call.a_invite.0.clone(), id);
         self.calls.insert(id, call);
-        id
     }
 
     /// The call and side a Call-ID belongs to.

@@ -17,9 +17,10 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Method, Request};
 
 use crate::billing::{Bill, RateTable, bill};
-use crate::calls::{CallLegs, CallRecord, Calls};
+use crate::calls::{CallRecord, Calls};
+use crate::legs::{LegReply, LegRequest};
 use crate::management::SharedBills;
-use crate::registrar::Registrar;
+use crate::registrar::{Binding, Registrar};
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
 use crate::wire::{self, Inbound};
 
@@ -152,14 +153,31 @@ impl Billing {
     }
 }
 
+/// A call that waits for its legs before the INVITE goes to B.
+pub(crate) struct Pending {
+    pub(crate) key: TxKey,
+    pub(crate) req: Request,
+    pub(crate) from: Peer,
+    pub(crate) caller: String,
+    pub(crate) callee: String,
+    pub(crate) binding: Binding,
+    pub(crate) offer: String,
+    /// Our tag towards A.
+    pub(crate) tag: String,
+    pub(crate) started: SystemTime,
+}
+
 /// One signal node's SIP endpoint.
 pub struct Endpoint {
     pub(crate) transactions: Transactions,
     pub(crate) registrar: Registrar,
     pub(crate) calls: Calls,
-    pub(crate) legs: Option<Box<dyn CallLegs>>,
-    /// Public address of each leg, for the SDP sent to its endpoint.
-    pub(crate) leg_addresses: HashMap<u64, SocketAddr>,
+    /// Whether calls can have media (call legs from somewhere).
+    pub(crate) media_enabled: bool,
+    /// Work for the call legs, for the driver.
+    pub(crate) leg_requests: VecDeque<LegRequest>,
+    /// Calls waiting for their legs, by task id.
+    pub(crate) pending: HashMap<u64, Pending>,
     /// This node's SIP address, in Via and Contact.
     pub(crate) local: SocketAddr,
     records: VecDeque<CallRecord>,
@@ -170,12 +188,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint at `local` registering users through `registrar` and
-    /// making call legs with `legs` (no calls without).
+    /// An endpoint at `local` registering users through `registrar`; it
+    /// places calls only with `media` (call legs to ask for, see
+    /// [`Self::poll_leg_request`]).
     pub fn new(
         local: SocketAddr,
         registrar: Registrar,
-        legs: Option<Box<dyn CallLegs>>,
+        media: bool,
         timers: Timers,
         metrics: SipMetrics,
     ) -> Self {
@@ -183,8 +202,9 @@ impl Endpoint {
             transactions: Transactions::new(timers),
             registrar,
             calls: Calls::default(),
-            legs,
-            leg_addresses: HashMap::new(),
+            media_enabled: media,
+            leg_requests: VecDeque::new(),
+            pending: HashMap::new(),
             local,
             records: VecDeque::new(),
             billing: None,
@@ -221,15 +241,6 @@ impl Endpoint {
             record.reason.clone()
         };
         SipMetrics::count(&self.metrics.calls_completed, "outcome", outcome);
-        for (direction, n) in [
-            ("to_callee", record.packets_to_callee),
-            ("to_caller", record.packets_to_caller),
-        ] {
-            self.metrics
-                .call_media_packets
-                .get_or_create(&vec![("direction".to_string(), direction.to_string())])
-                .inc_by(n);
-        }
         if let Some(b) = self.billing.as_mut() {
             b.record(&record, &self.metrics);
         }
@@ -288,6 +299,30 @@ impl Endpoint {
         if let Some(bytes) = reply {
             self.out.push_back((from, bytes));
         }
+    }
+
+    /// The next piece of work for the call legs.
+    pub fn poll_leg_request(&mut self) -> Option<LegRequest> {
+        self.leg_requests.pop_front()
+    }
+
+    /// What became of a [`LegRequest`].
+    pub fn on_leg_reply(&mut self, reply: LegReply, now: Instant, wall: SystemTime) {
+        match reply {
+            LegReply::Ready { task, media } => self.on_legs_ready(task, media, now, wall),
+            LegReply::Released {
+                to_callee,
+                to_caller,
+            } => {
+                for (direction, n) in [("to_callee", to_callee), ("to_caller", to_caller)] {
+                    self.metrics
+                        .call_media_packets
+                        .get_or_create(&vec![("direction".to_string(), direction.to_string())])
+                        .inc_by(n);
+                }
+            }
+        }
+        self.pump(now, wall);
     }
 
     /// The next bytes to send.

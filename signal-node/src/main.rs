@@ -15,18 +15,18 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
-use voicecluster_api::VoiceClusterSpec;
+use voicecluster_api::{TASK_EVENTS_PORT, VoiceClusterSpec};
 
 use voicecluster_api::voicecluster::{BillingSpec, CallLegMode};
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
+use voicecluster_media_node::service::LegService;
 use voicecluster_signal_node::billing::{BillStore, RateTable};
-use voicecluster_signal_node::calls::CallLegs;
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
 use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
-use voicecluster_signal_node::local_legs::LocalLegs;
+use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
 use voicecluster_signal_node::management::{self, SharedBills};
 use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::transaction::Timers;
@@ -80,6 +80,14 @@ struct Args {
         default_value = "/var/lib/voicecluster/bills.jsonl"
     )]
     bills_file: PathBuf,
+    /// Where this member's gRPC services listen (TaskEvents; CallLegs too
+    /// when `LocallyForOthers`).
+    #[arg(long, env = "VC_GRPC_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], TASK_EVENTS_PORT)))]
+    grpc_addr: SocketAddr,
+    /// Call-leg providers' CallLegs addresses (host:port, comma-separated),
+    /// tried after the Directory's, for `Remotely`.
+    #[arg(long, env = "VC_CALL_LEG_PROVIDERS", value_delimiter = ',')]
+    call_leg_providers: Vec<String>,
     /// Where the management API (bills) listens.
     #[arg(long, env = "VC_MANAGEMENT_ADDR", default_value = "0.0.0.0:8080")]
     management_addr: SocketAddr,
@@ -174,22 +182,40 @@ fn sip_settings(args: &Args) -> anyhow::Result<Option<SipSettings>> {
     }))
 }
 
-/// In-process call legs for `Locally` and `LocallyForOthers`.
-fn local_legs(
+/// Where calls' legs come from, by mode; for `LocallyForOthers` also the
+/// service to offer other members.
+fn call_legs(
     s: &SipSettings,
-    public_ip: Option<IpAddr>,
-) -> anyhow::Result<Option<Box<dyn CallLegs>>> {
+    args: &Args,
+    directory: Option<DirectoryView>,
+    member: String,
+) -> anyhow::Result<(Legs, Option<LegService>)> {
     if s.mode == CallLegMode::Remotely {
-        tracing::warn!("call legs Remotely are not available yet: calls get 503");
-        return Ok(None);
+        if directory.is_none() && args.call_leg_providers.is_empty() {
+            tracing::warn!("Remotely without a Directory or VC_CALL_LEG_PROVIDERS: calls get 503");
+        }
+        let legs = Legs::remote(args.call_leg_providers.clone(), directory, member);
+        return Ok((legs, None));
     }
     let (min, max) = s.rtp_ports;
     let pool = PortPool::new(min, max)?;
     let relay = Relay::new(pool, s.capacity, Duration::from_secs(30));
     let bind = s.advertised.ip();
-    let engine = MediaEngine::new(relay, bind, public_ip.unwrap_or(bind));
+    let engine = MediaEngine::new(relay, bind, args.media_public_ip.unwrap_or(bind));
+    let service = LegService::new(engine, s.capacity);
     tracing::info!(mode = ?s.mode, ports = %format!("{min}-{max}"), "call legs in this process");
-    Ok(Some(Box::new(LocalLegs::new(engine))))
+    let offered = (s.mode == CallLegMode::LocallyForOthers).then(|| service.clone());
+    Ok((Legs::local(service, member), offered))
+}
+
+/// Serves this member's gRPC services until the future is dropped.
+async fn serve_grpc(addr: SocketAddr, offered: Option<LegService>) -> std::io::Result<()> {
+    let router = tonic::transport::Server::builder()
+        .add_optional_service(offered.map(LegService::into_server));
+    router
+        .serve(addr)
+        .await
+        .map_err(|e| std::io::Error::other(format!("gRPC on {addr}: {e}")))
 }
 
 fn nonce_secret(args: &Args) -> String {
@@ -212,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
     let sip_metrics = SipMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     // The providers and members in use; what this pod applied and acked.
-    let _directory = follow_target(target, directory_metrics);
+    let directory = follow_target(target, directory_metrics);
 
     let sip = match sip_settings(&args)? {
         Some(s) => {
@@ -228,7 +254,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let auth = Authenticator::new(&s.domain, &nonce_secret(&args), users);
-            let legs = local_legs(&s, args.media_public_ip)?;
+            let member = SocketAddr::new(s.advertised.ip(), args.grpc_addr.port()).to_string();
+            let (legs, offered) = call_legs(&s, &args, directory.clone(), member)?;
             let rates = RateTable::from_spec(&s.billing).map_err(anyhow::Error::msg)?;
             let bills: SharedBills = Arc::new(Mutex::new(
                 BillStore::open(&args.bills_file)
@@ -237,12 +264,13 @@ async fn main() -> anyhow::Result<()> {
             let endpoint = Endpoint::new(
                 s.advertised,
                 Registrar::new(auth),
-                legs,
+                true,
                 Timers::default(),
                 sip_metrics,
             )
             .with_billing(rates, Arc::clone(&bills));
             let management = tokio::spawn(management::serve(args.management_addr, bills));
+            let grpc = tokio::spawn(serve_grpc(args.grpc_addr, offered));
             let listeners = Listeners::bind(s.addr, s.addr)
                 .await
                 .with_context(|| format!("binding SIP on {}", s.addr))?;
@@ -252,11 +280,12 @@ async fn main() -> anyhow::Result<()> {
                 domain = %s.domain,
                 "serving SIP"
             );
-            let sip = tokio::spawn(transport::serve(listeners, endpoint));
+            let sip = tokio::spawn(transport::serve(listeners, endpoint, Some(Arc::new(legs))));
             Some(tokio::spawn(async move {
                 tokio::select! {
                     r = sip => r.map_err(std::io::Error::other)?,
                     r = management => r.map_err(std::io::Error::other)?,
+                    r = grpc => r.map_err(std::io::Error::other)?,
                 }
             }))
         }

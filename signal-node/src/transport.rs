@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,6 +13,8 @@ use tokio::sync::mpsc;
 
 use crate::endpoint::Endpoint;
 use crate::framing::{Frame, Framer};
+use crate::leg_providers::Legs;
+use crate::legs::LegReply;
 use crate::transaction::Peer;
 use crate::wire::MAX_MESSAGE;
 
@@ -49,10 +52,16 @@ impl Listeners {
     }
 }
 
-/// Serves SIP until the future is dropped.
-pub async fn serve(listeners: Listeners, mut endpoint: Endpoint) -> std::io::Result<()> {
+/// Serves SIP until the future is dropped, with call legs from `legs`.
+pub async fn serve(
+    listeners: Listeners,
+    mut endpoint: Endpoint,
+    legs: Option<Arc<Legs>>,
+) -> std::io::Result<()> {
     let Listeners { udp, tcp } = listeners;
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    // Leg work runs beside the loop, so a slow provider stalls only its call.
+    let (replies_tx, mut replies) = mpsc::unbounded_channel::<LegReply>();
     let accept = tokio::spawn(accept_loop(tcp, events_tx));
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
@@ -96,7 +105,22 @@ pub async fn serve(listeners: Listeners, mut endpoint: Endpoint) -> std::io::Res
                     }
                 }
             }
+            Some(reply) = replies.recv() => {
+                endpoint.on_leg_reply(reply, Instant::now(), SystemTime::now());
+            }
             () = sleep => endpoint.handle_timeout(Instant::now(), SystemTime::now()),
+        }
+        while let Some(request) = endpoint.poll_leg_request() {
+            let Some(legs) = legs.clone() else {
+                tracing::error!(?request, "call-leg work without call legs");
+                continue;
+            };
+            let replies = replies_tx.clone();
+            tokio::spawn(async move {
+                if let Some(reply) = legs.run(request).await {
+                    let _ = replies.send(reply);
+                }
+            });
         }
         while let Some((to, bytes)) = endpoint.poll_transmit() {
             if to.reliable {

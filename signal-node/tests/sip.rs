@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use voicecluster_api::grpc::ListLegsRequest;
+use voicecluster_api::grpc::call_legs_client::CallLegsClient;
 use voicecluster_telemetry::testing::{RunningBinary, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signal-node");
@@ -32,8 +34,67 @@ struct Server {
     dir: PathBuf,
 }
 
+/// A media-node process offering CallLegs on loopback.
+struct MediaNode {
+    _bin: RunningBinary,
+    grpc: SocketAddr,
+}
+
+impl MediaNode {
+    fn start() -> Self {
+        // Built by the same `cargo test --workspace` (it is a workspace bin).
+        let bin = Path::new(BIN).with_file_name("media-node");
+        assert!(
+            bin.exists(),
+            "{} missing: cargo build -p voicecluster-media-node",
+            bin.display()
+        );
+        let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let rtp = next_rtp_range();
+        let bin = RunningBinary::start_with(
+            &bin,
+            [
+                "--grpc-addr".to_string(),
+                grpc.to_string(),
+                "--rtp-ports".to_string(),
+                format!("{}-{}", rtp.0, rtp.1),
+                "--bind-ip".to_string(),
+                "127.0.0.1".to_string(),
+            ],
+        )
+        .expect("media-node starts");
+        Self { _bin: bin, grpc }
+    }
+
+    /// The legs it holds now, over its CallLegs service.
+    async fn legs(&self) -> usize {
+        let mut client = CallLegsClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap();
+        client
+            .list(ListLegsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .legs
+            .len()
+    }
+}
+
+/// An RTP port range no other process of this test run uses.
+fn next_rtp_range() -> (u16, u16) {
+    static NEXT_RTP: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(31000);
+    let rtp = NEXT_RTP.fetch_add(400, std::sync::atomic::Ordering::Relaxed);
+    (rtp, rtp + 399)
+}
+
 impl Server {
     fn start() -> Self {
+        Self::start_with("Locally", &[])
+    }
+
+    /// A server making its call legs as `mode` says, with more flags.
+    fn start_with(mode: &str, extra: &[String]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("vc-sip-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -42,16 +103,15 @@ impl Server {
         let sip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let management: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         // Servers of one test run get RTP ranges of their own.
-        static NEXT_RTP: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(31000);
-        let rtp = NEXT_RTP.fetch_add(400, std::sync::atomic::Ordering::Relaxed);
+        let rtp = next_rtp_range();
         // A spec as the operator mounts it: prices per second, 0.60 a minute.
         let config = dir.join("config.json");
         std::fs::write(
             &config,
             serde_json::json!({
                 "sip": {"domain": "voice.test"},
-                "signal": {"callLegMode": "Locally"},
-                "media": {"rtpPortRange": {"min": rtp, "max": rtp + 399}},
+                "signal": {"callLegMode": mode},
+                "media": {"rtpPortRange": {"min": rtp.0, "max": rtp.1}},
                 "billing": {"currency": "EUR", "rates": [
                     {"prefix": "", "pricePerMinute": "0.60", "incrementSeconds": 1}
                 ]},
@@ -62,6 +122,8 @@ impl Server {
         let bin = RunningBinary::start_with(
             BIN,
             [
+                "--grpc-addr".to_string(),
+                format!("127.0.0.1:{}", free_port()),
                 "--sip-addr".to_string(),
                 sip.to_string(),
                 "--sip-domain".to_string(),
@@ -76,7 +138,9 @@ impl Server {
                 dir.join("bills.jsonl").display().to_string(),
                 "--management-addr".to_string(),
                 management.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned()),
         )
         .expect("signal-node starts");
         Self {
@@ -166,6 +230,20 @@ impl Server {
             "callee: {}",
             String::from_utf8_lossy(&callee.stderr)
         );
+    }
+
+    /// A metric once it reached `at_least` (work after a call, like
+    /// releasing its legs, ends a moment after SIPp does).
+    async fn metric_reaching(&self, name: &str, at_least: f64) -> f64 {
+        let mut last = 0.0;
+        for _ in 0..50 {
+            last = self.metric(name).await.unwrap_or(0.0);
+            if last >= at_least {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
     }
 
     async fn metric(&self, name: &str) -> Option<f64> {
@@ -370,17 +448,7 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
         Some(1.0),
         "one session request delay measured"
     );
-    // 2 s of 20 ms packets is 100 each way; the echo sends each one back.
-    let to_callee = server
-        .metric("voicecluster_call_media_packets_total{direction=\"to_callee\"}")
-        .await
-        .unwrap_or(0.0);
-    let to_caller = server
-        .metric("voicecluster_call_media_packets_total{direction=\"to_caller\"}")
-        .await
-        .unwrap_or(0.0);
-    assert!(to_callee >= 50.0, "RTP to the callee: {to_callee}");
-    assert!(to_caller >= 50.0, "RTP back to the caller: {to_caller}");
+    assert_media_relayed(&server).await;
 
     // The bill: answer to BYE is the 2 s the caller streamed (plus
     // signalling), priced per second at 0.01.
@@ -421,6 +489,89 @@ async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
             .unwrap()
             .status,
         400
+    );
+}
+
+/// The call's RTP went through its legs both ways: 2 s of 20 ms packets is
+/// 100 each way, and the callee's echo sends each one back.
+async fn assert_media_relayed(server: &Server) {
+    let to_callee = server
+        .metric_reaching(
+            "voicecluster_call_media_packets_total{direction=\"to_callee\"}",
+            50.0,
+        )
+        .await;
+    let to_caller = server
+        .metric_reaching(
+            "voicecluster_call_media_packets_total{direction=\"to_caller\"}",
+            50.0,
+        )
+        .await;
+    assert!(to_callee >= 50.0, "RTP to the callee: {to_callee}");
+    assert!(to_caller >= 50.0, "RTP back to the caller: {to_caller}");
+}
+
+#[tokio::test]
+async fn a_remotely_member_gets_its_legs_from_a_media_node_past_a_dead_provider() {
+    let media = MediaNode::start();
+    // The first provider listed is down: the member must try the next.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_with(
+        "Remotely",
+        &[
+            "--call-leg-providers".to_string(),
+            format!("{dead},{}", media.grpc),
+        ],
+    );
+    write_audio(&server.dir);
+    server.alice_calls_bob("caller", 1, &[]).await;
+    assert_media_relayed(&server).await;
+    // Released over gRPC: the media node holds no leg after the call.
+    let mut legs = media.legs().await;
+    for _ in 0..50 {
+        if legs == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        legs = media.legs().await;
+    }
+    assert_eq!(legs, 0, "legs left on the media node");
+    let bills = http_get(server.management, "/bills").await.unwrap();
+    let bills: Vec<serde_json::Value> = serde_json::from_str(&bills.body).unwrap();
+    assert_eq!(bills.len(), 1, "{bills:?}");
+    assert_eq!(bills[0]["disconnectReason"], "caller-bye");
+}
+
+#[tokio::test]
+async fn a_remotely_member_without_a_live_provider_refuses_calls_with_503() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_with("Remotely", &["--call-leg-providers".to_string(), dead]);
+    let (alice_port, bob_port) = (free_port(), free_port());
+    for (user, pw, port) in [
+        ("alice", "wonder", alice_port),
+        ("bob", "builder", bob_port),
+    ] {
+        let ok = server
+            .sipp_command("register", "u1", &auth(user, pw), port)
+            .status()
+            .expect("sipp runs");
+        assert!(ok.success(), "{user} registers");
+    }
+    let refused = server
+        .sipp_command(
+            "refused-call",
+            "u1",
+            "alice;bob;[authentication username=alice password=wonder];",
+            alice_port,
+        )
+        .status()
+        .expect("sipp runs");
+    assert!(refused.success(), "the call is refused with 503");
+    assert_eq!(
+        server
+            .metric("voicecluster_calls_completed_total{outcome=\"503\"}")
+            .await,
+        Some(1.0)
     );
 }
 

@@ -7,31 +7,40 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use voicecluster_signal_node::calls::CallLegs;
 use voicecluster_signal_node::digest::Authenticator;
 use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
 use voicecluster_signal_node::framing::{Frame, Framer};
+use voicecluster_signal_node::legs::{Leg, LegReply, LegRequest, Media};
 use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::transaction::{Peer, Timers};
 
-/// Legs that always work, so call flows go as deep as they can.
-struct Legs(u64);
-
-impl CallLegs for Legs {
-    fn create(&mut self) -> Result<(u64, SocketAddr), String> {
-        self.0 += 1;
-        Ok((self.0, SocketAddr::from(([127, 0, 0, 1], 30000))))
+/// A provider whose legs always work, so call flows go as deep as they can.
+fn serve_legs(ep: &mut Endpoint, next: &mut u64, now: Instant, wall: SystemTime) {
+    while let Some(request) = ep.poll_leg_request() {
+        let reply = match request {
+            LegRequest::Setup { task, .. } => {
+                *next += 2;
+                let leg = |id| Leg {
+                    id,
+                    addr: SocketAddr::from(([127, 0, 0, 1], 30000)),
+                };
+                LegReply::Ready {
+                    task,
+                    media: Ok(Media {
+                        provider: None,
+                        a: leg(*next - 1),
+                        b: leg(*next),
+                    }),
+                }
+            }
+            LegRequest::Update { .. } => continue,
+            LegRequest::Release { .. } => LegReply::Released {
+                to_callee: 0,
+                to_caller: 0,
+            },
+        };
+        ep.on_leg_reply(reply, now, wall);
     }
-    fn set_remote(&mut self, _: u64, _: SocketAddr) -> Result<(), String> {
-        Ok(())
-    }
-    fn bridge(&mut self, _: u64, _: u64) -> Result<(), String> {
-        Ok(())
-    }
-    fn packets(&self, _: u64) -> Option<(u64, u64)> {
-        Some((0, 0))
-    }
-    fn release(&mut self, _: u64) {}
 }
 
 fn peer(port: u16, reliable: bool) -> Peer {
@@ -52,12 +61,13 @@ fuzz_target!(|data: &[u8]| {
     let mut ep = Endpoint::new(
         SocketAddr::from(([127, 0, 0, 1], 5060)),
         registrar,
-        Some(Box::new(Legs(0))),
+        true,
         Timers::default(),
         SipMetrics::default(),
     );
     let mut now = Instant::now();
     let mut framer = Framer::default();
+    let mut legs = 0;
     // Messages are separated by NUL bytes; the first byte of each says
     // who sends it and how (bit 0: callee, bit 1: over TCP).
     for chunk in data.split(|b| *b == 0).filter(|c| !c.is_empty()) {
@@ -74,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             ep.on_bytes(msg, from, now, wall);
         }
+        serve_legs(&mut ep, &mut legs, now, wall);
         while ep.poll_transmit().is_some() {}
         now += Duration::from_secs(1);
         ep.handle_timeout(now, wall);

@@ -11,7 +11,8 @@ use crate::calls::{
     Call, CallRecord, Dialog, Phase, Side, callee_of, header, is_success, request_from_text,
     sdp_body, tag_of, uri_of,
 };
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Pending};
+use crate::legs::{LegRequest, Media};
 use crate::sdp::{audio_address, rewrite_audio};
 use crate::transaction::{Peer, TxKey, response_to};
 
@@ -108,37 +109,60 @@ impl Endpoint {
             // An INVITE without an SDP offer (or a broken one) is not served.
             return self.answer(key, refuse(488), now);
         };
-        let Some(legs) = self.legs.as_mut() else {
-            return self.answer(key, refuse(503), now);
-        };
-        let created = legs.create().and_then(|a| {
-            legs.create()
-                .map(|b| (a, b))
-                .inspect_err(|_| legs.release(a.0))
-        });
-        let ((leg_a, a_addr), (leg_b, b_addr)) = match created {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "no call legs for a call");
-                return self.answer(key, refuse(503), now);
-            }
-        };
-        self.leg_addresses.insert(leg_a, a_addr);
-        self.leg_addresses.insert(leg_b, b_addr);
-        let Some(legs) = self.legs.as_mut() else {
-            return;
-        };
-        let wired = legs
-            .set_remote(leg_a, offer_addr)
-            .and_then(|()| legs.bridge(leg_a, leg_b));
-        if let Err(e) = wired {
-            legs.release(leg_a);
-            legs.release(leg_b);
-            self.leg_addresses.remove(&leg_a);
-            self.leg_addresses.remove(&leg_b);
-            tracing::warn!(error = %e, "cannot bridge call legs");
+        if !self.media_enabled {
             return self.answer(key, refuse(503), now);
         }
+        // The call waits for its legs; the INVITE's 100 Trying is out.
+        let task = self.calls.next_id();
+        self.pending.insert(
+            task,
+            Pending {
+                key: key.clone(),
+                req: req.clone(),
+                from,
+                caller,
+                callee,
+                binding,
+                offer: offer.unwrap_or_default(),
+                tag,
+                started: wall,
+            },
+        );
+        self.leg_requests.push_back(LegRequest::Setup {
+            task,
+            caller: offer_addr,
+        });
+    }
+
+    /// The legs of a waiting call are made (or cannot be): the INVITE goes
+    /// on to B, or A is refused.
+    pub(crate) fn on_legs_ready(
+        &mut self,
+        task: u64,
+        media: Result<Media, String>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let Some(p) = self.pending.remove(&task) else {
+            // The caller gave up meanwhile.
+            if let Ok(media) = media {
+                self.leg_requests.push_back(LegRequest::Release { media });
+            }
+            return;
+        };
+        let key = &p.key;
+        let req = &p.req;
+        let media = match media {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "no call legs for a call");
+                let r = response_to(req, 503, Some(&p.tag));
+                self.answer(key, r, now);
+                return self.finished_unanswered(&p, "503", wall);
+            }
+        };
+        let to = header(req, "To").unwrap_or_default().to_string();
+        let tag = p.tag.clone();
         let a_from = header(req, "From").unwrap_or_default().to_string();
         let a_contact = header(req, "Contact").map(uri_of).unwrap_or_default();
         let a_call_id = header(req, "Call-ID").unwrap_or_default().to_string();
@@ -149,14 +173,15 @@ impl Endpoint {
             local_uri: uri_of(&to),
             remote_uri: uri_of(&a_from),
             remote_target: a_contact,
-            peer: from,
+            peer: p.from,
             cseq: 1,
         };
+        let binding = &p.binding;
         let b_peer = binding.source;
         let b_tag = self.tag();
         let b_call_id = format!("{}-b@{}", self.tag(), self.local.ip());
         let branch = self.branch();
-        let body = rewrite_audio(offer.as_deref().unwrap_or_default(), b_addr);
+        let body = rewrite_audio(&p.offer, media.b.addr);
         let text = format!(
             "INVITE {target} SIP/2.0\r\n\
              Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
@@ -176,16 +201,16 @@ impl Endpoint {
             contact = self.contact(b_peer),
             len = body.len(),
         );
-        let Some(b_invite) = request_from_text(&text) else {
-            tracing::error!(%text, "built an INVITE that does not parse");
-            if let Some(legs) = self.legs.as_mut() {
-                legs.release(leg_a);
-                legs.release(leg_b);
-            }
-            return self.answer(key, refuse(500), now);
-        };
-        let Some(b_key) = self.send(b_invite.clone(), b_peer, now) else {
-            return self.answer(key, refuse(500), now);
+        let sent = request_from_text(&text).and_then(|b_invite| {
+            let b_key = self.send(b_invite.clone(), b_peer, now)?;
+            Some((b_key, b_invite))
+        });
+        let Some((b_key, b_invite)) = sent else {
+            tracing::error!(%text, "built an INVITE that does not parse or cannot be sent");
+            self.leg_requests.push_back(LegRequest::Release { media });
+            let r = response_to(req, 500, Some(&tag));
+            self.answer(key, r, now);
+            return self.finished_unanswered(&p, "500", wall);
         };
         let b = Dialog {
             call_id: b_call_id,
@@ -197,21 +222,37 @@ impl Endpoint {
             peer: b_peer,
             cseq: 1,
         };
-        tracing::info!(%caller, %callee, call_id = %a.call_id, "call started");
-        self.calls.insert(Call {
-            caller,
-            callee,
-            a,
-            b,
-            a_invite: (key.clone(), req.clone()),
-            b_invite: (b_key, b_invite),
-            legs: (leg_a, leg_b),
-            phase: Phase::Calling,
-            invite_sent: Some(now),
-            started: wall,
-            answered: None,
-        });
+        tracing::info!(caller = %p.caller, callee = %p.callee, call_id = %a.call_id, provider = ?media.provider, "call started");
+        self.calls.insert(
+            task,
+            Call {
+                caller: p.caller,
+                callee: p.callee,
+                a,
+                b,
+                a_invite: (p.key, p.req),
+                b_invite: (b_key, b_invite),
+                media,
+                phase: Phase::Calling,
+                invite_sent: Some(now),
+                started: p.started,
+                answered: None,
+            },
+        );
         self.update_call_metrics();
+    }
+
+    /// A call that ended before it had legs and a dialog with B.
+    fn finished_unanswered(&mut self, p: &Pending, reason: &str, wall: SystemTime) {
+        self.finished(CallRecord {
+            call_id: header(&p.req, "Call-ID").unwrap_or_default().to_string(),
+            caller: p.caller.clone(),
+            callee: p.callee.clone(),
+            started: p.started,
+            answered: None,
+            ended: wall,
+            reason: reason.to_string(),
+        });
     }
 
     /// A re-INVITE from A: a new media address is applied to A's leg and
@@ -228,24 +269,32 @@ impl Endpoint {
         let Some(call) = self.calls.get_mut(id) else {
             return;
         };
-        let (leg, dialog) = match side {
-            Side::A => (call.legs.0, call.a.clone()),
-            Side::B => (call.legs.1, call.b.clone()),
+        let dialog = match side {
+            Side::A => call.a.clone(),
+            Side::B => call.b.clone(),
         };
+        let media = call.media.clone();
         let mut ok = response_to(req, 200, Some(&dialog.local_tag));
-        if let Some(Ok(addr)) = offer.as_deref().map(audio_address) {
-            if let Some(legs) = self.legs.as_mut()
-                && let Err(e) = legs.set_remote(leg, addr)
-            {
-                tracing::warn!(error = %e, "re-INVITE: cannot move the leg");
+        match offer.as_deref().map(audio_address) {
+            Some(Ok(remote)) => {
+                self.leg_requests.push_back(LegRequest::Update {
+                    media: media.clone(),
+                    side,
+                    remote,
+                });
+                // The leg's own address does not change.
+                let sdp = offer.unwrap_or_default();
+                ok = with_body(
+                    ok,
+                    "application/sdp",
+                    rewrite_audio(&sdp, media.leg(side).addr),
+                );
+            }
+            Some(Err(_)) => {
                 let r = response_to(req, 488, Some(&dialog.local_tag));
                 return self.answer(key, r, now);
             }
-            // The leg's own address does not change.
-            let leg_addr = self.leg_addresses.get(&leg).copied();
-            if let (Some(sdp), Some(leg_addr)) = (offer, leg_addr) {
-                ok = with_body(ok, "application/sdp", rewrite_audio(&sdp, leg_addr));
-            }
+            None => {}
         }
         ok.headers
             .push(make_header("Contact", self.contact(dialog.peer)));
@@ -335,7 +384,21 @@ impl Endpoint {
 
     /// CANCEL from A for its pending INVITE.
     pub(crate) fn on_cancel(&mut self, key: &TxKey, req: &Request, now: Instant, wall: SystemTime) {
-        let Some(id) = self.calls.by_a_invite(&key.cancelled_invite()) else {
+        let cancelled = key.cancelled_invite();
+        let waiting = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.key == cancelled)
+            .map(|(task, _)| *task);
+        if let Some(p) = waiting.and_then(|task| self.pending.remove(&task)) {
+            // No INVITE went to B yet; the legs are released when they come.
+            let ok = response_to(req, 200, Some(&p.tag));
+            self.answer(key, ok, now);
+            let terminated = response_to(&p.req, 487, Some(&p.tag));
+            self.answer(&p.key, terminated, now);
+            return self.finished_unanswered(&p, "cancelled", wall);
+        }
+        let Some(id) = self.calls.by_a_invite(&cancelled) else {
             let r = response_to(req, 481, None);
             return self.answer(key, r, now);
         };
@@ -397,7 +460,7 @@ impl Endpoint {
         {
             call.b.remote_target = uri_of(contact);
         }
-        let (leg_a, leg_b) = call.legs;
+        let media = call.media.clone();
         let a_key = call.a_invite.0.clone();
         let a_invite = call.a_invite.1.clone();
         let a_tag = call.a.local_tag.clone();
@@ -411,11 +474,14 @@ impl Endpoint {
             self.observe_session_request_delay(now.duration_since(sent));
         }
         let answer_sdp = sdp_body(resp, resp.body());
-        if let (Some(sdp), Some(legs)) = (&answer_sdp, self.legs.as_mut())
-            && let Ok(addr) = audio_address(sdp)
-            && let Err(e) = legs.set_remote(leg_b, addr)
+        if let Some(sdp) = &answer_sdp
+            && let Ok(remote) = audio_address(sdp)
         {
-            tracing::warn!(error = %e, "cannot point the callee's leg");
+            self.leg_requests.push_back(LegRequest::Update {
+                media: media.clone(),
+                side: Side::B,
+                remote,
+            });
         }
         if is_success(resp) {
             // ACK B's 2xx (each 2xx retransmission too).
@@ -432,10 +498,10 @@ impl Endpoint {
             to_a.headers
                 .push(make_header("Contact", self.contact(a_peer)));
         }
-        if let (Some(sdp), Some(leg_addr)) = (answer_sdp, self.leg_addresses.get(&leg_a).copied())
+        if let Some(sdp) = answer_sdp
             && code < 300
         {
-            to_a = with_body(to_a, "application/sdp", rewrite_audio(&sdp, leg_addr));
+            to_a = with_body(to_a, "application/sdp", rewrite_audio(&sdp, media.a.addr));
         }
         self.answer(&a_key, to_a, now);
         if is_success(resp) {
@@ -498,18 +564,9 @@ impl Endpoint {
         let Some(call) = self.calls.remove(id) else {
             return;
         };
-        let mut relayed = (0, 0);
-        if let Some(legs) = self.legs.as_mut() {
-            // Out of the callee's leg went the caller's media, and back.
-            relayed = (
-                legs.packets(call.legs.1).map_or(0, |p| p.1),
-                legs.packets(call.legs.0).map_or(0, |p| p.1),
-            );
-            legs.release(call.legs.0);
-            legs.release(call.legs.1);
-        }
-        self.leg_addresses.remove(&call.legs.0);
-        self.leg_addresses.remove(&call.legs.1);
+        self.leg_requests.push_back(LegRequest::Release {
+            media: call.media.clone(),
+        });
         tracing::info!(call_id = %call.a.call_id, %reason, "call ended");
         self.finished(CallRecord {
             call_id: call.a.call_id,
@@ -519,8 +576,6 @@ impl Endpoint {
             answered: call.answered,
             ended: wall,
             reason: reason.to_string(),
-            packets_to_callee: relayed.0,
-            packets_to_caller: relayed.1,
         });
         self.update_call_metrics();
     }

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use crate::calls::CallLegs;
 use crate::digest::{Authenticator, ClientAuth, client_response};
 use crate::endpoint::{Endpoint, SipMetrics};
+use crate::legs::{Leg, LegReply, LegRequest, Media};
 use crate::registrar::Registrar;
 use crate::transaction::{Peer, Timers};
 
@@ -19,30 +19,62 @@ struct LegLog {
     remotes: HashMap<u64, SocketAddr>,
     bridged: Vec<(u64, u64)>,
     released: Vec<u64>,
+    /// Setups fail with this, as when no provider can make legs.
+    fail: Option<String>,
+    /// Requests held back instead of served, as by a slow provider.
+    hold: bool,
+    held: Vec<LegRequest>,
 }
 
-struct FakeLegs(Arc<Mutex<LegLog>>);
-
-impl CallLegs for FakeLegs {
-    fn create(&mut self) -> Result<(u64, SocketAddr), String> {
-        let mut l = self.0.lock().unwrap();
-        l.next += 1;
-        let port = 30000 + 2 * u16::try_from(l.next).unwrap();
-        Ok((l.next, SocketAddr::from(([203, 0, 113, 10], port))))
-    }
-    fn set_remote(&mut self, leg: u64, addr: SocketAddr) -> Result<(), String> {
-        self.0.lock().unwrap().remotes.insert(leg, addr);
-        Ok(())
-    }
-    fn bridge(&mut self, a: u64, b: u64) -> Result<(), String> {
-        self.0.lock().unwrap().bridged.push((a, b));
-        Ok(())
-    }
-    fn packets(&self, _leg: u64) -> Option<(u64, u64)> {
-        Some((0, 0))
-    }
-    fn release(&mut self, leg: u64) {
-        self.0.lock().unwrap().released.push(leg);
+impl LegLog {
+    /// Does what the endpoint asks, as a provider that always succeeds would.
+    fn serve(&mut self, request: LegRequest) -> Option<LegReply> {
+        if self.hold {
+            self.held.push(request);
+            return None;
+        }
+        let mut leg = || {
+            self.next += 1;
+            let port = 30000 + 2 * u16::try_from(self.next).unwrap();
+            Leg {
+                id: self.next,
+                addr: SocketAddr::from(([203, 0, 113, 10], port)),
+            }
+        };
+        match request {
+            LegRequest::Setup { task, .. } if self.fail.is_some() => Some(LegReply::Ready {
+                task,
+                media: Err(self.fail.clone().unwrap_or_default()),
+            }),
+            LegRequest::Setup { task, caller } => {
+                let (a, b) = (leg(), leg());
+                self.remotes.insert(a.id, caller);
+                self.bridged.push((a.id, b.id));
+                Some(LegReply::Ready {
+                    task,
+                    media: Ok(Media {
+                        provider: None,
+                        a,
+                        b,
+                    }),
+                })
+            }
+            LegRequest::Update {
+                media,
+                side,
+                remote,
+            } => {
+                self.remotes.insert(media.leg(side).id, remote);
+                None
+            }
+            LegRequest::Release { media } => {
+                self.released.extend([media.a.id, media.b.id]);
+                Some(LegReply::Released {
+                    to_callee: 0,
+                    to_caller: 0,
+                })
+            }
+        }
     }
 }
 
@@ -86,7 +118,7 @@ impl Harness {
         let ep = Endpoint::new(
             "192.0.2.1:5060".parse().unwrap(),
             registrar,
-            Some(Box::new(FakeLegs(Arc::clone(&legs)))),
+            true,
             Timers::default(),
             SipMetrics::default(),
         );
@@ -101,6 +133,12 @@ impl Harness {
     /// Feeds `text` from `from`; returns what went out, as (peer, text).
     fn feed(&mut self, text: &str, from: Peer) -> Vec<(Peer, String)> {
         self.ep.on_bytes(text.as_bytes(), from, self.now, self.wall);
+        while let Some(request) = self.ep.poll_leg_request() {
+            let reply = self.legs.lock().unwrap().serve(request);
+            if let Some(reply) = reply {
+                self.ep.on_leg_reply(reply, self.now, self.wall);
+            }
+        }
         std::iter::from_fn(|| self.ep.poll_transmit())
             .map(|(p, b)| (p, String::from_utf8_lossy(&b).into_owned()))
             .collect()
@@ -299,6 +337,52 @@ fn a_busy_callee_is_relayed_and_acked() {
     );
     assert_eq!(h.ep.take_records()[0].reason, "486");
     assert_eq!(h.legs.lock().unwrap().released.len(), 2);
+}
+
+#[test]
+fn a_call_waits_for_its_legs_and_a_cancel_meanwhile_releases_them_on_arrival() {
+    let mut h = Harness::new();
+    h.legs.lock().unwrap().hold = true;
+    let msg = authed_invite(&mut h, "bob", "z9hG4bK-a1", OFFER, "alice", "a");
+    let out = h.feed(&msg, A);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        ["SIP/2.0 100 Trying"],
+        "nothing to B before the legs"
+    );
+    let cancel = "CANCEL sip:bob@voice.test SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-a1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@voice.test>;tag=a1\r\nTo: <sip:bob@voice.test>\r\nCall-ID: call-a\r\n\
+CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    let out = h.feed(cancel, A);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(lines, ["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]);
+    // The legs arrive late: they are released, and B never hears of the call.
+    let held = std::mem::take(&mut h.legs.lock().unwrap().held);
+    h.legs.lock().unwrap().hold = false;
+    for request in held {
+        let reply = h.legs.lock().unwrap().serve(request).unwrap();
+        h.ep.on_leg_reply(reply, h.now, h.wall);
+    }
+    let release = h.ep.poll_leg_request().expect("the late legs are released");
+    assert!(matches!(release, LegRequest::Release { .. }), "{release:?}");
+    assert!(std::iter::from_fn(|| h.ep.poll_transmit()).next().is_none());
+    assert_eq!(h.ep.take_records()[0].reason, "cancelled");
+    assert_eq!(h.ep.active_calls(), 0);
+}
+
+#[test]
+fn a_call_no_provider_can_make_legs_for_gets_503() {
+    let mut h = Harness::new();
+    h.legs.lock().unwrap().fail = Some("every provider at capacity".into());
+    let msg = authed_invite(&mut h, "bob", "z9hG4bK-a1", OFFER, "alice", "a");
+    let out = h.feed(&msg, A);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        ["SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable"]
+    );
+    assert_eq!(h.ep.take_records()[0].reason, "503");
 }
 
 #[test]

@@ -62,8 +62,6 @@ fn bills_use_answer_to_end_and_unanswered_calls_cost_nothing() {
         answered: Some(start + Duration::from_secs(3)),
         ended: start + Duration::from_secs(93),
         reason: "caller-bye".into(),
-        packets_to_callee: 0,
-        packets_to_caller: 0,
     };
     let b = bill(&answered, &t);
     assert_eq!(
@@ -97,8 +95,6 @@ fn the_store_survives_a_restart_and_a_torn_line() {
         answered: None,
         ended: SystemTime::UNIX_EPOCH + Duration::from_secs(end),
         reason: "480".into(),
-        packets_to_callee: 0,
-        packets_to_caller: 0,
     };
     {
         let mut s = BillStore::open(&path).unwrap();

@@ -1,0 +1,281 @@
+//! The gRPC `CallLegs` service over a [`MediaEngine`]: what media pods (and
+//! `LocallyForOthers` signal members) offer to members that make their call
+//! legs `Remotely`.
+//!
+//! Errors map to codes a client can act on: `RESOURCE_EXHAUSTED` (capacity
+//! or ports) and `UNAVAILABLE` (draining) mean "try another provider";
+//! `NOT_FOUND` and `INVALID_ARGUMENT` are the caller's own mistakes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tonic::{Request, Response, Status};
+use voicecluster_api::grpc::call_legs_server::{CallLegs, CallLegsServer};
+use voicecluster_api::grpc::{
+    BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, Leg, LegKind, LegStats,
+    ListLegsReply, ListLegsRequest, TaskHandle, UpdateLegRequest,
+};
+
+use crate::engine::{EngineError, MediaEngine};
+use crate::relay::{self, LegId, RelayError};
+
+/// What the service remembers of each leg beyond the engine.
+#[derive(Clone)]
+struct Owned {
+    owner: Option<TaskHandle>,
+    address: SocketAddr,
+    remote: Option<SocketAddr>,
+}
+
+/// `CallLegs` on one engine.
+#[derive(Clone)]
+pub struct LegService {
+    engine: MediaEngine,
+    capacity: usize,
+    legs: Arc<Mutex<HashMap<LegId, Owned>>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl LegService {
+    /// The service of `engine`, which accepts up to `capacity` legs.
+    pub fn new(engine: MediaEngine, capacity: usize) -> Self {
+        Self {
+            engine,
+            capacity,
+            legs: Arc::default(),
+            draining: Arc::default(),
+        }
+    }
+
+    /// From now on no new legs are accepted; existing ones keep working.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Legs now.
+    pub fn active_legs(&self) -> usize {
+        self.table().len()
+    }
+
+    /// The service, ready to add to a tonic server.
+    pub fn into_server(self) -> CallLegsServer<Self> {
+        CallLegsServer::new(self)
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<LegId, Owned>> {
+        self.legs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn leg(&self, id: LegId, o: &Owned) -> Leg {
+        Leg {
+            id: id.0,
+            address: o.address.to_string(),
+            owner: o.owner.clone(),
+            remote_address: o.remote.map(|r| r.to_string()).unwrap_or_default(),
+            stats: self.engine.stats(id).map(stats),
+        }
+    }
+}
+
+fn stats(s: relay::LegStats) -> LegStats {
+    LegStats {
+        packets_in: s.packets_in,
+        bytes_in: s.bytes_in,
+        packets_out: s.packets_out,
+        bytes_out: s.bytes_out,
+        rtcp_in: s.rtcp_in,
+        dropped: s.dropped,
+    }
+}
+
+fn status(e: EngineError) -> Status {
+    match e {
+        EngineError::Relay(RelayError::AtCapacity(_) | RelayError::Ports(_)) => {
+            Status::resource_exhausted(e.to_string())
+        }
+        EngineError::Relay(RelayError::NoSuchLeg(_)) => Status::not_found(e.to_string()),
+        EngineError::Relay(RelayError::BadBridge(..)) => Status::failed_precondition(e.to_string()),
+        EngineError::Bind { .. } => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+fn remote(text: &str) -> Result<Option<SocketAddr>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        Status::invalid_argument(format!("remote address {text:?}: expected host:port"))
+    })
+}
+
+#[tonic::async_trait]
+impl CallLegs for LegService {
+    async fn create(&self, request: Request<CreateLegRequest>) -> Result<Response<Leg>, Status> {
+        let req = request.into_inner();
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("draining: no new call legs"));
+        }
+        match LegKind::try_from(req.kind) {
+            Ok(LegKind::Rtp | LegKind::Unspecified) => {}
+            Ok(LegKind::Webrtc) => {
+                return Err(Status::unimplemented("WebRTC legs are not offered here"));
+            }
+            Err(_) => return Err(Status::invalid_argument(format!("leg kind {}", req.kind))),
+        }
+        let remote = remote(&req.remote_address)?;
+        if self.active_legs() >= self.capacity {
+            return Err(Status::resource_exhausted(format!(
+                "at capacity: {} legs",
+                self.capacity
+            )));
+        }
+        let (id, address) = self.engine.create_leg().map_err(status)?;
+        if let Some(r) = remote
+            && let Err(e) = self.engine.set_remote(id, r)
+        {
+            let _ = self.engine.destroy(id).await;
+            return Err(status(e));
+        }
+        let owned = Owned {
+            owner: req.owner,
+            address,
+            remote,
+        };
+        let leg = self.leg(id, &owned);
+        self.table().insert(id, owned);
+        tracing::debug!(leg = id.0, %address, "call leg created");
+        Ok(Response::new(leg))
+    }
+
+    async fn update(&self, request: Request<UpdateLegRequest>) -> Result<Response<Leg>, Status> {
+        let req = request.into_inner();
+        let id = LegId(req.id);
+        let r = remote(&req.remote_address)?
+            .ok_or_else(|| Status::invalid_argument("remote address missing"))?;
+        self.engine.set_remote(id, r).map_err(status)?;
+        let mut table = self.table();
+        let owned = table
+            .get_mut(&id)
+            .ok_or_else(|| Status::not_found(format!("no leg {}", id.0)))?;
+        owned.remote = Some(r);
+        let owned = owned.clone();
+        drop(table);
+        Ok(Response::new(self.leg(id, &owned)))
+    }
+
+    async fn bridge(
+        &self,
+        request: Request<BridgeRequest>,
+    ) -> Result<Response<BridgeReply>, Status> {
+        let req = request.into_inner();
+        self.engine
+            .bridge(LegId(req.a), LegId(req.b))
+            .map_err(status)?;
+        Ok(Response::new(BridgeReply {}))
+    }
+
+    async fn destroy(
+        &self,
+        request: Request<DestroyLegRequest>,
+    ) -> Result<Response<LegStats>, Status> {
+        let id = LegId(request.into_inner().id);
+        let final_stats = self.engine.destroy(id).await.map_err(status)?;
+        self.table().remove(&id);
+        tracing::debug!(leg = id.0, "call leg destroyed");
+        Ok(Response::new(stats(final_stats)))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<ListLegsRequest>,
+    ) -> Result<Response<ListLegsReply>, Status> {
+        let table = self.table().clone();
+        let mut legs: Vec<Leg> = table.iter().map(|(id, o)| self.leg(*id, o)).collect();
+        legs.sort_by_key(|l| l.id);
+        Ok(Response::new(ListLegsReply {
+            legs,
+            capacity: i32::try_from(self.capacity).unwrap_or(i32::MAX),
+            draining: self.draining.load(Ordering::SeqCst),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::ports::PortPool;
+    use crate::relay::Relay;
+
+    fn service(capacity: usize) -> LegService {
+        // Ports from a range no other test of this crate uses.
+        let relay = Relay::new(
+            PortPool::new(41000, 41019).unwrap(),
+            capacity,
+            Duration::from_secs(30),
+        );
+        let loopback = "127.0.0.1".parse().unwrap();
+        LegService::new(MediaEngine::new(relay, loopback, loopback), capacity)
+    }
+
+    fn create(remote: &str) -> Request<CreateLegRequest> {
+        Request::new(CreateLegRequest {
+            owner: Some(TaskHandle {
+                member: "10.0.0.1:9446".into(),
+                task: 7,
+            }),
+            kind: LegKind::Rtp.into(),
+            remote_address: remote.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn legs_are_made_bridged_listed_and_destroyed_with_clear_refusals() {
+        let s = service(2);
+        let a = s
+            .create(create("127.0.0.1:4000"))
+            .await
+            .unwrap()
+            .into_inner();
+        let b = s.create(create("")).await.unwrap().into_inner();
+        assert_ne!(a.address, b.address, "one port pair per leg");
+        s.bridge(Request::new(BridgeRequest { a: a.id, b: b.id }))
+            .await
+            .unwrap();
+        let over = s.create(create("")).await.unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over}");
+        let bad = s.create(create("nowhere")).await.unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{bad}");
+
+        let listed = s.list(Request::new(ListLegsRequest {})).await.unwrap();
+        let listed = listed.into_inner();
+        assert_eq!(listed.legs.len(), 2);
+        assert_eq!(listed.legs[0].owner.as_ref().unwrap().task, 7);
+        assert_eq!(listed.legs[0].remote_address, "127.0.0.1:4000");
+
+        for id in [a.id, b.id] {
+            s.destroy(Request::new(DestroyLegRequest { id }))
+                .await
+                .unwrap();
+        }
+        let gone = s
+            .destroy(Request::new(DestroyLegRequest { id: a.id }))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+        assert_eq!(s.active_legs(), 0);
+
+        s.drain();
+        let draining = s.create(create("")).await.unwrap_err();
+        assert_eq!(draining.code(), Code::Unavailable, "{draining}");
+    }
+}

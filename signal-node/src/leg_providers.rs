@@ -1,0 +1,325 @@
+//! Where call legs are made. `Locally` and `LocallyForOthers` members make
+//! them in this process (the same [`LegService`] the latter also serves over
+//! gRPC); `Remotely` members ask a provider from the Directory over gRPC
+//! `CallLegs`, least loaded first, and when one fails they try the next.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use voicecluster_api::grpc::call_legs_client::CallLegsClient;
+use voicecluster_api::grpc::call_legs_server::CallLegs as _;
+use voicecluster_api::grpc::{
+    BridgeRequest, CreateLegRequest, DestroyLegRequest, DirectorySnapshot, LegKind, LegStats,
+    TaskHandle, UpdateLegRequest,
+};
+use voicecluster_media_node::service::LegService;
+
+use crate::legs::{Leg, LegReply, LegRequest, Media};
+
+/// The Directory as a pod follows it.
+pub type DirectoryView = watch::Receiver<Option<Arc<DirectorySnapshot>>>;
+
+/// How long one `CallLegs` call may take before the provider counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One provider to talk to.
+#[derive(Clone)]
+enum Provider {
+    Local(LegService),
+    Remote {
+        address: String,
+        client: CallLegsClient<Channel>,
+        /// From the Directory: the address the provider's node is reached at.
+        public_ip: Option<IpAddr>,
+    },
+}
+
+impl Provider {
+    fn name(&self) -> Option<String> {
+        match self {
+            Self::Local(_) => None,
+            Self::Remote { address, .. } => Some(address.clone()),
+        }
+    }
+
+    async fn create(&self, req: CreateLegRequest) -> Result<Leg, Status> {
+        let leg = match self {
+            Self::Local(s) => s.create(Request::new(req)).await?,
+            Self::Remote { client, .. } => client.clone().create(req).await?,
+        }
+        .into_inner();
+        let mut addr: SocketAddr = leg.address.parse().map_err(|_| {
+            Status::internal(format!("provider gave leg address {:?}", leg.address))
+        })?;
+        if let Self::Remote {
+            public_ip: Some(ip),
+            ..
+        } = self
+        {
+            addr.set_ip(*ip);
+        }
+        Ok(Leg { id: leg.id, addr })
+    }
+
+    async fn update(&self, req: UpdateLegRequest) -> Result<(), Status> {
+        match self {
+            Self::Local(s) => s.update(Request::new(req)).await.map(drop),
+            Self::Remote { client, .. } => client.clone().update(req).await.map(drop),
+        }
+    }
+
+    async fn bridge(&self, req: BridgeRequest) -> Result<(), Status> {
+        match self {
+            Self::Local(s) => s.bridge(Request::new(req)).await.map(drop),
+            Self::Remote { client, .. } => client.clone().bridge(req).await.map(drop),
+        }
+    }
+
+    async fn destroy(&self, id: u64) -> Result<LegStats, Status> {
+        let req = DestroyLegRequest { id };
+        Ok(match self {
+            Self::Local(s) => s.destroy(Request::new(req)).await?,
+            Self::Remote { client, .. } => client.clone().destroy(req).await?,
+        }
+        .into_inner())
+    }
+
+    /// Two bridged legs; nothing is left behind when it fails.
+    async fn setup(&self, owner: TaskHandle, caller: SocketAddr) -> Result<Media, Status> {
+        let create = |remote: Option<SocketAddr>| CreateLegRequest {
+            owner: Some(owner.clone()),
+            kind: LegKind::Rtp.into(),
+            remote_address: remote.map(|r| r.to_string()).unwrap_or_default(),
+        };
+        let a = self.create(create(Some(caller))).await?;
+        let b = match self.create(create(None)).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = self.destroy(a.id).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.bridge(BridgeRequest { a: a.id, b: b.id }).await {
+            let _ = self.destroy(a.id).await;
+            let _ = self.destroy(b.id).await;
+            return Err(e);
+        }
+        Ok(Media {
+            provider: self.name(),
+            a,
+            b,
+        })
+    }
+}
+
+/// Where this member's call legs come from.
+enum Source {
+    Local(LegService),
+    Remote {
+        /// Providers named on the command line, after the Directory's.
+        fixed: Vec<String>,
+        directory: Option<DirectoryView>,
+        clients: Mutex<HashMap<String, CallLegsClient<Channel>>>,
+    },
+}
+
+/// Call legs for this member's calls.
+pub struct Legs {
+    source: Source,
+    /// This member's TaskEvents address, for the legs' owner handles.
+    member: String,
+}
+
+impl Legs {
+    /// Legs in this process, from `service`.
+    pub fn local(service: LegService, member: String) -> Self {
+        Self {
+            source: Source::Local(service),
+            member,
+        }
+    }
+
+    /// Legs from providers: the Directory's, then `fixed` (gRPC host:port).
+    pub fn remote(fixed: Vec<String>, directory: Option<DirectoryView>, member: String) -> Self {
+        Self {
+            source: Source::Remote {
+                fixed,
+                directory,
+                clients: Mutex::default(),
+            },
+            member,
+        }
+    }
+
+    /// The providers to try, in order.
+    fn candidates(&self) -> Vec<Provider> {
+        let (fixed, directory, clients) = match &self.source {
+            Source::Local(s) => return vec![Provider::Local(s.clone())],
+            Source::Remote {
+                fixed,
+                directory,
+                clients,
+            } => (fixed, directory, clients),
+        };
+        let mut listed: Vec<(String, Option<IpAddr>)> = Vec::new();
+        if let Some(snapshot) = directory.as_ref().and_then(|d| d.borrow().clone()) {
+            let mut providers = snapshot.providers.clone();
+            // Least loaded first; the Directory never lists a draining pod.
+            providers.sort_by(|x, y| {
+                load(x.active_legs, x.capacity).total_cmp(&load(y.active_legs, y.capacity))
+            });
+            listed.extend(
+                providers
+                    .into_iter()
+                    .map(|p| (p.grpc_address, p.public_address.parse().ok())),
+            );
+        }
+        for f in fixed {
+            if !listed.iter().any(|(a, _)| a == f) {
+                listed.push((f.clone(), None));
+            }
+        }
+        let mut clients = clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listed
+            .into_iter()
+            .filter_map(|(address, public_ip)| {
+                let client = match clients.get(&address) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = connect(&address)?;
+                        clients.insert(address.clone(), c.clone());
+                        c
+                    }
+                };
+                Some(Provider::Remote {
+                    address,
+                    client,
+                    public_ip,
+                })
+            })
+            .collect()
+    }
+
+    fn provider(&self, media: &Media) -> Option<Provider> {
+        match (&self.source, &media.provider) {
+            (Source::Local(s), _) => Some(Provider::Local(s.clone())),
+            (Source::Remote { clients, .. }, Some(address)) => {
+                let mut clients = clients
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let client = match clients.get(address) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = connect(address)?;
+                        clients.insert(address.clone(), c.clone());
+                        c
+                    }
+                };
+                Some(Provider::Remote {
+                    address: address.clone(),
+                    client,
+                    public_ip: None,
+                })
+            }
+            (Source::Remote { .. }, None) => None,
+        }
+    }
+
+    /// Carries out `request`; the reply the endpoint waits for, if any.
+    pub async fn run(&self, request: LegRequest) -> Option<LegReply> {
+        match request {
+            LegRequest::Setup { task, caller } => {
+                let owner = TaskHandle {
+                    member: self.member.clone(),
+                    task,
+                };
+                Some(LegReply::Ready {
+                    task,
+                    media: self.setup(owner, caller).await,
+                })
+            }
+            LegRequest::Update {
+                media,
+                side,
+                remote,
+            } => {
+                let provider = self.provider(&media)?;
+                let req = UpdateLegRequest {
+                    id: media.leg(side).id,
+                    remote_address: remote.to_string(),
+                };
+                if let Err(e) = timed(provider.update(req)).await {
+                    tracing::warn!(error = %e, ?side, "cannot point a call leg");
+                }
+                None
+            }
+            LegRequest::Release { media } => {
+                let provider = self.provider(&media)?;
+                let (b, a) = tokio::join!(
+                    timed(provider.destroy(media.b.id)),
+                    timed(provider.destroy(media.a.id))
+                );
+                for r in [&a, &b] {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, provider = ?media.provider, "releasing a call leg");
+                    }
+                }
+                Some(LegReply::Released {
+                    to_callee: b.map_or(0, |s| s.packets_out),
+                    to_caller: a.map_or(0, |s| s.packets_out),
+                })
+            }
+        }
+    }
+
+    async fn setup(&self, owner: TaskHandle, caller: SocketAddr) -> Result<Media, String> {
+        let candidates = self.candidates();
+        if candidates.is_empty() {
+            return Err("no call-leg provider is known".to_string());
+        }
+        let mut failures = Vec::new();
+        for p in candidates {
+            match timed(p.setup(owner.clone(), caller)).await {
+                Ok(media) => return Ok(media),
+                Err(e) => {
+                    let name = p.name().unwrap_or_else(|| "this process".to_string());
+                    tracing::warn!(provider = %name, error = %e, "call-leg provider failed; trying the next");
+                    failures.push(format!("{name}: {}", e.message()));
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
+}
+
+fn load(active: i32, capacity: i32) -> f64 {
+    f64::from(active) / f64::from(capacity.max(1))
+}
+
+fn connect(address: &str) -> Option<CallLegsClient<Channel>> {
+    match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(e) => Some(CallLegsClient::new(
+            e.connect_timeout(CONNECT_TIMEOUT)
+                .timeout(CALL_TIMEOUT)
+                .connect_lazy(),
+        )),
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "bad call-leg provider address");
+            None
+        }
+    }
+}
+
+async fn timed<T>(f: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    tokio::time::timeout(CALL_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("call-leg provider too slow")))
+}
