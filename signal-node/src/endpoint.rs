@@ -21,8 +21,11 @@ use crate::calls::{CallRecord, Calls};
 use crate::legs::{LegReply, LegRequest};
 use crate::management::SharedBills;
 use crate::registrar::{Binding, Registrar};
+use crate::task_events::{Outbound, REGISTRAR_TASK, binding_from_proto, kind_name, registrations};
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
 use crate::wire::{self, Inbound};
+use voicecluster_api::grpc::TaskEvent;
+use voicecluster_api::grpc::task_event::Kind;
 
 /// The methods this endpoint serves.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER";
@@ -178,6 +181,10 @@ pub struct Endpoint {
     pub(crate) leg_requests: VecDeque<LegRequest>,
     /// Calls waiting for their legs, by task id.
     pub(crate) pending: HashMap<u64, Pending>,
+    /// This member's TaskEvents address; without it nothing is shared.
+    member: Option<String>,
+    /// Task events for other members, for the driver.
+    events_out: VecDeque<(u64, Outbound)>,
     /// This node's SIP address, in Via and Contact.
     pub(crate) local: SocketAddr,
     records: VecDeque<CallRecord>,
@@ -205,12 +212,75 @@ impl Endpoint {
             media_enabled: media,
             leg_requests: VecDeque::new(),
             pending: HashMap::new(),
+            member: None,
+            events_out: VecDeque::new(),
             local,
             records: VecDeque::new(),
             billing: None,
             metrics,
             out: VecDeque::new(),
             next_tag: 0,
+        }
+    }
+
+    /// Shares registrations with the other members, as member `member`
+    /// (its TaskEvents address).
+    pub fn with_member(mut self, member: String) -> Self {
+        self.member = Some(member);
+        self
+    }
+
+    /// The next task event for another member, with the sending task.
+    pub fn poll_task_event(&mut self) -> Option<(u64, Outbound)> {
+        self.events_out.pop_front()
+    }
+
+    /// An event from another member for one of this member's tasks.
+    pub fn on_task_event(&mut self, event: TaskEvent, now: Instant, wall: SystemTime) {
+        let Some(to) = event.to else { return };
+        match event.kind {
+            Some(Kind::Registrations(r)) if to.task == REGISTRAR_TASK => {
+                let bindings: Vec<Binding> =
+                    r.bindings.iter().filter_map(binding_from_proto).collect();
+                if bindings.len() != r.bindings.len() {
+                    tracing::warn!(user = %r.user, "bindings from another member dropped: bad source address");
+                }
+                self.registrar.replace(&r.user, bindings, wall);
+            }
+            Some(Kind::Sync(_)) if to.task == REGISTRAR_TASK => {
+                let Some(from) = event.from else { return };
+                for user in self.registrar.users(wall) {
+                    let bindings = self.registrar.lookup(&user, wall);
+                    self.events_out.push_back((
+                        REGISTRAR_TASK,
+                        Outbound::To(from.clone(), registrations(&user, &bindings)),
+                    ));
+                }
+            }
+            Some(kind) => {
+                tracing::debug!(
+                    task = to.task,
+                    kind = kind_name(&kind),
+                    "task event for no task here"
+                );
+            }
+            None => {}
+        }
+        self.pump(now, wall);
+    }
+
+    /// After REGISTERs: the changed users' bindings go to the other members.
+    fn share_registrations(&mut self, wall: SystemTime) {
+        let changed = self.registrar.take_changed();
+        if self.member.is_none() {
+            return;
+        }
+        for user in changed {
+            let bindings = self.registrar.lookup(&user, wall);
+            self.events_out.push_back((
+                REGISTRAR_TASK,
+                Outbound::Broadcast(registrations(&user, &bindings)),
+            ));
         }
     }
 
@@ -386,7 +456,11 @@ impl Endpoint {
                     .push(make_header("Accept", "application/sdp".into()));
                 r
             }
-            Method::Register => self.registrar.register(req, from, &tag, wall),
+            Method::Register => {
+                let r = self.registrar.register(req, from, &tag, wall);
+                self.share_registrations(wall);
+                r
+            }
             // In-dialog requests for a dialog this node does not have.
             Method::Update | Method::Info | Method::PRack => response_to(req, 481, Some(&tag)),
             _ => {

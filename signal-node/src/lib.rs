@@ -13,6 +13,7 @@ pub mod legs;
 pub mod management;
 pub mod registrar;
 pub mod sdp;
+pub mod task_events;
 pub mod transaction;
 pub mod transport;
 pub mod wire;

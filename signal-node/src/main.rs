@@ -29,8 +29,9 @@ use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
 use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
 use voicecluster_signal_node::management::{self, SharedBills};
 use voicecluster_signal_node::registrar::Registrar;
+use voicecluster_signal_node::task_events::{EventMetrics, Peers, TaskEventsService};
 use voicecluster_signal_node::transaction::Timers;
-use voicecluster_signal_node::transport::{self, Listeners};
+use voicecluster_signal_node::transport::{self, Links, Listeners};
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
@@ -88,6 +89,10 @@ struct Args {
     /// tried after the Directory's, for `Remotely`.
     #[arg(long, env = "VC_CALL_LEG_PROVIDERS", value_delimiter = ',')]
     call_leg_providers: Vec<String>,
+    /// Other signal members' TaskEvents addresses (host:port,
+    /// comma-separated), besides the Directory's.
+    #[arg(long, env = "VC_SIGNAL_PEERS", value_delimiter = ',')]
+    signal_peers: Vec<String>,
     /// Where the management API (bills) listens.
     #[arg(long, env = "VC_MANAGEMENT_ADDR", default_value = "0.0.0.0:8080")]
     management_addr: SocketAddr,
@@ -209,8 +214,13 @@ fn call_legs(
 }
 
 /// Serves this member's gRPC services until the future is dropped.
-async fn serve_grpc(addr: SocketAddr, offered: Option<LegService>) -> std::io::Result<()> {
+async fn serve_grpc(
+    addr: SocketAddr,
+    events: TaskEventsService,
+    offered: Option<LegService>,
+) -> std::io::Result<()> {
     let router = tonic::transport::Server::builder()
+        .add_service(events.into_server())
         .add_optional_service(offered.map(LegService::into_server));
     router
         .serve(addr)
@@ -236,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let directory_metrics = ClientMetrics::register(&mut registry);
     let sip_metrics = SipMetrics::register(&mut registry);
+    let event_metrics = EventMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     // The providers and members in use; what this pod applied and acked.
     let directory = follow_target(target, directory_metrics);
@@ -255,7 +266,16 @@ async fn main() -> anyhow::Result<()> {
             };
             let auth = Authenticator::new(&s.domain, &nonce_secret(&args), users);
             let member = SocketAddr::new(s.advertised.ip(), args.grpc_addr.port()).to_string();
-            let (legs, offered) = call_legs(&s, &args, directory.clone(), member)?;
+            let (legs, offered) = call_legs(&s, &args, directory.clone(), member.clone())?;
+            let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+            let events = TaskEventsService::new(member.clone(), events_tx, event_metrics.clone());
+            let peers = Arc::new(Peers::new(
+                member.clone(),
+                args.signal_peers.clone(),
+                directory.clone(),
+                event_metrics,
+            ));
+            let syncing = tokio::spawn(Arc::clone(&peers).keep_synced());
             let rates = RateTable::from_spec(&s.billing).map_err(anyhow::Error::msg)?;
             let bills: SharedBills = Arc::new(Mutex::new(
                 BillStore::open(&args.bills_file)
@@ -268,9 +288,10 @@ async fn main() -> anyhow::Result<()> {
                 Timers::default(),
                 sip_metrics,
             )
-            .with_billing(rates, Arc::clone(&bills));
+            .with_billing(rates, Arc::clone(&bills))
+            .with_member(member);
             let management = tokio::spawn(management::serve(args.management_addr, bills));
-            let grpc = tokio::spawn(serve_grpc(args.grpc_addr, offered));
+            let grpc = tokio::spawn(serve_grpc(args.grpc_addr, events, offered));
             let listeners = Listeners::bind(s.addr, s.addr)
                 .await
                 .with_context(|| format!("binding SIP on {}", s.addr))?;
@@ -280,7 +301,16 @@ async fn main() -> anyhow::Result<()> {
                 domain = %s.domain,
                 "serving SIP"
             );
-            let sip = tokio::spawn(transport::serve(listeners, endpoint, Some(Arc::new(legs))));
+            let links = Links {
+                legs: Some(Arc::new(legs)),
+                peers: Some(peers),
+                events: Some(events_rx),
+            };
+            let sip = tokio::spawn(async move {
+                let served = transport::serve(listeners, endpoint, links).await;
+                syncing.abort();
+                served
+            });
             Some(tokio::spawn(async move {
                 tokio::select! {
                     r = sip => r.map_err(std::io::Error::other)?,

@@ -15,8 +15,10 @@ use crate::endpoint::Endpoint;
 use crate::framing::{Frame, Framer};
 use crate::leg_providers::Legs;
 use crate::legs::LegReply;
+use crate::task_events::Peers;
 use crate::transaction::Peer;
 use crate::wire::MAX_MESSAGE;
+use voicecluster_api::grpc::TaskEvent;
 
 /// What connection tasks tell the endpoint loop.
 enum Event {
@@ -52,13 +54,33 @@ impl Listeners {
     }
 }
 
-/// Serves SIP until the future is dropped, with call legs from `legs`.
+/// What the endpoint works with besides SIP.
+#[derive(Default)]
+pub struct Links {
+    /// Where its calls' legs come from.
+    pub legs: Option<Arc<Legs>>,
+    /// The other members, for its outgoing task events.
+    pub peers: Option<Arc<Peers>>,
+    /// Task events for it, from the TaskEvents service.
+    pub events: Option<mpsc::Receiver<TaskEvent>>,
+}
+
+/// Serves SIP until the future is dropped.
 pub async fn serve(
     listeners: Listeners,
     mut endpoint: Endpoint,
-    legs: Option<Arc<Legs>>,
+    links: Links,
 ) -> std::io::Result<()> {
     let Listeners { udp, tcp } = listeners;
+    let Links {
+        legs,
+        peers,
+        events: mut task_events,
+    } = links;
+    let next_task_event = async |rx: &mut Option<mpsc::Receiver<TaskEvent>>| match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    };
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     // Leg work runs beside the loop, so a slow provider stalls only its call.
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<LegReply>();
@@ -105,10 +127,19 @@ pub async fn serve(
                     }
                 }
             }
+            Some(event) = next_task_event(&mut task_events) => {
+                endpoint.on_task_event(event, Instant::now(), SystemTime::now());
+            }
             Some(reply) = replies.recv() => {
                 endpoint.on_leg_reply(reply, Instant::now(), SystemTime::now());
             }
             () = sleep => endpoint.handle_timeout(Instant::now(), SystemTime::now()),
+        }
+        while let Some((from_task, out)) = endpoint.poll_task_event() {
+            match &peers {
+                Some(p) => p.send(out, from_task),
+                None => tracing::debug!(?out, "no other members to tell"),
+            }
         }
         while let Some(request) = endpoint.poll_leg_request() {
             let Some(legs) = legs.clone() else {

@@ -30,6 +30,8 @@ fn free_port() -> u16 {
 struct Server {
     bin: RunningBinary,
     sip: SocketAddr,
+    /// Its TaskEvents address, the member's name for the others.
+    grpc: SocketAddr,
     management: SocketAddr,
     dir: PathBuf,
 }
@@ -95,6 +97,11 @@ impl Server {
 
     /// A server making its call legs as `mode` says, with more flags.
     fn start_with(mode: &str, extra: &[String]) -> Self {
+        Self::start_member(mode, ([127, 0, 0, 1], free_port()).into(), extra)
+    }
+
+    /// A server whose TaskEvents listen on `grpc`.
+    fn start_member(mode: &str, grpc: SocketAddr, extra: &[String]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("vc-sip-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -123,7 +130,7 @@ impl Server {
             BIN,
             [
                 "--grpc-addr".to_string(),
-                format!("127.0.0.1:{}", free_port()),
+                grpc.to_string(),
                 "--sip-addr".to_string(),
                 sip.to_string(),
                 "--sip-domain".to_string(),
@@ -146,6 +153,7 @@ impl Server {
         Self {
             bin,
             sip,
+            grpc,
             management,
             dir,
         }
@@ -186,19 +194,35 @@ impl Server {
     /// Fails unless both SIPp runs succeed (SIPp exits 0 only when every
     /// call did).
     async fn alice_calls_bob(&self, scenario: &str, calls: u32, caller_args: &[&str]) {
+        self.alice_calls_bob_of(self, scenario, calls, caller_args)
+            .await;
+    }
+
+    /// As [`Self::alice_calls_bob`], with Bob registered through `bobs`
+    /// (another member, or this one).
+    async fn alice_calls_bob_of(
+        &self,
+        bobs: &Server,
+        scenario: &str,
+        calls: u32,
+        caller_args: &[&str],
+    ) {
         let (alice_port, bob_port) = (free_port(), free_port());
-        for (user, pw, port) in [
-            ("alice", "wonder", alice_port),
-            ("bob", "builder", bob_port),
+        for (server, user, pw, port) in [
+            (self, "alice", "wonder", alice_port),
+            (bobs, "bob", "builder", bob_port),
         ] {
-            let ok = self
+            let ok = server
                 .sipp_command("register", "u1", &auth(user, pw), port)
                 .status()
                 .expect("sipp runs");
             assert!(ok.success(), "{user} registers");
         }
+        // Bob's registration reaches this member as a task event.
+        self.metric_reaching("voicecluster_sip_registered_users", 2.0)
+            .await;
         let calls = calls.to_string();
-        let callee = self
+        let callee = bobs
             .sipp_command("callee", "u1", "bob;", bob_port)
             .args(["-rtp_echo", "-m", &calls, "-mp", &free_port().to_string()])
             .stdout(std::process::Stdio::null())
@@ -540,6 +564,61 @@ async fn a_remotely_member_gets_its_legs_from_a_media_node_past_a_dead_provider(
     let bills: Vec<serde_json::Value> = serde_json::from_str(&bills.body).unwrap();
     assert_eq!(bills.len(), 1, "{bills:?}");
     assert_eq!(bills[0]["disconnectReason"], "caller-bye");
+}
+
+#[tokio::test]
+async fn a_member_calls_a_user_registered_through_another_and_a_new_member_syncs() {
+    let (g0, g1) = (free_port(), free_port());
+    let grpc = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let peers = |p: u16| ["--signal-peers".to_string(), grpc(p).to_string()];
+    let member1 = Server::start_member("Locally", grpc(g1), &peers(g0));
+    let member0 = Server::start_member("Locally", grpc(g0), &peers(g1));
+    write_audio(&member0.dir);
+    // Alice registers through member 0, Bob through member 1; the call is
+    // member 0's.
+    member0.alice_calls_bob_of(&member1, "caller", 1, &[]).await;
+    assert_media_relayed(&member0).await;
+    let bills = http_get(member0.management, "/bills").await.unwrap();
+    let bills: Vec<serde_json::Value> = serde_json::from_str(&bills.body).unwrap();
+    assert_eq!(bills.len(), 1, "{bills:?}");
+    assert_eq!(bills[0]["callee"], "bob");
+    // The registrations crossed as task events, both ways.
+    let sent = "voicecluster_task_events_total{direction=\"sent\",kind=\"registrations\"}";
+    let received = "voicecluster_task_events_total{direction=\"received\",kind=\"registrations\"}";
+    assert!(member1.metric_reaching(sent, 1.0).await >= 1.0);
+    assert!(member0.metric_reaching(received, 1.0).await >= 1.0);
+    assert!(member0.metric_reaching(sent, 1.0).await >= 1.0);
+    assert!(member1.metric_reaching(received, 1.0).await >= 1.0);
+
+    // A member that starts later asks the others; their answers go to its
+    // registrar's handle and it knows both users.
+    let member2 = Server::start_member(
+        "Locally",
+        grpc(free_port()),
+        &[
+            "--signal-peers".to_string(),
+            format!("{},{}", member0.grpc, member1.grpc),
+        ],
+    );
+    assert_eq!(
+        member2
+            .metric_reaching("voicecluster_sip_registered_users", 2.0)
+            .await,
+        2.0
+    );
+    assert!(
+        member2
+            .metric_reaching(
+                "voicecluster_task_events_total{direction=\"sent\",kind=\"sync\"}",
+                2.0
+            )
+            .await
+            >= 2.0
+    );
+    assert!(
+        member0.metric_reaching(sent, 2.0).await >= 2.0,
+        "member 0 answered"
+    );
 }
 
 #[tokio::test]

@@ -32,12 +32,17 @@ pub struct Binding {
     /// Where the REGISTER came from: requests for the user go back along
     /// this flow (RFC 5626 style), which gets through NAT and reuses TCP.
     pub source: Peer,
+    /// The REGISTER's Path (RFC 3327): the proxies, such as the edge, that
+    /// requests for this contact must go through, first one first.
+    pub path: Vec<String>,
 }
 
 /// All bindings of this member.
 pub struct Registrar {
     auth: Authenticator,
     bindings: HashMap<String, Vec<Binding>>,
+    /// Users whose bindings a REGISTER changed, for the other members.
+    changed: Vec<String>,
 }
 
 /// A Contact header entry.
@@ -117,7 +122,38 @@ impl Registrar {
         Self {
             auth,
             bindings: HashMap::new(),
+            changed: Vec::new(),
         }
+    }
+
+    /// Users whose bindings changed through REGISTERs since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Sets `user`'s bindings to what another member holds for them.
+    pub fn replace(&mut self, user: &str, bindings: Vec<Binding>, now: SystemTime) {
+        let live: Vec<Binding> = bindings
+            .into_iter()
+            .filter(|b| b.expires_at > now)
+            .collect();
+        if live.is_empty() {
+            self.bindings.remove(user);
+        } else {
+            self.bindings.insert(user.to_string(), live);
+        }
+    }
+
+    /// Every user with a live binding.
+    pub fn users(&self, now: SystemTime) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.iter().any(|b| b.expires_at > now))
+            .map(|(u, _)| u.clone())
+            .collect();
+        users.sort();
+        users
     }
 
     /// Checks a request's credentials in `header` (`Authorization` or
@@ -177,6 +213,7 @@ impl Registrar {
                 call_id: "test".to_string(),
                 cseq: 1,
                 source,
+                path: Vec::new(),
             });
     }
 
@@ -239,6 +276,12 @@ impl Registrar {
         let Ok(default_expires) = default_expires else {
             return with_warning(reply(400), "bad Expires");
         };
+        let path: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case("Path"))
+            .flat_map(|h| split_list(h.value()).into_iter().map(str::to_string))
+            .collect();
         let mut contacts = Vec::new();
         let mut star = false;
         for h in req.contact_headers() {
@@ -299,10 +342,15 @@ impl Registrar {
                     call_id: call_id.clone(),
                     cseq,
                     source,
+                    path: path.clone(),
                 });
             }
         }
         let mut ok = reply(200);
+        // RFC 3327 §5.3: the Path the registrar stored goes back in the 200.
+        for p in &path {
+            ok.headers.push(make_header("Path", p.clone()));
+        }
         for b in current.iter() {
             let left = b.expires_at.duration_since(now).map_or(0, |d| d.as_secs());
             ok.headers.push(make_header(
@@ -313,6 +361,7 @@ impl Registrar {
         if current.is_empty() {
             self.bindings.remove(&user);
         }
+        self.changed.push(user);
         ok
     }
 }

@@ -1,0 +1,344 @@
+//! Task events between members: the gRPC `TaskEvents` service this member
+//! serves, the client that delivers its events to the others, and the
+//! conversions of what they carry.
+//!
+//! Today's traffic is the registrar's (task 0 on every member): after a
+//! REGISTER a member sends the user's bindings to every other member, and a
+//! member that starts (or sees a member come back) asks each peer for all
+//! it knows with a `SyncRegistrations`, answered to the asker's handle. So
+//! a user registered through one member can be called from a call on any.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use voicecluster_api::TASK_EVENTS_PORT;
+use voicecluster_api::grpc::task_event::Kind;
+use voicecluster_api::grpc::task_events_client::TaskEventsClient;
+use voicecluster_api::grpc::task_events_server::{TaskEvents, TaskEventsServer};
+use voicecluster_api::grpc::{self, DeliverReply, TaskEvent, TaskHandle};
+
+use crate::leg_providers::DirectoryView;
+use crate::registrar::Binding;
+use crate::transaction::Peer;
+
+/// Every member's registrar has this task id.
+pub const REGISTRAR_TASK: u64 = 0;
+
+/// How often members not yet in sync are asked for their registrations.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An event this member's endpoint wants sent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outbound {
+    /// To the registrar of every other member.
+    Broadcast(Kind),
+    /// To one task.
+    To(TaskHandle, Kind),
+}
+
+/// The metric label of an event's kind.
+pub fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Registrations(_) => "registrations",
+        Kind::Sync(_) => "sync",
+        Kind::Leg(_) => "leg",
+    }
+}
+
+/// A binding as it travels.
+pub fn binding_to_proto(b: &Binding) -> grpc::Binding {
+    grpc::Binding {
+        contact: b.contact.clone(),
+        source: b.source.addr.to_string(),
+        reliable: b.source.reliable,
+        path: b.path.clone(),
+        expires_unix_ms: b
+            .expires_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+    }
+}
+
+/// A binding from another member; `None` when it does not make sense.
+pub fn binding_from_proto(b: &grpc::Binding) -> Option<Binding> {
+    let addr: SocketAddr = b.source.parse().ok()?;
+    let ms = u64::try_from(b.expires_unix_ms).ok()?;
+    Some(Binding {
+        contact: b.contact.clone(),
+        expires_at: UNIX_EPOCH + Duration::from_millis(ms),
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+        source: Peer {
+            addr,
+            reliable: b.reliable,
+        },
+        path: b.path.clone(),
+    })
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Task event metrics of a member.
+#[derive(Clone, Default)]
+pub struct EventMetrics {
+    events: Family<Labels, Counter>,
+    failures: Family<Labels, Counter>,
+}
+
+impl EventMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "voicecluster_task_events",
+            "Task events that crossed to or from another member, by direction and kind",
+            m.events.clone(),
+        );
+        registry.register(
+            "voicecluster_task_event_failures",
+            "Task events that could not be delivered to another member, by kind",
+            m.failures.clone(),
+        );
+        m
+    }
+
+    fn count(&self, direction: &str, kind: &str) {
+        self.events
+            .get_or_create(&vec![
+                ("direction".to_string(), direction.to_string()),
+                ("kind".to_string(), kind.to_string()),
+            ])
+            .inc();
+    }
+
+    fn failed(&self, kind: &str) {
+        self.failures
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
+    }
+}
+
+/// The `TaskEvents` service: hands events for this member's tasks to its
+/// SIP loop.
+pub struct TaskEventsService {
+    member: String,
+    to_loop: mpsc::Sender<TaskEvent>,
+    metrics: EventMetrics,
+}
+
+impl TaskEventsService {
+    /// The service of member `member`, delivering into `to_loop`.
+    pub fn new(member: String, to_loop: mpsc::Sender<TaskEvent>, metrics: EventMetrics) -> Self {
+        Self {
+            member,
+            to_loop,
+            metrics,
+        }
+    }
+
+    /// Ready to add to a tonic server.
+    pub fn into_server(self) -> TaskEventsServer<Self> {
+        TaskEventsServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl TaskEvents for TaskEventsService {
+    async fn deliver(&self, request: Request<TaskEvent>) -> Result<Response<DeliverReply>, Status> {
+        let event = request.into_inner();
+        let Some(to) = &event.to else {
+            return Err(Status::invalid_argument("event without a destination"));
+        };
+        if to.member != self.member {
+            return Err(Status::not_found(format!(
+                "member {} is not {}",
+                self.member, to.member
+            )));
+        }
+        let Some(kind) = &event.kind else {
+            return Err(Status::invalid_argument("event without a kind"));
+        };
+        if event.from.is_none() {
+            return Err(Status::invalid_argument("event without a sender"));
+        }
+        self.metrics.count("received", kind_name(kind));
+        self.to_loop
+            .send(event)
+            .await
+            .map_err(|_| Status::unavailable("member stopping"))?;
+        Ok(Response::new(DeliverReply {}))
+    }
+}
+
+/// The other members, and how to reach them.
+pub struct Peers {
+    member: String,
+    fixed: Vec<String>,
+    directory: Option<DirectoryView>,
+    clients: Mutex<HashMap<String, TaskEventsClient<Channel>>>,
+    /// Members whose registrations this member has.
+    synced: Mutex<HashSet<String>>,
+    metrics: EventMetrics,
+}
+
+impl Peers {
+    /// Member `member`'s view of the others: the Directory's signal members
+    /// and `fixed` (TaskEvents host:port).
+    pub fn new(
+        member: String,
+        fixed: Vec<String>,
+        directory: Option<DirectoryView>,
+        metrics: EventMetrics,
+    ) -> Self {
+        Self {
+            member,
+            fixed,
+            directory,
+            clients: Mutex::default(),
+            synced: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The other members now.
+    pub fn current(&self) -> Vec<String> {
+        let mut members: Vec<String> = self.fixed.clone();
+        if let Some(snapshot) = self.directory.as_ref().and_then(|d| d.borrow().clone()) {
+            members.extend(
+                snapshot
+                    .signal_members
+                    .iter()
+                    .filter(|m| m.ready && !m.address.is_empty())
+                    .map(|m| format!("{}:{TASK_EVENTS_PORT}", m.address)),
+            );
+        }
+        members.sort();
+        members.dedup();
+        members.retain(|m| *m != self.member);
+        members
+    }
+
+    fn client(&self, member: &str) -> Result<TaskEventsClient<Channel>, Status> {
+        let mut clients = Self::lock(&self.clients);
+        if let Some(c) = clients.get(member) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{member}"))
+            .map_err(|e| Status::invalid_argument(format!("member {member:?}: {e}")))?;
+        let c = TaskEventsClient::new(
+            endpoint
+                .connect_timeout(DELIVER_TIMEOUT)
+                .timeout(DELIVER_TIMEOUT)
+                .connect_lazy(),
+        );
+        clients.insert(member.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Delivers `kind` to task `to`, from `from_task` of this member.
+    pub async fn deliver(&self, to: TaskHandle, from_task: u64, kind: Kind) -> Result<(), Status> {
+        let name = kind_name(&kind);
+        let member = to.member.clone();
+        let event = TaskEvent {
+            to: Some(to),
+            from: Some(TaskHandle {
+                member: self.member.clone(),
+                task: from_task,
+            }),
+            kind: Some(kind),
+        };
+        let sent = match self.client(&member) {
+            Ok(mut c) => tokio::time::timeout(DELIVER_TIMEOUT, c.deliver(event))
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("member too slow")))
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        match &sent {
+            Ok(()) => self.metrics.count("sent", name),
+            Err(e) => {
+                self.metrics.failed(name);
+                // It will be asked again for its registrations once it answers.
+                Self::lock(&self.synced).remove(&member);
+                tracing::debug!(%member, error = %e, kind = name, "task event not delivered");
+            }
+        }
+        sent
+    }
+
+    /// Sends what the endpoint wants sent, in the background.
+    pub fn send(self: &Arc<Self>, out: Outbound, from_task: u64) {
+        let targets: Vec<(TaskHandle, Kind)> = match out {
+            Outbound::To(to, kind) => vec![(to, kind)],
+            Outbound::Broadcast(kind) => self
+                .current()
+                .into_iter()
+                .map(|member| {
+                    (
+                        TaskHandle {
+                            member,
+                            task: REGISTRAR_TASK,
+                        },
+                        kind.clone(),
+                    )
+                })
+                .collect(),
+        };
+        for (to, kind) in targets {
+            let peers = Arc::clone(self);
+            tokio::spawn(async move {
+                let _ = peers.deliver(to, from_task, kind).await;
+            });
+        }
+    }
+
+    /// Asks each member not yet in sync for its registrations, now and
+    /// whenever one appears or comes back; runs until dropped.
+    pub async fn keep_synced(self: Arc<Self>) {
+        loop {
+            let due: Vec<String> = {
+                let synced = Self::lock(&self.synced);
+                self.current()
+                    .into_iter()
+                    .filter(|m| !synced.contains(m))
+                    .collect()
+            };
+            for member in due {
+                let to = TaskHandle {
+                    member: member.clone(),
+                    task: REGISTRAR_TASK,
+                };
+                let asked = self
+                    .deliver(to, REGISTRAR_TASK, Kind::Sync(grpc::SyncRegistrations {}))
+                    .await;
+                if asked.is_ok() {
+                    Self::lock(&self.synced).insert(member);
+                }
+            }
+            tokio::time::sleep(SYNC_EVERY).await;
+        }
+    }
+}
+
+/// Registrations of `user` as an event.
+pub fn registrations(user: &str, bindings: &[Binding]) -> Kind {
+    Kind::Registrations(grpc::Registrations {
+        user: user.to_string(),
+        bindings: bindings.iter().map(binding_to_proto).collect(),
+    })
+}
