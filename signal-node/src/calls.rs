@@ -55,6 +55,8 @@ pub struct Dialog {
     pub remote_target: String,
     /// The flow to them.
     pub peer: Peer,
+    /// Proxies in-dialog requests go through (Route headers), first first.
+    pub route_set: Vec<String>,
     /// Our next CSeq on this side.
     pub cseq: u32,
 }
@@ -202,6 +204,28 @@ pub fn uri_of(value: &str) -> String {
             .trim()
             .to_string(),
     }
+}
+
+/// Every value of every header called `name`, comma lists split, in order.
+pub fn header_values(m: &impl HasHeaders, name: &str) -> Vec<String> {
+    m.headers()
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(name))
+        .flat_map(|h| {
+            wire::split_list(h.value())
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `Route` header lines for a route set, each ending in CRLF.
+pub fn route_lines(route_set: &[String]) -> String {
+    route_set
+        .iter()
+        .map(|r| format!("Route: {r}\r\n"))
+        .collect()
 }
 
 /// The `tag` parameter of a From/To value.

@@ -6,6 +6,7 @@ pub mod b2bua;
 pub mod billing;
 pub mod calls;
 pub mod digest;
+pub mod edge;
 pub mod endpoint;
 pub mod framing;
 pub mod leg_providers;

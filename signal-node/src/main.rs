@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
 use voicecluster_signal_node::billing::{BillStore, RateTable};
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
+use voicecluster_signal_node::edge::{Edge, EdgeMetrics};
 use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
 use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
 use voicecluster_signal_node::management::{self, SharedBills};
@@ -45,6 +46,8 @@ struct Args {
     telemetry: CommonArgs,
     #[command(flatten)]
     directory: DirectoryArgs,
+    #[command(subcommand)]
+    role: Option<Role>,
     /// The VoiceCluster spec as JSON (the operator mounts it): SIP domain and port.
     #[arg(long, env = "VC_CONFIG")]
     config: Option<PathBuf>,
@@ -96,6 +99,19 @@ struct Args {
     /// Where the management API (bills) listens.
     #[arg(long, env = "VC_MANAGEMENT_ADDR", default_value = "0.0.0.0:8080")]
     management_addr: SocketAddr,
+}
+
+/// A role other than the backend's.
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// The SIP front door on internet-facing nodes: forwards every message
+    /// to a live backend, keeping each Call-ID and dialog on one backend.
+    Edge {
+        /// Backends' SIP addresses (host:port, comma-separated), besides
+        /// the Directory's ready signal members.
+        #[arg(long, env = "VC_EDGE_BACKENDS", value_delimiter = ',')]
+        backends: Vec<SocketAddr>,
+    },
 }
 
 fn parse_mode(s: &str) -> Result<CallLegMode, String> {
@@ -236,6 +252,126 @@ fn nonce_secret(args: &Args) -> String {
     })
 }
 
+/// What serving SIP returns when it ends.
+type SipTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// The backend role: registrar, PBX tasks, billing, task events.
+async fn start_backend(
+    args: &Args,
+    s: &SipSettings,
+    directory: Option<DirectoryView>,
+    sip_metrics: SipMetrics,
+    event_metrics: EventMetrics,
+) -> anyhow::Result<SipTask> {
+    let users = match &args.users_file {
+        Some(path) => parse_users(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        None => {
+            tracing::warn!("no users file: every REGISTER will be refused");
+            Default::default()
+        }
+    };
+    let auth = Authenticator::new(&s.domain, &nonce_secret(args), users);
+    let member = SocketAddr::new(s.advertised.ip(), args.grpc_addr.port()).to_string();
+    let (legs, offered) = call_legs(s, args, directory.clone(), member.clone())?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+    let events = TaskEventsService::new(member.clone(), events_tx, event_metrics.clone());
+    let peers = Arc::new(Peers::new(
+        member.clone(),
+        args.signal_peers.clone(),
+        directory.clone(),
+        event_metrics,
+    ));
+    let syncing = tokio::spawn(Arc::clone(&peers).keep_synced());
+    let rates = RateTable::from_spec(&s.billing).map_err(anyhow::Error::msg)?;
+    let bills: SharedBills = Arc::new(Mutex::new(
+        BillStore::open(&args.bills_file)
+            .with_context(|| format!("opening {}", args.bills_file.display()))?,
+    ));
+    let endpoint = Endpoint::new(
+        s.advertised,
+        Registrar::new(auth),
+        true,
+        Timers::default(),
+        sip_metrics,
+    )
+    .with_billing(rates, Arc::clone(&bills))
+    .with_member(member);
+    let management = tokio::spawn(management::serve(args.management_addr, bills));
+    let grpc = tokio::spawn(serve_grpc(args.grpc_addr, events, offered));
+    let listeners = Listeners::bind(s.addr, s.addr)
+        .await
+        .with_context(|| format!("binding SIP on {}", s.addr))?;
+    tracing::info!(
+        udp = %listeners.udp_addr()?,
+        tcp = %listeners.tcp_addr()?,
+        domain = %s.domain,
+        "serving SIP"
+    );
+    let links = Links {
+        legs: Some(Arc::new(legs)),
+        peers: Some(peers),
+        events: Some(events_rx),
+    };
+    let sip = tokio::spawn(async move {
+        let served = transport::serve(listeners, endpoint, links).await;
+        syncing.abort();
+        served
+    });
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            r = sip => r.map_err(std::io::Error::other)?,
+            r = management => r.map_err(std::io::Error::other)?,
+            r = grpc => r.map_err(std::io::Error::other)?,
+        }
+    }))
+}
+
+/// The edge role: the SIP front door, forwarding to the live backends.
+async fn start_edge(
+    s: &SipSettings,
+    fixed: Vec<SocketAddr>,
+    directory: Option<DirectoryView>,
+    metrics: EdgeMetrics,
+) -> anyhow::Result<SipTask> {
+    // Backends serve SIP on the same port as the edge (the spec's).
+    let port = s.addr.port();
+    let backends = move || {
+        let mut live = fixed.clone();
+        if let Some(snapshot) = directory.as_ref().and_then(|d| d.borrow().clone()) {
+            live.extend(
+                snapshot
+                    .signal_members
+                    .iter()
+                    .filter(|m| m.ready)
+                    .filter_map(|m| m.address.parse().ok())
+                    .map(|ip| SocketAddr::new(ip, port)),
+            );
+        }
+        live.sort();
+        live.dedup();
+        live
+    };
+    let edge = Edge::new(s.advertised, Box::new(backends), metrics);
+    let listeners = Listeners::bind(s.addr, s.addr)
+        .await
+        .with_context(|| format!("binding SIP on {}", s.addr))?;
+    tracing::info!(
+        udp = %listeners.udp_addr()?,
+        tcp = %listeners.tcp_addr()?,
+        advertised = %s.advertised,
+        "serving SIP as the edge"
+    );
+    Ok(tokio::spawn(transport::serve(
+        listeners,
+        edge,
+        Links::default(),
+    )))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -247,79 +383,19 @@ async fn main() -> anyhow::Result<()> {
     let directory_metrics = ClientMetrics::register(&mut registry);
     let sip_metrics = SipMetrics::register(&mut registry);
     let event_metrics = EventMetrics::register(&mut registry);
+    let edge_metrics = EdgeMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     // The providers and members in use; what this pod applied and acked.
     let directory = follow_target(target, directory_metrics);
 
-    let sip = match sip_settings(&args)? {
-        Some(s) => {
-            let users = match &args.users_file {
-                Some(path) => parse_users(
-                    &std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?,
-                )
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                None => {
-                    tracing::warn!("no users file: every REGISTER will be refused");
-                    Default::default()
-                }
-            };
-            let auth = Authenticator::new(&s.domain, &nonce_secret(&args), users);
-            let member = SocketAddr::new(s.advertised.ip(), args.grpc_addr.port()).to_string();
-            let (legs, offered) = call_legs(&s, &args, directory.clone(), member.clone())?;
-            let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
-            let events = TaskEventsService::new(member.clone(), events_tx, event_metrics.clone());
-            let peers = Arc::new(Peers::new(
-                member.clone(),
-                args.signal_peers.clone(),
-                directory.clone(),
-                event_metrics,
-            ));
-            let syncing = tokio::spawn(Arc::clone(&peers).keep_synced());
-            let rates = RateTable::from_spec(&s.billing).map_err(anyhow::Error::msg)?;
-            let bills: SharedBills = Arc::new(Mutex::new(
-                BillStore::open(&args.bills_file)
-                    .with_context(|| format!("opening {}", args.bills_file.display()))?,
-            ));
-            let endpoint = Endpoint::new(
-                s.advertised,
-                Registrar::new(auth),
-                true,
-                Timers::default(),
-                sip_metrics,
-            )
-            .with_billing(rates, Arc::clone(&bills))
-            .with_member(member);
-            let management = tokio::spawn(management::serve(args.management_addr, bills));
-            let grpc = tokio::spawn(serve_grpc(args.grpc_addr, events, offered));
-            let listeners = Listeners::bind(s.addr, s.addr)
-                .await
-                .with_context(|| format!("binding SIP on {}", s.addr))?;
-            tracing::info!(
-                udp = %listeners.udp_addr()?,
-                tcp = %listeners.tcp_addr()?,
-                domain = %s.domain,
-                "serving SIP"
-            );
-            let links = Links {
-                legs: Some(Arc::new(legs)),
-                peers: Some(peers),
-                events: Some(events_rx),
-            };
-            let sip = tokio::spawn(async move {
-                let served = transport::serve(listeners, endpoint, links).await;
-                syncing.abort();
-                served
-            });
-            Some(tokio::spawn(async move {
-                tokio::select! {
-                    r = sip => r.map_err(std::io::Error::other)?,
-                    r = management => r.map_err(std::io::Error::other)?,
-                    r = grpc => r.map_err(std::io::Error::other)?,
-                }
-            }))
+    let sip = match (sip_settings(&args)?, &args.role) {
+        (Some(s), Some(Role::Edge { backends })) => {
+            Some(start_edge(&s, backends.clone(), directory, edge_metrics).await?)
         }
-        None => {
+        (Some(s), None) => {
+            Some(start_backend(&args, &s, directory, sip_metrics, event_metrics).await?)
+        }
+        (None, _) => {
             tracing::info!("no VC_CONFIG or --sip-addr: SIP not served");
             None
         }

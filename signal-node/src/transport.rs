@@ -11,11 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use crate::edge::Edge;
 use crate::endpoint::Endpoint;
 use crate::framing::{Frame, Framer};
 use crate::leg_providers::Legs;
-use crate::legs::LegReply;
-use crate::task_events::Peers;
+use crate::legs::{LegReply, LegRequest};
+use crate::task_events::{Outbound, Peers};
 use crate::transaction::Peer;
 use crate::wire::MAX_MESSAGE;
 use voicecluster_api::grpc::TaskEvent;
@@ -54,6 +55,76 @@ impl Listeners {
     }
 }
 
+/// A SIP core the driver runs: the backend [`Endpoint`] or the [`Edge`].
+pub trait SipCore: Send {
+    /// Bytes arrived from `from`.
+    fn on_bytes(&mut self, bytes: &[u8], from: Peer, now: Instant, wall: SystemTime);
+    /// A stream broke on bad framing; `reply` answers the request that broke it.
+    fn reject(&mut self, from: Peer, why: &str, reply: Option<Vec<u8>>);
+    /// The next bytes to send.
+    fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)>;
+    /// When [`Self::handle_timeout`] is due.
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+    /// Runs due timers.
+    fn handle_timeout(&mut self, _now: Instant, _wall: SystemTime) {}
+    /// The next call-leg work.
+    fn poll_leg_request(&mut self) -> Option<LegRequest> {
+        None
+    }
+    /// What became of call-leg work.
+    fn on_leg_reply(&mut self, _reply: LegReply, _now: Instant, _wall: SystemTime) {}
+    /// The next task event for another member, with the sending task.
+    fn poll_task_event(&mut self) -> Option<(u64, Outbound)> {
+        None
+    }
+    /// A task event from another member.
+    fn on_task_event(&mut self, _event: TaskEvent, _now: Instant, _wall: SystemTime) {}
+}
+
+impl SipCore for Endpoint {
+    fn on_bytes(&mut self, bytes: &[u8], from: Peer, now: Instant, wall: SystemTime) {
+        Endpoint::on_bytes(self, bytes, from, now, wall);
+    }
+    fn reject(&mut self, from: Peer, why: &str, reply: Option<Vec<u8>>) {
+        Endpoint::reject(self, from, why, reply);
+    }
+    fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
+        Endpoint::poll_transmit(self)
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        Endpoint::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+        Endpoint::handle_timeout(self, now, wall);
+    }
+    fn poll_leg_request(&mut self) -> Option<LegRequest> {
+        Endpoint::poll_leg_request(self)
+    }
+    fn on_leg_reply(&mut self, reply: LegReply, now: Instant, wall: SystemTime) {
+        Endpoint::on_leg_reply(self, reply, now, wall);
+    }
+    fn poll_task_event(&mut self) -> Option<(u64, Outbound)> {
+        Endpoint::poll_task_event(self)
+    }
+    fn on_task_event(&mut self, event: TaskEvent, now: Instant, wall: SystemTime) {
+        Endpoint::on_task_event(self, event, now, wall);
+    }
+}
+
+impl SipCore for Edge {
+    fn on_bytes(&mut self, bytes: &[u8], from: Peer, _now: Instant, _wall: SystemTime) {
+        Edge::on_bytes(self, bytes, from);
+    }
+    fn reject(&mut self, from: Peer, why: &str, reply: Option<Vec<u8>>) {
+        Edge::reject(self, from, why, reply);
+    }
+    fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
+        Edge::poll_transmit(self)
+    }
+}
+
 /// What the endpoint works with besides SIP.
 #[derive(Default)]
 pub struct Links {
@@ -68,7 +139,7 @@ pub struct Links {
 /// Serves SIP until the future is dropped.
 pub async fn serve(
     listeners: Listeners,
-    mut endpoint: Endpoint,
+    mut endpoint: impl SipCore,
     links: Links,
 ) -> std::io::Result<()> {
     let Listeners { udp, tcp } = listeners;

@@ -34,6 +34,9 @@ struct Server {
     grpc: SocketAddr,
     management: SocketAddr,
     dir: PathBuf,
+    /// For an edge: the admin addresses of its backends, whose registrars
+    /// must all know a user before a call to them.
+    backends: Vec<SocketAddr>,
 }
 
 /// A media-node process offering CallLegs on loopback.
@@ -156,6 +159,7 @@ impl Server {
             grpc,
             management,
             dir,
+            backends: Vec::new(),
         }
     }
 
@@ -218,9 +222,20 @@ impl Server {
                 .expect("sipp runs");
             assert!(ok.success(), "{user} registers");
         }
-        // Bob's registration reaches this member as a task event.
-        self.metric_reaching("voicecluster_sip_registered_users", 2.0)
-            .await;
+        // Bob's registration reaches this member (or, behind an edge, every
+        // backend) as a task event.
+        if self.backends.is_empty() {
+            self.metric_reaching("voicecluster_sip_registered_users", 2.0)
+                .await;
+        }
+        for admin in &self.backends {
+            for _ in 0..50 {
+                if metric_at(*admin, "voicecluster_sip_registered_users").await == Some(2.0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let calls = calls.to_string();
         let callee = bobs
             .sipp_command("callee", "u1", "bob;", bob_port)
@@ -271,10 +286,105 @@ impl Server {
     }
 
     async fn metric(&self, name: &str) -> Option<f64> {
-        let page = http_get(self.bin.admin_addr(), "/metrics").await.ok()?;
-        page.body
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        metric_at(self.bin.admin_addr(), name).await
+    }
+
+    /// An edge in front of `backends`, on a SIP port of its own.
+    fn start_edge(backends: &[&Server]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vc-edge-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let list: Vec<String> = backends.iter().map(|b| b.sip.to_string()).collect();
+        let bin = RunningBinary::start_with(
+            BIN,
+            [
+                "--sip-addr".to_string(),
+                sip.to_string(),
+                "edge".to_string(),
+                "--backends".to_string(),
+                list.join(","),
+            ],
+        )
+        .expect("the edge starts");
+        Self {
+            bin,
+            sip,
+            grpc: sip,
+            management: sip,
+            dir,
+            backends: backends.iter().map(|b| b.bin.admin_addr()).collect(),
+        }
+    }
+}
+
+/// A metric of the process whose admin server is at `admin`.
+async fn metric_at(admin: SocketAddr, name: &str) -> Option<f64> {
+    let page = http_get(admin, "/metrics").await.ok()?;
+    page.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Two Remotely backends sharing registrations, a media node, and an edge
+/// in front of them.
+struct EdgeCluster {
+    edge: Server,
+    backends: [Server; 2],
+    media: MediaNode,
+}
+
+impl EdgeCluster {
+    fn start() -> Self {
+        let media = MediaNode::start();
+        let (g0, g1) = (free_port(), free_port());
+        let grpc = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let member = |me: u16, peer: u16| {
+            Server::start_member(
+                "Remotely",
+                grpc(me),
+                &[
+                    "--signal-peers".to_string(),
+                    grpc(peer).to_string(),
+                    "--call-leg-providers".to_string(),
+                    media.grpc.to_string(),
+                ],
+            )
+        };
+        let backends = [member(g0, g1), member(g1, g0)];
+        let edge = Server::start_edge(&[&backends[0], &backends[1]]);
+        write_audio(&edge.dir);
+        Self {
+            edge,
+            backends,
+            media,
+        }
+    }
+
+    /// A metric summed over the backends, once the sum reached `at_least`.
+    async fn backends_metric(&self, name: &str, at_least: f64) -> f64 {
+        let mut sum = 0.0;
+        for _ in 0..50 {
+            sum = 0.0;
+            for b in &self.backends {
+                sum += b.metric(name).await.unwrap_or(0.0);
+            }
+            if sum >= at_least {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sum
+    }
+
+    /// Every backend's bills.
+    async fn bills(&self) -> Vec<Vec<serde_json::Value>> {
+        let mut all = Vec::new();
+        for b in &self.backends {
+            let page = http_get(b.management, "/bills").await.unwrap();
+            all.push(serde_json::from_str(&page.body).unwrap());
+        }
+        all
     }
 }
 
@@ -651,6 +761,76 @@ async fn a_remotely_member_without_a_live_provider_refuses_calls_with_503() {
             .metric("voicecluster_calls_completed_total{outcome=\"503\"}")
             .await,
         Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_calls_b_through_edge_backend_and_media_node_with_rtp_both_ways() {
+    let c = EdgeCluster::start();
+    c.edge.alice_calls_bob_of(&c.edge, "caller", 1, &[]).await;
+    // RTP went both ways through the media node's legs.
+    for direction in ["to_callee", "to_caller"] {
+        let n = c
+            .backends_metric(
+                &format!("voicecluster_call_media_packets_total{{direction=\"{direction}\"}}"),
+                50.0,
+            )
+            .await;
+        assert!(n >= 50.0, "RTP {direction}: {n}");
+    }
+    assert_eq!(c.media.legs().await, 0, "legs released");
+    // The whole call, both of its dialogs, stayed on one backend: one bill,
+    // on one backend, ended by the caller's BYE.
+    let bills: Vec<serde_json::Value> = c.bills().await.into_iter().flatten().collect();
+    assert_eq!(bills.len(), 1, "{bills:?}");
+    let b = &bills[0];
+    assert_eq!(b["disconnectReason"], "caller-bye");
+    let ms = b["durationMs"].as_u64().unwrap();
+    assert!((1900..4000).contains(&ms), "duration {ms} ms");
+    assert_eq!(b["cost"], format!("{:.2}", ms.div_ceil(1000) as f64 * 0.01));
+    // Both ways through the edge: devices to backends, and the backend's
+    // INVITE and BYE to Bob along his flow.
+    let to_backend = c
+        .edge
+        .metric("voicecluster_edge_forwarded_total{direction=\"to_backend\",kind=\"request\"}")
+        .await
+        .unwrap_or(0.0);
+    let to_client = c
+        .edge
+        .metric("voicecluster_edge_forwarded_total{direction=\"to_client\",kind=\"request\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        to_backend >= 6.0,
+        "REGISTERs, INVITEs, ACK, BYE: {to_backend}"
+    );
+    assert!(to_client >= 3.0, "INVITE, ACK and BYE to Bob: {to_client}");
+}
+
+#[tokio::test]
+async fn two_hundred_calls_through_the_edge_all_succeed_and_spread_over_backends() {
+    let c = EdgeCluster::start();
+    // SIPp exits 0 only when every call succeeded.
+    c.edge
+        .alice_calls_bob_of(&c.edge, "short-call", 200, &["-r", "20", "-timeout", "60s"])
+        .await;
+    let answered = c
+        .backends_metric(
+            "voicecluster_calls_completed_total{outcome=\"answered\"}",
+            200.0,
+        )
+        .await;
+    assert_eq!(answered, 200.0);
+    let bills = c.bills().await;
+    let per_backend: Vec<usize> = bills.iter().map(Vec::len).collect();
+    assert_eq!(
+        per_backend.iter().sum::<usize>(),
+        200,
+        "one bill per call: {per_backend:?}"
+    );
+    assert!(
+        per_backend.iter().all(|n| *n > 0),
+        "Call-ID affinity spreads calls over both backends: {per_backend:?}"
     );
 }
 

@@ -8,8 +8,8 @@ use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Request, Response};
 
 use crate::calls::{
-    Call, CallRecord, Dialog, Phase, Side, callee_of, header, is_success, request_from_text,
-    sdp_body, tag_of, uri_of,
+    Call, CallRecord, Dialog, Phase, Side, callee_of, header, header_values, is_success,
+    request_from_text, route_lines, sdp_body, tag_of, uri_of,
 };
 use crate::endpoint::{Endpoint, Pending};
 use crate::legs::{LegRequest, Media};
@@ -175,6 +175,8 @@ impl Endpoint {
             remote_target: a_contact,
             peer: p.from,
             cseq: 1,
+            // RFC 3261 §12.1.1: the UAS's route set is the Record-Route as received.
+            route_set: header_values(req, "Record-Route"),
         };
         let binding = &p.binding;
         let b_peer = binding.source;
@@ -190,9 +192,12 @@ impl Endpoint {
              To: <{b_uri}>\r\n\
              Call-ID: {b_call_id}\r\n\
              CSeq: 1 INVITE\r\n\
+             {routes}\
              Contact: {contact}\r\n\
              Content-Type: application/sdp\r\n\
              Content-Length: {len}\r\n\r\n{body}",
+            // RFC 3327: through the proxies the REGISTER came through.
+            routes = route_lines(&binding.path),
             target = binding.contact,
             t = transport(b_peer),
             local = self.local,
@@ -221,6 +226,7 @@ impl Endpoint {
             remote_target: binding.contact.clone(),
             peer: b_peer,
             cseq: 1,
+            route_set: binding.path.clone(),
         };
         tracing::info!(caller = %p.caller, callee = %p.callee, call_id = %a.call_id, provider = ?media.provider, "call started");
         self.calls.insert(
@@ -364,7 +370,9 @@ impl Endpoint {
              To: <{remote_uri}>{remote_tag}\r\n\
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} BYE\r\n\
+             {routes}\
              Content-Length: 0\r\n\r\n",
+            routes = route_lines(&d.route_set),
             target = d.remote_target,
             t = transport(d.peer),
             local_uri = d.local_uri,
@@ -421,7 +429,9 @@ impl Endpoint {
         let seq = b_invite.cseq_header().and_then(|c| c.seq()).unwrap_or(1);
         let text = format!(
             "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {call_id}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+             Call-ID: {call_id}\r\nCSeq: {seq} CANCEL\r\n{routes}Content-Length: 0\r\n\r\n",
+            // RFC 3261 §9.1: the same Route as the INVITE.
+            routes = route_lines(&header_values(&b_invite, "Route")),
             uri = b_invite.uri,
             from = header(&b_invite, "From").unwrap_or_default(),
             to = header(&b_invite, "To").unwrap_or_default(),
@@ -460,6 +470,11 @@ impl Endpoint {
         {
             call.b.remote_target = uri_of(contact);
         }
+        let recorded = header_values(resp, "Record-Route");
+        if is_success(resp) && !recorded.is_empty() {
+            // RFC 3261 §12.1.2: the UAC's route set is the Record-Route reversed.
+            call.b.route_set = recorded.into_iter().rev().collect();
+        }
         let media = call.media.clone();
         let a_key = call.a_invite.0.clone();
         let a_invite = call.a_invite.1.clone();
@@ -497,6 +512,11 @@ impl Endpoint {
         if code > 100 && code < 300 {
             to_a.headers
                 .push(make_header("Contact", self.contact(a_peer)));
+            // RFC 3261 §12.1.1: the UAS copies the Record-Route into responses
+            // that make the dialog.
+            for rr in header_values(&a_invite, "Record-Route") {
+                to_a.headers.push(make_header("Record-Route", rr));
+            }
         }
         if let Some(sdp) = answer_sdp
             && code < 300
@@ -530,7 +550,9 @@ impl Endpoint {
              To: {to}\r\n\
              Call-ID: {call_id}\r\n\
              CSeq: 1 ACK\r\n\
+             {routes}\
              Content-Length: 0\r\n\r\n",
+            routes = route_lines(&b.route_set),
             target = b.remote_target,
             t = transport(b.peer),
             local_uri = b.local_uri,

@@ -10,6 +10,7 @@ use rsipstack::sip::{Request, Response};
 
 use crate::digest::{Authenticator, Refusal, parse_authorization};
 use crate::transaction::{Peer, response_to};
+use crate::wire::split_list;
 
 /// Shortest registration accepted (a shorter one gets 423).
 pub const MIN_EXPIRES: u32 = 60;
@@ -50,25 +51,6 @@ pub struct Registrar {
 struct ContactEntry {
     uri: String,
     expires: Option<u32>,
-}
-
-/// Splits at commas outside quotes and angle brackets.
-fn split_list(v: &str) -> Vec<&str> {
-    let (mut parts, mut start, mut quoted, mut angle) = (Vec::new(), 0, false, false);
-    for (i, c) in v.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                parts.push(v[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(v[start..].trim());
-    parts.into_iter().filter(|p| !p.is_empty()).collect()
 }
 
 fn parse_contact(entry: &str) -> Result<ContactEntry, String> {

@@ -88,6 +88,25 @@ impl RawMessage<'_> {
     }
 }
 
+/// Splits at commas outside quotes and angle brackets.
+pub fn split_list(v: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut angle) = (Vec::new(), 0, false, false);
+    for (i, c) in v.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                parts.push(v[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(v[start..].trim());
+    parts.into_iter().filter(|p| !p.is_empty()).collect()
+}
+
 /// Splits `bytes` into start line, headers and body.
 pub fn split(bytes: &[u8]) -> Result<RawMessage<'_>, String> {
     let end = find(bytes, b"\r\n\r\n").ok_or("no blank line after the headers")?;

@@ -1,0 +1,592 @@
+//! The edge role: the SIP front door on internet-facing nodes, a stateless
+//! proxy (RFC 3261 §16.11) between devices and the backend signal members.
+//!
+//! - A request from a device goes to a live backend chosen by Call-ID
+//!   affinity (rendezvous hashing, so a backend that leaves moves only its
+//!   own calls). In-dialog requests carry the edge's Record-Route, which
+//!   names the backend the dialog lives on, so both sides of a B2BUA call
+//!   stay on one backend whichever Call-ID they use.
+//! - The edge records the device's flow (transport and source address) in
+//!   a flow token in the Path it adds to REGISTERs and the Record-Route it
+//!   adds to dialog-creating requests. A request from a backend routed
+//!   through the edge goes back along that flow, through NAT and over the
+//!   device's own TCP connection.
+//! - Responses follow the Via chain: the edge's own Via is removed and the
+//!   next one says where to.
+//!
+//! Nothing is kept per call, so any edge can carry any message of a dialog
+//! and a restarted edge loses nothing.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::calls::{tag_of, target_addr, uri_of};
+use crate::transaction::Peer;
+use crate::wire::{self, Inbound, split_list};
+
+/// The live backends' SIP addresses, asked for each message.
+pub type Backends = Box<dyn Fn() -> Vec<SocketAddr> + Send>;
+
+type Labels = Vec<(String, String)>;
+
+/// Metrics of the edge role.
+#[derive(Clone, Default)]
+pub struct EdgeMetrics {
+    forwarded: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    backends: Gauge,
+}
+
+impl EdgeMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "voicecluster_edge_forwarded",
+            "SIP messages forwarded, by direction (to_backend, to_client) and kind",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "voicecluster_edge_refused",
+            "Requests the edge answered itself, by status code",
+            m.refused.clone(),
+        );
+        registry.register(
+            "voicecluster_edge_dropped",
+            "Messages the edge dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "voicecluster_edge_backends",
+            "Live backends the edge forwards to",
+            m.backends.clone(),
+        );
+        m
+    }
+
+    fn inc(family: &Family<Labels, Counter>, labels: &[(&str, &str)]) {
+        family
+            .get_or_create(
+                &labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+            .inc();
+    }
+}
+
+/// A message as the edge handles it: lines it can rewrite, body untouched.
+struct Message {
+    start_line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let raw = wire::split(bytes).ok()?;
+        // A datagram may carry more than Content-Length says; the rest is
+        // not part of the message (wire::decode already checked it is not less).
+        let len = wire::content_length(&raw).ok()?.unwrap_or(raw.body.len());
+        Some(Self {
+            start_line: raw.start_line.to_string(),
+            headers: raw.headers.clone(),
+            body: raw.body.get(..len)?.to_vec(),
+        })
+    }
+
+    fn is_request(&self) -> bool {
+        !self.start_line.starts_with("SIP/")
+    }
+
+    fn method(&self) -> &str {
+        self.start_line.split(' ').next().unwrap_or_default()
+    }
+
+    fn first(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of the first `name` header (lists split).
+    fn top(&self, name: &str) -> Option<String> {
+        self.first(name)
+            .and_then(|v| split_list(v).first().map(|s| s.to_string()))
+    }
+
+    /// Removes the first value of the first `name` header.
+    fn pop(&mut self, name: &str) -> Option<String> {
+        let i = self
+            .headers
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        let values: Vec<String> = split_list(&self.headers[i].1)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let (first, rest) = values.split_first()?;
+        if rest.is_empty() {
+            self.headers.remove(i);
+        } else {
+            self.headers[i].1 = rest.join(", ");
+        }
+        Some(first.clone())
+    }
+
+    /// Replaces the first value of the first `name` header.
+    fn set_top(&mut self, name: &str, value: String) {
+        if self.pop(name).is_some() {
+            self.push_top(name, value);
+        }
+    }
+
+    /// Adds `value` before every other `name` header.
+    fn push_top(&mut self, name: &str, value: String) {
+        let i = self
+            .headers
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+            .unwrap_or(self.headers.len());
+        self.headers.insert(i, (name.to_string(), value));
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = self.start_line.clone();
+        out.push_str("\r\n");
+        for (n, v) in &self.headers {
+            if n.eq_ignore_ascii_case("Content-Length") {
+                continue;
+            }
+            out.push_str(&format!("{n}: {v}\r\n"));
+        }
+        // Always stated: a message forwarded onto TCP needs it.
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+/// FNV-1a: stable across processes and versions, which affinity needs
+/// (every edge must pick the same backend for a Call-ID).
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The backend for `call_id`: the highest rendezvous score.
+pub fn rendezvous(call_id: &str, backends: &[SocketAddr]) -> Option<SocketAddr> {
+    backends
+        .iter()
+        .max_by_key(|b| fnv(&[call_id.as_bytes(), b.to_string().as_bytes()]))
+        .copied()
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// A device's flow as a URI parameter value.
+fn flow_token(p: Peer) -> String {
+    format!(
+        "{}{}",
+        if p.reliable { 't' } else { 'u' },
+        hex(&p.addr.to_string())
+    )
+}
+
+fn flow_of(token: &str) -> Option<Peer> {
+    let reliable = match token.get(..1)? {
+        "t" => true,
+        "u" => false,
+        _ => return None,
+    };
+    let addr = unhex(token.get(1..)?)?.parse().ok()?;
+    Some(Peer { addr, reliable })
+}
+
+/// A URI parameter's value (`;name=value`).
+fn uri_param(uri: &str, name: &str) -> Option<String> {
+    uri.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// A Via value's transport, sent-by and parameters.
+struct Via {
+    transport: String,
+    sent_by: String,
+    params: Vec<(String, Option<String>)>,
+}
+
+impl Via {
+    fn parse(value: &str) -> Option<Self> {
+        let (proto, rest) = value.trim().split_once([' ', '\t'])?;
+        let transport = proto.rsplit('/').next()?.trim().to_ascii_uppercase();
+        let mut parts = rest.split(';');
+        let sent_by = parts.next()?.trim().to_string();
+        let params = parts
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                None => (p.trim().to_string(), None),
+            })
+            .collect();
+        Some(Self {
+            transport,
+            sent_by,
+            params,
+        })
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Where responses for this hop go (RFC 3261 §18.2.2, RFC 3581).
+    fn response_peer(&self) -> Option<Peer> {
+        let sent_by = target_addr(&format!("sip:{}", self.sent_by))?;
+        let ip = self
+            .param("received")
+            .and_then(|r| r.trim_matches(['[', ']']).parse().ok())
+            .unwrap_or(sent_by.ip());
+        let port = self
+            .param("rport")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(sent_by.port());
+        Some(Peer {
+            addr: SocketAddr::new(ip, port),
+            reliable: self.transport != "UDP",
+        })
+    }
+
+    fn text(&self) -> String {
+        let mut s = format!("SIP/2.0/{} {}", self.transport, self.sent_by);
+        for (k, v) in &self.params {
+            match v {
+                Some(v) => s.push_str(&format!(";{k}={v}")),
+                None => s.push_str(&format!(";{k}")),
+            }
+        }
+        s
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        483 => "Too Many Hops",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// The edge proxy, sans I/O: bytes in with where they came from, bytes out
+/// with where they go.
+pub struct Edge {
+    /// The edge's address, in its Via, Path and Record-Route.
+    local: SocketAddr,
+    backends: Backends,
+    metrics: EdgeMetrics,
+    out: VecDeque<(Peer, Vec<u8>)>,
+}
+
+impl Edge {
+    /// An edge at `local` forwarding to `backends`.
+    pub fn new(local: SocketAddr, backends: Backends, metrics: EdgeMetrics) -> Self {
+        Self {
+            local,
+            backends,
+            metrics,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next bytes to send.
+    pub fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// A stream broke on bad framing; `reply` answers the request that broke it.
+    pub fn reject(&mut self, from: Peer, why: &str, reply: Option<Vec<u8>>) {
+        tracing::debug!(peer = %from.addr, %why, "malformed SIP message at the edge");
+        let outcome = if reply.is_some() {
+            "answered"
+        } else {
+            "malformed"
+        };
+        EdgeMetrics::inc(&self.metrics.dropped, &[("reason", outcome)]);
+        if let Some(bytes) = reply {
+            self.out.push_back((from, bytes));
+        }
+    }
+
+    /// Bytes arrived from `from`: a datagram, or a frame a stream framer cut.
+    pub fn on_bytes(&mut self, bytes: &[u8], from: Peer) {
+        match wire::decode(bytes, from.reliable) {
+            Inbound::KeepAlive => return,
+            Inbound::Rejected { why, reply } => return self.reject(from, &why, reply),
+            Inbound::Request(_) | Inbound::Response(_) => {}
+        }
+        let Some(msg) = Message::parse(bytes) else {
+            return self.drop_message("unparsable");
+        };
+        let backends = (self.backends)();
+        self.metrics
+            .backends
+            .set(i64::try_from(backends.len()).unwrap_or(i64::MAX));
+        // Backends talk to the edge over UDP from their SIP port.
+        let from_backend = !from.reliable && backends.contains(&from.addr);
+        match (msg.is_request(), from_backend) {
+            (true, false) => self.forward_to_backend(msg, from, &backends),
+            (true, true) => self.forward_to_client(msg, from),
+            (false, _) => self.response(msg, from_backend),
+        }
+    }
+
+    fn drop_message(&self, why: &str) {
+        EdgeMetrics::inc(&self.metrics.dropped, &[("reason", why)]);
+    }
+
+    fn is_ours(&self, route: &str) -> bool {
+        target_addr(&uri_of(route)) == Some(self.local)
+    }
+
+    /// Answers a request statelessly (never an ACK).
+    fn refuse(&mut self, msg: &Message, to: Peer, code: u16) {
+        if msg.method() == "ACK" {
+            return self.drop_message("unroutable-ack");
+        }
+        EdgeMetrics::inc(&self.metrics.refused, &[("code", &code.to_string())]);
+        let mut text = format!("SIP/2.0 {code} {}\r\n", reason(code));
+        for (n, v) in &msg.headers {
+            let keep = ["Via", "From", "Call-ID", "CSeq"]
+                .iter()
+                .any(|k| n.eq_ignore_ascii_case(k));
+            if keep {
+                text.push_str(&format!("{n}: {v}\r\n"));
+            } else if n.eq_ignore_ascii_case("To") {
+                let tag = if tag_of(v).is_some() {
+                    String::new()
+                } else {
+                    format!(";tag=edge{:x}", fnv(&[v.as_bytes()]))
+                };
+                text.push_str(&format!("To: {v}{tag}\r\n"));
+            }
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        self.out.push_back((to, text.into_bytes()));
+    }
+
+    /// Max-Forwards less one; false when it ran out (RFC 3261 §16.3 step 3).
+    fn hop(msg: &mut Message) -> bool {
+        let left = msg
+            .first("Max-Forwards")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(70);
+        if left == 0 {
+            return false;
+        }
+        msg.headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case("Max-Forwards"));
+        msg.headers
+            .push(("Max-Forwards".to_string(), (left - 1).to_string()));
+        true
+    }
+
+    /// The edge's Via for a request it forwards: the branch is derived from
+    /// the incoming one, so retransmissions and a CANCEL get the same one.
+    fn push_via(&self, msg: &mut Message, reliable: bool, incoming_branch: &str) {
+        let branch = format!(
+            "z9hG4bKe{:x}",
+            fnv(&[
+                incoming_branch.as_bytes(),
+                self.local.to_string().as_bytes()
+            ])
+        );
+        let t = if reliable { "TCP" } else { "UDP" };
+        msg.push_top("Via", format!("SIP/2.0/{t} {};branch={branch}", self.local));
+    }
+
+    fn dialog_creating(msg: &Message) -> bool {
+        matches!(msg.method(), "INVITE" | "SUBSCRIBE" | "REFER")
+            && msg.first("To").and_then(tag_of).is_none()
+    }
+
+    /// A device's request, to a backend.
+    fn forward_to_backend(&mut self, mut msg: Message, from: Peer, backends: &[SocketAddr]) {
+        // RFC 3581: the device's real address goes in its Via, so the
+        // responses find it behind NAT.
+        let Some(mut via) = msg.top("Via").as_deref().and_then(Via::parse) else {
+            return self.drop_message("bad-via");
+        };
+        via.params.retain(|(k, _)| {
+            !k.eq_ignore_ascii_case("received") && !k.eq_ignore_ascii_case("rport")
+        });
+        via.params
+            .push(("received".to_string(), Some(from.addr.ip().to_string())));
+        via.params
+            .push(("rport".to_string(), Some(from.addr.port().to_string())));
+        let branch = via.param("branch").unwrap_or_default().to_string();
+        msg.set_top("Via", via.text());
+        if !Self::hop(&mut msg) {
+            return self.refuse(&msg, from, 483);
+        }
+        let mut pinned = None;
+        if let Some(route) = msg.top("Route")
+            && self.is_ours(&route)
+        {
+            msg.pop("Route");
+            pinned = uri_param(&uri_of(&route), "vb")
+                .and_then(|v| unhex(&v))
+                .and_then(|v| v.parse::<SocketAddr>().ok());
+        }
+        let call_id = msg.first("Call-ID").unwrap_or_default().to_string();
+        let backend = match pinned {
+            Some(b) if backends.contains(&b) => Some(b),
+            _ => rendezvous(&call_id, backends),
+        };
+        let Some(backend) = backend else {
+            tracing::warn!(%call_id, "no live backend");
+            return self.refuse(&msg, from, 503);
+        };
+        let me = format!(
+            "<sip:{};lr;ft={};vb={}>",
+            self.local,
+            flow_token(from),
+            hex(&backend.to_string())
+        );
+        if msg.method() == "REGISTER" {
+            msg.push_top("Path", me);
+        } else if Self::dialog_creating(&msg) {
+            msg.push_top("Record-Route", me);
+        }
+        self.push_via(&mut msg, false, &branch);
+        EdgeMetrics::inc(
+            &self.metrics.forwarded,
+            &[("direction", "to_backend"), ("kind", "request")],
+        );
+        self.out.push_back((
+            Peer {
+                addr: backend,
+                reliable: false,
+            },
+            msg.bytes(),
+        ));
+    }
+
+    /// A backend's request, to a device along the flow the route names.
+    fn forward_to_client(&mut self, mut msg: Message, from: Peer) {
+        let branch = msg
+            .top("Via")
+            .as_deref()
+            .and_then(Via::parse)
+            .and_then(|v| v.param("branch").map(str::to_string))
+            .unwrap_or_default();
+        if !Self::hop(&mut msg) {
+            return self.refuse(&msg, from, 483);
+        }
+        let mut flow = None;
+        if let Some(route) = msg.top("Route")
+            && self.is_ours(&route)
+        {
+            msg.pop("Route");
+            flow = uri_param(&uri_of(&route), "ft").and_then(|t| flow_of(&t));
+        }
+        let target = flow.or_else(|| {
+            // Without a flow token, the Request-URI says where (UDP).
+            let uri = msg.start_line.split(' ').nth(1)?;
+            Some(Peer {
+                addr: target_addr(uri)?,
+                reliable: false,
+            })
+        });
+        let Some(target) = target else {
+            return self.refuse(&msg, from, 502);
+        };
+        if Self::dialog_creating(&msg) {
+            let me = format!(
+                "<sip:{};lr;ft={};vb={}>",
+                self.local,
+                flow_token(target),
+                hex(&from.addr.to_string())
+            );
+            msg.push_top("Record-Route", me);
+        }
+        self.push_via(&mut msg, target.reliable, &branch);
+        EdgeMetrics::inc(
+            &self.metrics.forwarded,
+            &[("direction", "to_client"), ("kind", "request")],
+        );
+        self.out.push_back((target, msg.bytes()));
+    }
+
+    /// A response: the edge's Via comes off and the next one says where to.
+    fn response(&mut self, mut msg: Message, from_backend: bool) {
+        let ours = msg
+            .top("Via")
+            .as_deref()
+            .and_then(Via::parse)
+            .and_then(|v| target_addr(&format!("sip:{}", v.sent_by)))
+            == Some(self.local);
+        if !ours {
+            return self.drop_message("not-via-edge");
+        }
+        msg.pop("Via");
+        let Some(next) = msg
+            .top("Via")
+            .as_deref()
+            .and_then(Via::parse)
+            .and_then(|v| v.response_peer())
+        else {
+            return self.drop_message("no-next-via");
+        };
+        let direction = if from_backend {
+            "to_client"
+        } else {
+            "to_backend"
+        };
+        EdgeMetrics::inc(
+            &self.metrics.forwarded,
+            &[("direction", direction), ("kind", "response")],
+        );
+        self.out.push_back((next, msg.bytes()));
+    }
+}
+
+#[cfg(test)]
+mod tests;
