@@ -103,6 +103,10 @@ pub const MEDIA_GRPC_PORT: u16 = 9445;
 /// from the default admin port to stay clear of other pods on the node.
 pub const MEDIA_ADMIN_PORT: u16 = 9091;
 
+/// Admin port of the SIP edge container in media pods (on the node's
+/// network too).
+pub const EDGE_ADMIN_PORT: u16 = 9092;
+
 /// Port of signal members' gRPC services: TaskEvents, and CallLegs on a
 /// `LocallyForOthers` member.
 pub const TASK_EVENTS_PORT: u16 = 9446;

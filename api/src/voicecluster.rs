@@ -98,6 +98,12 @@ pub struct SignalSpec {
     /// Where the calls' legs are created.
     #[serde(default)]
     pub call_leg_mode: CallLegMode,
+    /// Nodes signal pods may run on (any node when empty).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the signal pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 fn default_signal_replicas() -> i32 {
@@ -111,6 +117,8 @@ impl Default for SignalSpec {
             image: None,
             resources: None,
             call_leg_mode: CallLegMode::default(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
         }
     }
 }
@@ -320,6 +328,12 @@ pub struct SipSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub users_secret: Option<String>,
+    /// Run the SIP front door (`signal-node edge`) in every media pod, on
+    /// the media pod's network: devices reach the service there, and it
+    /// forwards to the live signal pods with Call-ID affinity. Turn it off
+    /// to put another SBC in front of the SIP Service.
+    #[serde(default = "default_true")]
+    pub edge: bool,
 }
 
 fn default_transports() -> Vec<Transport> {

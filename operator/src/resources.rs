@@ -19,9 +19,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use voicecluster_api::voicecluster::{PlacementKind, Transport};
 use voicecluster_api::{
-    ADMIN_PORT_NAME, COMPONENT_MEDIA, COMPONENT_SIGNAL, DEFAULT_ADMIN_PORT, ENV_ADMIN_ADDR,
-    ENV_DIRECTORY_URL, HEALTHZ_PATH, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY,
-    MANAGER_NAME, MEDIA_ADMIN_PORT, MEDIA_GRPC_PORT, READYZ_PATH, VoiceCluster,
+    ADMIN_PORT_NAME, COMPONENT_MEDIA, COMPONENT_SIGNAL, DEFAULT_ADMIN_PORT, EDGE_ADMIN_PORT,
+    ENV_ADMIN_ADDR, ENV_DIRECTORY_URL, HEALTHZ_PATH, LABEL_CLUSTER, LABEL_COMPONENT,
+    LABEL_MANAGED_BY, MANAGER_NAME, MEDIA_ADMIN_PORT, MEDIA_GRPC_PORT, READYZ_PATH,
+    TASK_EVENTS_PORT, VoiceCluster,
 };
 
 /// Images the operator uses when a VoiceCluster names none.
@@ -138,10 +139,16 @@ fn env_from_field(name: &str, path: &str) -> EnvVar {
 }
 
 fn http_probe(path: &str, period: i32) -> Probe {
+    probe_on(ADMIN_PORT_NAME, path, period)
+}
+
+/// Port names are unique in a pod, so a second container's admin port has
+/// a name of its own.
+fn probe_on(port_name: &str, path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::String(ADMIN_PORT_NAME.to_string()),
+            port: IntOrString::String(port_name.to_string()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -244,6 +251,43 @@ fn config_volume(vc: &VoiceCluster) -> (Volume, VolumeMount) {
             ..VolumeMount::default()
         },
     )
+}
+
+const EDGE_ADMIN_PORT_NAME: &str = "edge-admin";
+
+/// The SIP front door beside each media pod's relay: the `signal-node`
+/// image in its edge role, on the pod's (the node's) network.
+fn edge_container(vc: &VoiceCluster, settings: &Settings, config: VolumeMount) -> Container {
+    let spec = &vc.spec;
+    let mut edge_env = common_env(vc, settings, EDGE_ADMIN_PORT);
+    edge_env.push(env("VC_SIP_ADDR", format!("0.0.0.0:{}", spec.sip.port)));
+    let mut ports = vec![port(EDGE_ADMIN_PORT_NAME, EDGE_ADMIN_PORT, "TCP")];
+    for t in &spec.sip.transports {
+        let proto = transport_protocol(*t);
+        let sip_port = u16::try_from(spec.sip.port).unwrap_or(5060);
+        ports.push(port(
+            &format!("edge-{}", proto.to_lowercase()),
+            sip_port,
+            proto,
+        ));
+    }
+    Container {
+        name: "sip-edge".to_string(),
+        image: Some(
+            spec.signal
+                .image
+                .clone()
+                .unwrap_or_else(|| settings.images.signal.clone()),
+        ),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        args: Some(vec!["edge".to_string()]),
+        env: Some(edge_env),
+        ports: Some(ports),
+        readiness_probe: Some(probe_on(EDGE_ADMIN_PORT_NAME, READYZ_PATH, 1)),
+        liveness_probe: Some(probe_on(EDGE_ADMIN_PORT_NAME, HEALTHZ_PATH, 10)),
+        volume_mounts: Some(vec![config]),
+        ..Container::default()
+    }
 }
 
 fn common_env(vc: &VoiceCluster, settings: &Settings, admin_port: u16) -> Vec<EnvVar> {
@@ -353,6 +397,8 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
         format!("0.0.0.0:{MANAGEMENT_PORT}"),
     ));
     signal_ports.push(port("management", MANAGEMENT_PORT, "TCP"));
+    signal_ports.push(port("task-events", TASK_EVENTS_PORT, "TCP"));
+    signal_env.push(env("VC_GRPC_ADDR", format!("0.0.0.0:{TASK_EVENTS_PORT}")));
     let (data, data_mount) = data_volume();
     let mut signal_volumes = vec![volume.clone(), data];
     let mut signal_mounts = vec![mount.clone(), data_mount];
@@ -397,6 +443,10 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
                         ..Container::default()
                     }],
                     volumes: Some(signal_volumes),
+                    node_selector: (!spec.signal.node_selector.is_empty())
+                        .then(|| spec.signal.node_selector.clone()),
+                    tolerations: (!spec.signal.tolerations.is_empty())
+                        .then(|| spec.signal.tolerations.clone()),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
                 }),
@@ -417,6 +467,29 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
         ),
     ));
     media_env.push(env("VC_CAPACITY", spec.media.capacity.to_string()));
+    let mut media_containers = vec![Container {
+        name: "media".to_string(),
+        image: Some(
+            spec.media
+                .image
+                .clone()
+                .unwrap_or_else(|| settings.images.media.clone()),
+        ),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        env: Some(media_env),
+        ports: Some(vec![
+            port(ADMIN_PORT_NAME, MEDIA_ADMIN_PORT, "TCP"),
+            port("grpc", MEDIA_GRPC_PORT, "TCP"),
+        ]),
+        readiness_probe: Some(http_probe(READYZ_PATH, 1)),
+        liveness_probe: Some(http_probe(HEALTHZ_PATH, 10)),
+        resources: spec.media.resources.clone(),
+        volume_mounts: Some(vec![mount.clone()]),
+        ..Container::default()
+    }];
+    if spec.sip.edge {
+        media_containers.push(edge_container(vc, settings, mount.clone()));
+    }
     let media_template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(vc, COMPONENT_MEDIA)),
@@ -435,26 +508,7 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
             node_selector: Some(spec.media.node_selector.clone()),
             tolerations: (!spec.media.tolerations.is_empty())
                 .then(|| spec.media.tolerations.clone()),
-            containers: vec![Container {
-                name: "media".to_string(),
-                image: Some(
-                    spec.media
-                        .image
-                        .clone()
-                        .unwrap_or_else(|| settings.images.media.clone()),
-                ),
-                image_pull_policy: Some("IfNotPresent".to_string()),
-                env: Some(media_env),
-                ports: Some(vec![
-                    port(ADMIN_PORT_NAME, MEDIA_ADMIN_PORT, "TCP"),
-                    port("grpc", MEDIA_GRPC_PORT, "TCP"),
-                ]),
-                readiness_probe: Some(http_probe(READYZ_PATH, 1)),
-                liveness_probe: Some(http_probe(HEALTHZ_PATH, 10)),
-                resources: spec.media.resources.clone(),
-                volume_mounts: Some(vec![mount]),
-                ..Container::default()
-            }],
+            containers: media_containers,
             volumes: Some(vec![volume]),
             // The drain (legs end or the timeout passes) happens inside
             // the grace period.
@@ -726,6 +780,94 @@ mod tests {
                 .any(|e| e.name == "VC_RTP_PORTS" && e.value.as_deref() == Some("30000-30099"))
         );
         assert!(env.iter().any(|e| e.name == ENV_DIRECTORY_URL));
+    }
+
+    #[test]
+    fn media_pods_carry_the_sip_edge_unless_turned_off() {
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x", "port": 15060},
+                                   "signal": {"image": "sig:3"}})),
+            &settings(),
+        )
+        .unwrap();
+        let MediaWorkload::DaemonSet(ds) = &d.media else {
+            panic!("DaemonSet expected")
+        };
+        let spec = pod_spec(&ds.spec.as_ref().unwrap().template);
+        let edge = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "sip-edge")
+            .expect("an edge container");
+        assert_eq!(edge.image.as_deref(), Some("sig:3"));
+        assert_eq!(edge.args.as_deref(), Some(&["edge".to_string()][..]));
+        let env = edge.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "VC_SIP_ADDR" && e.value.as_deref() == Some("0.0.0.0:15060"))
+        );
+        assert!(env.iter().any(|e| e.name == ENV_DIRECTORY_URL));
+        // Port names are unique across the pod's containers.
+        let mut names: Vec<&str> = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| p.name.as_deref())
+            .collect();
+        let all = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all, "{names:?}");
+        assert!(
+            edge.ports
+                .iter()
+                .flatten()
+                .any(|p| p.container_port == 15060 && p.protocol.as_deref() == Some("UDP"))
+        );
+
+        let off = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x", "edge": false}})),
+            &settings(),
+        )
+        .unwrap();
+        let MediaWorkload::DaemonSet(ds) = &off.media else {
+            panic!("DaemonSet expected")
+        };
+        assert_eq!(
+            pod_spec(&ds.spec.as_ref().unwrap().template)
+                .containers
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn signal_pods_can_be_pinned_to_nodes() {
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x"},
+                                   "signal": {"nodeSelector": {"voicecluster.io/real-node": "true"},
+                                              "tolerations": [{"key": "k", "operator": "Exists"}]}})),
+            &settings(),
+        )
+        .unwrap();
+        let pod = pod_spec(&d.signal.spec.as_ref().unwrap().template);
+        assert_eq!(
+            pod.node_selector
+                .as_ref()
+                .unwrap()
+                .get("voicecluster.io/real-node"),
+            Some(&"true".to_string())
+        );
+        assert_eq!(pod.tolerations.as_ref().unwrap().len(), 1);
+        let c = &pod.containers[0];
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.name == "VC_GRPC_ADDR"
+                    && e.value.as_deref() == Some(&format!("0.0.0.0:{TASK_EVENTS_PORT}")[..]))
+        );
     }
 
     #[test]
