@@ -15,6 +15,8 @@ pub mod management;
 pub mod registrar;
 pub mod sdp;
 pub mod task_events;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transaction;
 pub mod transport;
 pub mod wire;

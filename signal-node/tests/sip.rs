@@ -4,27 +4,21 @@
 // The helpers below are test set-up: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
 use std::time::Duration;
 
 use voicecluster_api::grpc::ListLegsRequest;
 use voicecluster_api::grpc::call_legs_client::CallLegsClient;
+use voicecluster_signal_node::testing::{self, ALICE, BOB, Sipp, auth};
 use voicecluster_telemetry::testing::{RunningBinary, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signal-node");
-const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
 
-/// A port free on both UDP and TCP of 127.0.0.1.
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
 fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    testing::free_port(LOOPBACK)
 }
 
 struct Server {
@@ -33,7 +27,8 @@ struct Server {
     /// Its TaskEvents address, the member's name for the others.
     grpc: SocketAddr,
     management: SocketAddr,
-    dir: PathBuf,
+    /// SIPp aimed at its SIP address.
+    sipp: Sipp,
     /// For an edge: the admin addresses of its backends, whose registrars
     /// must all know a user before a call to them.
     backends: Vec<SocketAddr>,
@@ -158,39 +153,9 @@ impl Server {
             sip,
             grpc,
             management,
-            dir,
+            sipp: Sipp::new(sip, LOOPBACK),
             backends: Vec::new(),
         }
-    }
-
-    /// A SIPp command for one run of `scenario`.
-    fn sipp_command(&self, scenario: &str, transport: &str, users: &str, port: u16) -> Command {
-        let inf = self.dir.join(format!("{scenario}-{transport}.csv"));
-        std::fs::write(&inf, format!("SEQUENTIAL\n{users}\n")).unwrap();
-        let mut cmd = Command::new("sipp");
-        cmd.arg(self.sip.to_string())
-            .args(["-sf", &scenario_path(scenario), "-inf"])
-            .arg(&inf)
-            .args(["-t", transport, "-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin"])
-            .current_dir(&self.dir);
-        cmd
-    }
-
-    /// Runs SIPp once against the server; true when its call succeeded.
-    fn sipp(&self, scenario: &str, transport: &str, users: &str) -> bool {
-        let out = self
-            .sipp_command(scenario, transport, users, free_port())
-            .output()
-            .expect("sipp runs (apt install sip-tester)");
-        if !out.status.success() {
-            eprintln!(
-                "sipp {scenario} over {transport}: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        out.status.success()
     }
 
     /// Alice and Bob register with SIPp; Bob answers `calls` calls (and
@@ -211,17 +176,9 @@ impl Server {
         calls: u32,
         caller_args: &[&str],
     ) {
-        let (alice_port, bob_port) = (free_port(), free_port());
-        for (server, user, pw, port) in [
-            (self, "alice", "wonder", alice_port),
-            (bobs, "bob", "builder", bob_port),
-        ] {
-            let ok = server
-                .sipp_command("register", "u1", &auth(user, pw), port)
-                .status()
-                .expect("sipp runs");
-            assert!(ok.success(), "{user} registers");
-        }
+        let ports = (free_port(), free_port());
+        self.sipp.register(ALICE, ports.0);
+        bobs.sipp.register(BOB, ports.1);
         // Bob's registration reaches this member (or, behind an edge, every
         // backend) as a task event.
         if self.backends.is_empty() {
@@ -236,39 +193,9 @@ impl Server {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let calls = calls.to_string();
-        let callee = bobs
-            .sipp_command("callee", "u1", "bob;", bob_port)
-            .args(["-rtp_echo", "-m", &calls, "-mp", &free_port().to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("sipp runs");
-        // Give the callee a moment to bind its port.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let caller = self
-            .sipp_command(
-                scenario,
-                "u1",
-                "alice;bob;[authentication username=alice password=wonder];",
-                alice_port,
-            )
-            .args(["-m", &calls])
-            .args(caller_args)
-            .args(["-mp", &free_port().to_string()])
-            .output()
-            .expect("sipp runs");
-        let callee = callee.wait_with_output().expect("callee sipp ends");
-        assert!(
-            caller.status.success(),
-            "caller: {}",
-            String::from_utf8_lossy(&caller.stderr)
-        );
-        assert!(
-            callee.status.success(),
-            "callee: {}",
-            String::from_utf8_lossy(&callee.stderr)
-        );
+        self.sipp
+            .alice_calls_bob(&bobs.sipp, ports, scenario, calls, caller_args)
+            .await;
     }
 
     /// A metric once it reached `at_least` (work after a call, like
@@ -291,9 +218,6 @@ impl Server {
 
     /// An edge in front of `backends`, on a SIP port of its own.
     fn start_edge(backends: &[&Server]) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("vc-edge-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
         let sip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let list: Vec<String> = backends.iter().map(|b| b.sip.to_string()).collect();
         let bin = RunningBinary::start_with(
@@ -312,7 +236,7 @@ impl Server {
             sip,
             grpc: sip,
             management: sip,
-            dir,
+            sipp: Sipp::new(sip, LOOPBACK),
             backends: backends.iter().map(|b| b.bin.admin_addr()).collect(),
         }
     }
@@ -353,7 +277,6 @@ impl EdgeCluster {
         };
         let backends = [member(g0, g1), member(g1, g0)];
         let edge = Server::start_edge(&[&backends[0], &backends[1]]);
-        write_audio(&edge.dir);
         Self {
             edge,
             backends,
@@ -388,39 +311,29 @@ impl EdgeCluster {
     }
 }
 
-/// An injection-file line: the user, then SIPp's authentication keyword.
-fn auth(user: &str, password: &str) -> String {
-    format!("{user};[authentication username={user} password={password}];")
-}
-
-fn scenario_path(name: &str) -> String {
-    Path::new(SCENARIOS)
-        .join(format!("{name}.xml"))
-        .display()
-        .to_string()
-}
-
 #[tokio::test]
 async fn sipp_registers_with_digest_over_udp_and_tcp() {
     let server = Server::start();
     assert!(
-        server.sipp("register", "u1", &auth("alice", "wonder")),
+        server.sipp.run("register", "u1", &auth("alice", "wonder")),
         "alice over UDP"
     );
     assert!(
-        server.sipp("register", "t1", &auth("bob", "builder")),
+        server.sipp.run("register", "t1", &auth("bob", "builder")),
         "bob over TCP"
     );
     assert!(
-        server.sipp("register-refused", "u1", &auth("alice", "guess")),
+        server
+            .sipp
+            .run("register-refused", "u1", &auth("alice", "guess")),
         "a wrong password is challenged again"
     );
     assert_eq!(
         server.metric("voicecluster_sip_registered_users").await,
         Some(2.0)
     );
-    assert!(server.sipp("options", "u1", "x;y;"), "OPTIONS over UDP");
-    assert!(server.sipp("options", "t1", "x;y;"), "OPTIONS over TCP");
+    assert!(server.sipp.run("options", "u1", "x;y;"), "OPTIONS over UDP");
+    assert!(server.sipp.run("options", "t1", "x;y;"), "OPTIONS over TCP");
 }
 
 const OPTIONS: &str = "OPTIONS sip:voice.test SIP/2.0\r\n\
@@ -536,36 +449,15 @@ async fn malformed_input_is_answered_or_dropped_and_service_goes_on() {
             .await
             >= Some(4.0)
     );
-    assert!(server.sipp("options", "u1", "x;y;"), "SIPp still served");
-}
-
-/// Two seconds of mu-law silence as a WAV file, for SIPp's rtp_stream.
-fn write_audio(dir: &Path) {
-    let data = vec![0xffu8; 16_000];
-    let mut wav = Vec::new();
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    // Format 7 (mu-law), mono, 8000 Hz, 8000 B/s, block 1, 8 bits.
-    for v in [7u16, 1] {
-        wav.extend_from_slice(&v.to_le_bytes());
-    }
-    wav.extend_from_slice(&8000u32.to_le_bytes());
-    wav.extend_from_slice(&8000u32.to_le_bytes());
-    for v in [1u16, 8] {
-        wav.extend_from_slice(&v.to_le_bytes());
-    }
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    wav.extend_from_slice(&data);
-    std::fs::write(dir.join("audio.wav"), wav).unwrap();
+    assert!(
+        server.sipp.run("options", "u1", "x;y;"),
+        "SIPp still served"
+    );
 }
 
 #[tokio::test]
 async fn a_calls_b_through_the_node_with_rtp_both_ways_then_hangs_up() {
     let server = Server::start();
-    write_audio(&server.dir);
     // Each registers from the port it then calls or answers on.
     server.alice_calls_bob("caller", 1, &[]).await;
     assert_eq!(
@@ -657,7 +549,6 @@ async fn a_remotely_member_gets_its_legs_from_a_media_node_past_a_dead_provider(
             format!("{dead},{}", media.grpc),
         ],
     );
-    write_audio(&server.dir);
     server.alice_calls_bob("caller", 1, &[]).await;
     assert_media_relayed(&server).await;
     // Released over gRPC: the media node holds no leg after the call.
@@ -683,7 +574,6 @@ async fn a_member_calls_a_user_registered_through_another_and_a_new_member_syncs
     let peers = |p: u16| ["--signal-peers".to_string(), grpc(p).to_string()];
     let member1 = Server::start_member("Locally", grpc(g1), &peers(g0));
     let member0 = Server::start_member("Locally", grpc(g0), &peers(g1));
-    write_audio(&member0.dir);
     // Alice registers through member 0, Bob through member 1; the call is
     // member 0's.
     member0.alice_calls_bob_of(&member1, "caller", 1, &[]).await;
@@ -741,13 +631,15 @@ async fn a_remotely_member_without_a_live_provider_refuses_calls_with_503() {
         ("bob", "builder", bob_port),
     ] {
         let ok = server
-            .sipp_command("register", "u1", &auth(user, pw), port)
+            .sipp
+            .command("register", "u1", &auth(user, pw), port)
             .status()
             .expect("sipp runs");
         assert!(ok.success(), "{user} registers");
     }
     let refused = server
-        .sipp_command(
+        .sipp
+        .command(
             "refused-call",
             "u1",
             "alice;bob;[authentication username=alice password=wonder];",
