@@ -85,6 +85,42 @@ pub struct Call {
     pub started: SystemTime,
     /// When B answered.
     pub answered: Option<SystemTime>,
+    /// A re-INVITE relayed from one side to the other, until answered.
+    pub reinvite: Option<Relayed>,
+    /// 2xx answers to re-INVITEs that wait for their ACK: side, server
+    /// transaction, CSeq.
+    pub awaiting_ack: Vec<(Side, TxKey, u32)>,
+    /// The session description last sent to A and to B.
+    pub sent_sdp: (Option<String>, Option<String>),
+}
+
+impl Call {
+    /// The session description last sent to `side`.
+    pub fn sdp_sent(&self, side: Side) -> Option<&String> {
+        match side {
+            Side::A => self.sent_sdp.0.as_ref(),
+            Side::B => self.sent_sdp.1.as_ref(),
+        }
+    }
+
+    /// Records what was last sent to `side`.
+    pub fn set_sdp_sent(&mut self, side: Side, sdp: String) {
+        match side {
+            Side::A => self.sent_sdp.0 = Some(sdp),
+            Side::B => self.sent_sdp.1 = Some(sdp),
+        }
+    }
+}
+
+/// A re-INVITE being relayed: where it came from and its transaction.
+#[derive(Clone, Debug)]
+pub struct Relayed {
+    /// The side that sent it.
+    pub from: Side,
+    /// Its server transaction.
+    pub server: TxKey,
+    /// The request.
+    pub request: Request,
 }
 
 /// A finished call, for billing.

@@ -181,6 +181,8 @@ pub struct Endpoint {
     pub(crate) leg_requests: VecDeque<LegRequest>,
     /// Calls waiting for their legs, by task id.
     pub(crate) pending: HashMap<u64, Pending>,
+    /// Re-INVITEs relayed to the other side: client transaction to call.
+    pub(crate) reinvites: HashMap<TxKey, u64>,
     /// This member's TaskEvents address; without it nothing is shared.
     member: Option<String>,
     /// Task events for other members, for the driver.
@@ -212,6 +214,7 @@ impl Endpoint {
             media_enabled: media,
             leg_requests: VecDeque::new(),
             pending: HashMap::new(),
+            reinvites: HashMap::new(),
             member: None,
             events_out: VecDeque::new(),
             local,

@@ -136,21 +136,22 @@ impl Sipp {
         );
     }
 
-    /// Bob answers `calls` calls on `bob_port` (echoing their RTP; he
-    /// registered through `bobs`), Alice places them from `alice_port`
-    /// with `scenario` and `caller_args`. Panics unless both SIPp runs
-    /// succeed.
+    /// Bob answers `calls` calls on `bob_port` with the `callee` scenario
+    /// (echoing their RTP; he registered through `bobs`), Alice places them
+    /// from `alice_port` with the `caller` scenario and `caller_args`.
+    /// Panics unless both SIPp runs succeed.
     pub async fn alice_calls_bob(
         &self,
         bobs: &Sipp,
         (alice_port, bob_port): (u16, u16),
-        scenario: &str,
+        (caller, callee): (&str, &str),
         calls: u32,
         caller_args: &[&str],
     ) {
+        let scenario = caller;
         let calls = calls.to_string();
         let callee = bobs
-            .command("callee", "u1", "bob;", bob_port)
+            .command(callee, "u1", "bob;", bob_port)
             .args(["-rtp_echo", "-m", &calls])
             .args(["-mp", &free_port(bobs.local_ip).to_string()])
             .stdout(Stdio::null())

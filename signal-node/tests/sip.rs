@@ -193,8 +193,14 @@ impl Server {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        // The hold scenario has a callee of its own.
+        let callee = if scenario.starts_with("hold-") {
+            "hold-callee"
+        } else {
+            "callee"
+        };
         self.sipp
-            .alice_calls_bob(&bobs.sipp, ports, scenario, calls, caller_args)
+            .alice_calls_bob(&bobs.sipp, ports, (scenario, callee), calls, caller_args)
             .await;
     }
 
@@ -697,6 +703,19 @@ async fn a_calls_b_through_edge_backend_and_media_node_with_rtp_both_ways() {
         "REGISTERs, INVITEs, ACK, BYE: {to_backend}"
     );
     assert!(to_client >= 3.0, "INVITE, ACK and BYE to Bob: {to_client}");
+}
+
+#[tokio::test]
+async fn a_hold_reinvite_reaches_the_other_side_through_the_edge_and_its_answer_comes_back() {
+    let c = EdgeCluster::start();
+    // The SIPp scenarios check a=sendonly and the new codec at Bob, and
+    // a=recvonly back at Alice; either fails the run otherwise.
+    c.edge
+        .alice_calls_bob_of(&c.edge, "hold-caller", 1, &[])
+        .await;
+    let bills: Vec<serde_json::Value> = c.bills().await.into_iter().flatten().collect();
+    assert_eq!(bills.len(), 1, "{bills:?}");
+    assert_eq!(bills[0]["disconnectReason"], "caller-bye");
 }
 
 #[tokio::test]

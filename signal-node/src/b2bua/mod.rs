@@ -17,7 +17,7 @@ use crate::sdp::{audio_address, rewrite_audio};
 use crate::transaction::{Peer, TxKey, response_to};
 
 /// Replaces a message's body.
-fn with_body(mut r: Response, content_type: &str, body: String) -> Response {
+pub(crate) fn with_body(mut r: Response, content_type: &str, body: String) -> Response {
     r.headers
         .retain(|h| !h.name().eq_ignore_ascii_case("Content-Length"));
     r.headers
@@ -37,7 +37,7 @@ impl Endpoint {
         format!("z9hG4bK{}", self.tag())
     }
 
-    fn contact(&self, peer: Peer) -> String {
+    pub(crate) fn contact(&self, peer: Peer) -> String {
         if peer.reliable {
             format!("<sip:{};transport=tcp>", self.local)
         } else {
@@ -45,7 +45,7 @@ impl Endpoint {
         }
     }
 
-    fn answer(&mut self, key: &TxKey, response: Response, now: Instant) {
+    pub(crate) fn answer(&mut self, key: &TxKey, response: Response, now: Instant) {
         self.count_response(&response);
         if let Err(e) = self.transactions.respond(key, response, now) {
             tracing::debug!(error = %e, "response not sent");
@@ -54,7 +54,7 @@ impl Endpoint {
 
     /// A request outside any transaction we keep (ACK for a 2xx), or in a
     /// new client transaction.
-    fn send(&mut self, req: Request, to: Peer, now: Instant) -> Option<TxKey> {
+    pub(crate) fn send(&mut self, req: Request, to: Peer, now: Instant) -> Option<TxKey> {
         match self.transactions.send_request(req, to, now) {
             Ok(k) => Some(k),
             Err(e) => {
@@ -243,6 +243,9 @@ impl Endpoint {
                 invite_sent: Some(now),
                 started: p.started,
                 answered: None,
+                reinvite: None,
+                awaiting_ack: Vec::new(),
+                sent_sdp: (None, Some(body.clone())),
             },
         );
         self.update_call_metrics();
@@ -261,60 +264,47 @@ impl Endpoint {
         });
     }
 
-    /// A re-INVITE from A: a new media address is applied to A's leg and
-    /// answered with the same leg address; B's side needs no change because
-    /// the media is anchored here.
-    fn on_reinvite(&mut self, key: &TxKey, req: &Request, now: Instant) {
+    /// ACK for a 2xx we sent: to A's INVITE, or to a re-INVITE from either
+    /// side (whose SDP answer it may carry).
+    pub(crate) fn on_ack(&mut self, req: &Request) {
         let call_id = header(req, "Call-ID").unwrap_or_default();
-        let found = self.calls.by_call_id(call_id);
-        let Some((id, side)) = found else {
-            let r = response_to(req, 481, None);
-            return self.answer(key, r, now);
+        let Some((id, side)) = self.calls.by_call_id(call_id) else {
+            return;
         };
-        let offer = sdp_body(req, req.body());
+        let cseq = req.cseq_header().ok().and_then(|c| c.seq().ok());
         let Some(call) = self.calls.get_mut(id) else {
             return;
         };
-        let dialog = match side {
-            Side::A => call.a.clone(),
-            Side::B => call.b.clone(),
-        };
-        let media = call.media.clone();
-        let mut ok = response_to(req, 200, Some(&dialog.local_tag));
-        match offer.as_deref().map(audio_address) {
-            Some(Ok(remote)) => {
-                self.leg_requests.push_back(LegRequest::Update {
-                    media: media.clone(),
-                    side,
-                    remote,
-                });
-                // The leg's own address does not change.
-                let sdp = offer.unwrap_or_default();
-                ok = with_body(
-                    ok,
-                    "application/sdp",
-                    rewrite_audio(&sdp, media.leg(side).addr),
-                );
-            }
-            Some(Err(_)) => {
-                let r = response_to(req, 488, Some(&dialog.local_tag));
-                return self.answer(key, r, now);
-            }
-            None => {}
-        }
-        ok.headers
-            .push(make_header("Contact", self.contact(dialog.peer)));
-        self.answer(key, ok, now);
-    }
-
-    /// ACK for a 2xx we sent to A.
-    pub(crate) fn on_ack(&mut self, req: &Request) {
-        let call_id = header(req, "Call-ID").unwrap_or_default();
-        if let Some((id, Side::A)) = self.calls.by_call_id(call_id)
-            && let Some(call) = self.calls.get_mut(id)
+        let mut done = Vec::new();
+        if side == Side::A
+            && cseq
+                == call
+                    .a_invite
+                    .1
+                    .cseq_header()
+                    .ok()
+                    .and_then(|c| c.seq().ok())
         {
-            let key = call.a_invite.0.clone();
+            done.push(call.a_invite.0.clone());
+        }
+        if let Some(i) = call
+            .awaiting_ack
+            .iter()
+            .position(|(s, _, n)| *s == side && Some(*n) == cseq)
+        {
+            done.push(call.awaiting_ack.remove(i).1);
+        }
+        let media = call.media.clone();
+        for key in done {
             self.transactions.acknowledged(&key);
+        }
+        // An offerless re-INVITE's answer comes in the ACK.
+        if let Some(Ok(remote)) = sdp_body(req, req.body()).as_deref().map(audio_address) {
+            self.leg_requests.push_back(LegRequest::Update {
+                media,
+                side,
+                remote,
+            });
         }
     }
 
@@ -346,47 +336,79 @@ impl Endpoint {
         self.end_call(id, reason, wall);
     }
 
-    fn send_bye(&mut self, id: u64, side: Side, now: Instant) {
+    /// A request in call `id`'s dialog with `side`: a new CSeq, or `cseq`
+    /// (an ACK takes its INVITE's); with `sdp` as its body. Also where it goes.
+    pub(crate) fn dialog_request(
+        &mut self,
+        id: u64,
+        side: Side,
+        method: &str,
+        cseq: Option<u32>,
+        sdp: Option<&str>,
+    ) -> Option<(Request, Peer)> {
         let branch = self.branch();
         let local = self.local;
-        let Some(call) = self.calls.get_mut(id) else {
-            return;
-        };
+        let peer = self.calls.get(id).map(|c| match side {
+            Side::A => c.a.peer,
+            Side::B => c.b.peer,
+        })?;
+        let contact = self.contact(peer);
+        let call = self.calls.get_mut(id)?;
         let d = match side {
             Side::A => &mut call.a,
             Side::B => &mut call.b,
         };
-        d.cseq += 1;
+        let cseq = match cseq {
+            Some(n) => n,
+            None => {
+                d.cseq += 1;
+                d.cseq
+            }
+        };
         let remote_tag = d
             .remote_tag
             .as_deref()
             .map(|t| format!(";tag={t}"))
             .unwrap_or_default();
+        let (body_headers, body) = match sdp {
+            Some(b) => (
+                format!("Contact: {contact}\r\nContent-Type: application/sdp\r\n"),
+                b,
+            ),
+            None => (String::new(), ""),
+        };
         let text = format!(
-            "BYE {target} SIP/2.0\r\n\
+            "{method} {target} SIP/2.0\r\n\
              Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\n\
              From: <{local_uri}>;tag={local_tag}\r\n\
              To: <{remote_uri}>{remote_tag}\r\n\
              Call-ID: {call_id}\r\n\
-             CSeq: {cseq} BYE\r\n\
+             CSeq: {cseq} {method}\r\n\
              {routes}\
-             Content-Length: 0\r\n\r\n",
+             {body_headers}\
+             Content-Length: {len}\r\n\r\n{body}",
             routes = route_lines(&d.route_set),
             target = d.remote_target,
-            t = transport(d.peer),
+            t = transport(peer),
             local_uri = d.local_uri,
             local_tag = d.local_tag,
             remote_uri = d.remote_uri,
             call_id = d.call_id,
-            cseq = d.cseq,
+            len = body.len(),
         );
-        let peer = d.peer;
         match request_from_text(&text) {
-            Some(bye) => {
-                self.send(bye, peer, now);
+            Some(r) => Some((r, peer)),
+            None => {
+                tracing::error!(%text, "built an in-dialog request that does not parse");
+                None
             }
-            None => tracing::error!(%text, "built a BYE that does not parse"),
+        }
+    }
+
+    fn send_bye(&mut self, id: u64, side: Side, now: Instant) {
+        if let Some((bye, peer)) = self.dialog_request(id, side, "BYE", None, None) {
+            self.send(bye, peer, now);
         }
     }
 
@@ -451,6 +473,9 @@ impl Endpoint {
         now: Instant,
         wall: SystemTime,
     ) {
+        if self.reinvites.contains_key(key) {
+            return self.on_reinvite_response(key, resp, now);
+        }
         let Some(id) = self.calls.by_b_invite(key) else {
             return;
         };
@@ -500,7 +525,7 @@ impl Endpoint {
         }
         if is_success(resp) {
             // ACK B's 2xx (each 2xx retransmission too).
-            self.ack_b(id, resp, now);
+            self.ack_2xx(id, Side::B, resp, now);
             if phase != Phase::Calling {
                 return;
             }
@@ -521,7 +546,11 @@ impl Endpoint {
         if let Some(sdp) = answer_sdp
             && code < 300
         {
-            to_a = with_body(to_a, "application/sdp", rewrite_audio(&sdp, media.a.addr));
+            let to_a_sdp = rewrite_audio(&sdp, media.a.addr);
+            if let Some(call) = self.calls.get_mut(id) {
+                call.set_sdp_sent(Side::A, to_a_sdp.clone());
+            }
+            to_a = with_body(to_a, "application/sdp", to_a_sdp);
         }
         self.answer(&a_key, to_a, now);
         if is_success(resp) {
@@ -535,39 +564,23 @@ impl Endpoint {
         }
     }
 
-    fn ack_b(&mut self, id: u64, resp: &Response, now: Instant) {
-        let branch = self.branch();
-        let local = self.local;
-        let Some(call) = self.calls.get(id) else {
-            return;
-        };
-        let b = &call.b;
-        let text = format!(
-            "ACK {target} SIP/2.0\r\n\
-             Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <{local_uri}>;tag={local_tag}\r\n\
-             To: {to}\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: 1 ACK\r\n\
-             {routes}\
-             Content-Length: 0\r\n\r\n",
-            routes = route_lines(&b.route_set),
-            target = b.remote_target,
-            t = transport(b.peer),
-            local_uri = b.local_uri,
-            local_tag = b.local_tag,
-            to = header(resp, "To").unwrap_or_default(),
-            call_id = b.call_id,
-        );
-        let peer = b.peer;
-        if let Some(ack) = request_from_text(&text) {
+    /// ACKs a 2xx from `side` to our INVITE (or re-INVITE) with that CSeq.
+    pub(crate) fn ack_2xx(&mut self, id: u64, side: Side, resp: &Response, now: Instant) {
+        let cseq = resp
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.seq().ok())
+            .unwrap_or(1);
+        if let Some((ack, peer)) = self.dialog_request(id, side, "ACK", Some(cseq), None) {
             self.send(ack, peer, now);
         }
     }
 
     /// Our INVITE to B got no final answer in time.
     pub(crate) fn on_client_timeout(&mut self, key: &TxKey, now: Instant, wall: SystemTime) {
+        if self.reinvites.contains_key(key) {
+            return self.on_reinvite_timeout(key, now);
+        }
         let Some(id) = self.calls.by_b_invite(key) else {
             return;
         };
@@ -602,6 +615,8 @@ impl Endpoint {
         self.update_call_metrics();
     }
 }
+
+mod reinvite;
 
 #[cfg(test)]
 mod tests;

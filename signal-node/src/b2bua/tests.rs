@@ -454,3 +454,121 @@ CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(h.ep.active_calls(), 0);
     assert!(h.legs.lock().unwrap().bridged.is_empty());
 }
+
+/// A re-INVITE from Alice in her dialog, with `body` as the offer.
+fn alice_reinvite(branch: &str, cseq: u32, body: &str) -> String {
+    format!(
+        "INVITE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch={branch}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@voice.test>;tag=a1\r\nTo: <sip:bob@voice.test>;tag={tag}\r\n\
+Call-ID: call-a\r\nCSeq: {cseq} INVITE\r\nContact: <sip:alice@10.0.0.1:5060>\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len(),
+        tag = "{tag}",
+    )
+}
+
+#[test]
+fn a_reinvite_is_relayed_to_the_other_side_and_its_answer_comes_back() {
+    let mut h = Harness::new();
+    let to_b = start_call(&mut h);
+    let out = h.feed(&reply_to(&to_b, "200 OK", "b1", ANSWER), B);
+    let a_tag = tag_in(header(&out[1].1, "To"));
+    // Alice puts Bob on hold from a new address, and offers another codec.
+    let hold = "v=0\r\no=a 1 2 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 4100 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendonly\r\n";
+    let reinvite = alice_reinvite("z9hG4bK-re1", 2, hold).replace("{tag}", &a_tag);
+    let out = h.feed(&reinvite, A);
+    let to_b_again = out
+        .iter()
+        .find(|(p, m)| *p == B && first_line(m).starts_with("INVITE "))
+        .map(|(_, m)| m.clone())
+        .expect("the re-INVITE goes on to Bob");
+    assert_eq!(header(&to_b_again, "Call-ID"), header(&to_b, "Call-ID"));
+    assert_eq!(header(&to_b_again, "CSeq"), "2 INVITE");
+    assert!(to_b_again.contains("a=sendonly"), "hold reaches Bob");
+    assert!(
+        to_b_again.contains("m=audio 30004 RTP/AVP 8"),
+        "Bob's leg, new codec: {to_b_again}"
+    );
+    assert_eq!(
+        h.legs.lock().unwrap().remotes.get(&1),
+        Some(&"10.0.0.9:4100".parse().unwrap()),
+        "Alice's leg follows her"
+    );
+    // A second re-INVITE meanwhile is refused (glare).
+    let out = h.feed(
+        &alice_reinvite("z9hG4bK-re2", 3, hold).replace("{tag}", &a_tag),
+        A,
+    );
+    assert!(
+        out.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 491 Request Pending")
+    );
+
+    let held = "v=0\r\no=b 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+m=audio 6000 RTP/AVP 8\r\na=recvonly\r\n";
+    let out = h.feed(&reply_to(&to_b_again, "200 OK", "b1", held), B);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(
+        lines,
+        ["ACK sip:bob@10.0.0.2:5070 SIP/2.0", "SIP/2.0 200 OK"]
+    );
+    assert_eq!(header(&out[0].1, "CSeq"), "2 ACK");
+    let ok = &out[1].1;
+    assert_eq!(out[1].0, A);
+    assert_eq!(header(ok, "CSeq"), "2 INVITE");
+    assert!(
+        ok.contains("a=recvonly"),
+        "Bob's answer reaches Alice: {ok}"
+    );
+    assert!(ok.contains("m=audio 30002 RTP/AVP 8"), "Alice's leg: {ok}");
+
+    // Alice's ACK ends the 200's retransmissions.
+    let ack = format!(
+        "ACK sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-ack2\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@voice.test>;tag=a1\r\nTo: <sip:bob@voice.test>;tag={a_tag}\r\n\
+Call-ID: call-a\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.feed(&ack, A);
+    h.now += std::time::Duration::from_secs(2);
+    h.ep.handle_timeout(h.now, h.wall);
+    let resent: Vec<String> = std::iter::from_fn(|| h.ep.poll_transmit())
+        .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+        .filter(|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 2 INVITE"))
+        .collect();
+    assert!(
+        resent.is_empty(),
+        "the re-INVITE's 200 is not resent after its ACK: {resent:?}"
+    );
+}
+
+#[test]
+fn a_refused_reinvite_is_refused_to_the_side_that_sent_it() {
+    let mut h = Harness::new();
+    let to_b = start_call(&mut h);
+    let out = h.feed(&reply_to(&to_b, "200 OK", "b1", ANSWER), B);
+    let a_tag = tag_in(header(&out[1].1, "To"));
+    let out = h.feed(
+        &alice_reinvite("z9hG4bK-re1", 2, OFFER).replace("{tag}", &a_tag),
+        A,
+    );
+    let to_b_again = out
+        .iter()
+        .find(|(p, m)| *p == B && first_line(m).starts_with("INVITE "))
+        .map(|(_, m)| m.clone())
+        .expect("relayed");
+    let out = h.feed(
+        &reply_to(&to_b_again, "488 Not Acceptable Here", "b1", ""),
+        B,
+    );
+    assert!(
+        out.iter()
+            .any(|(p, m)| *p == A && first_line(m) == "SIP/2.0 488 Not Acceptable Here"),
+        "{out:?}"
+    );
+    assert_eq!(h.ep.active_calls(), 1, "the call goes on");
+}
+
+fn tag_in(to: &str) -> String {
+    to.split(";tag=").nth(1).unwrap_or_default().to_string()
+}

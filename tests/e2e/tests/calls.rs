@@ -69,23 +69,27 @@ async fn users_secret(client: &Client, namespace: &str) -> Result<()> {
 /// The signal pods' IPs once both are ready.
 async fn signal_ips(pods: &Api<Pod>) -> Result<Vec<String>> {
     let selector = format!("{LABEL_CLUSTER}={NAME},{LABEL_COMPONENT}=signal");
-    eventually("two ready signal pods", Duration::from_secs(120), || async {
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| e.to_string())?;
-        let ips: Vec<String> = list
-            .items
-            .iter()
-            .filter(|p| is_pod_ready(p))
-            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-            .collect();
-        if ips.len() == 2 {
-            Ok(ips)
-        } else {
-            Err(format!("{} ready", ips.len()))
-        }
-    })
+    eventually(
+        "two ready signal pods",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ips: Vec<String> = list
+                .items
+                .iter()
+                .filter(|p| is_pod_ready(p))
+                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                .collect();
+            if ips.len() == 2 {
+                Ok(ips)
+            } else {
+                Err(format!("{} ready", ips.len()))
+            }
+        },
+    )
     .await
 }
 
@@ -168,10 +172,14 @@ async fn calls_in(client: &Client, ns: &TestNamespace) -> Result<()> {
     sipp.register(BOB, ports.1);
     // Both signal pods know both users, whichever took each REGISTER.
     let registered = signal_sum(&ips, "voicecluster_sip_registered_users", 4.0).await;
-    ensure!(registered == 4.0, "registrations on the signal pods: {registered}");
+    ensure!(
+        registered == 4.0,
+        "registrations on the signal pods: {registered}"
+    );
 
     // One call with two seconds of RTP each way.
-    sipp.alice_calls_bob(&sipp, ports, "caller", 1, &[]).await;
+    sipp.alice_calls_bob(&sipp, ports, ("caller", "callee"), 1, &[])
+        .await;
     for direction in ["to_callee", "to_caller"] {
         let n = signal_sum(
             &ips,
@@ -179,7 +187,10 @@ async fn calls_in(client: &Client, ns: &TestNamespace) -> Result<()> {
             50.0,
         )
         .await;
-        ensure!(n >= 50.0, "RTP {direction} through the media pod: {n} packets");
+        ensure!(
+            n >= 50.0,
+            "RTP {direction} through the media pod: {n} packets"
+        );
     }
     let all: Vec<serde_json::Value> = bills(&ips).await?.into_iter().flatten().collect();
     ensure!(all.len() == 1, "one bill: {all:?}");
@@ -200,11 +211,20 @@ async fn calls_in(client: &Client, ns: &TestNamespace) -> Result<()> {
         "voicecluster_edge_forwarded_total{direction=\"to_client\",kind=\"request\"}",
     )
     .await;
-    ensure!(to_client >= 3.0, "requests the edge sent to Bob: {to_client}");
+    ensure!(
+        to_client >= 3.0,
+        "requests the edge sent to Bob: {to_client}"
+    );
 
     // 200 calls at 20 a second: SIPp counts no failure, and each is billed.
-    sipp.alice_calls_bob(&sipp, ports, "short-call", 200, &["-r", "20", "-timeout", "90s"])
-        .await;
+    sipp.alice_calls_bob(
+        &sipp,
+        ports,
+        ("short-call", "callee"),
+        200,
+        &["-r", "20", "-timeout", "90s"],
+    )
+    .await;
     let answered = signal_sum(
         &ips,
         "voicecluster_calls_completed_total{outcome=\"answered\"}",

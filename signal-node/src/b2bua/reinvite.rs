@@ -1,0 +1,176 @@
+//! Re-INVITEs: a side that changes its media (a new address, another codec,
+//! hold) sends a re-INVITE; its leg is pointed at the new address, and the
+//! offer goes on to the other side with the other leg's address, so the
+//! change (codec, direction) reaches the party it concerns. The other
+//! side's answer comes back the same way. One re-INVITE per call at a time
+//! (RFC 3261 §14.2: a second one gets 491).
+
+use std::time::Instant;
+
+use rsipstack::sip::Request;
+use rsipstack::sip::Response;
+use rsipstack::sip::headers::make_header;
+use rsipstack::sip::prelude::*;
+
+use super::with_body;
+use crate::calls::{Phase, Relayed, Side, header, is_success, sdp_body};
+use crate::endpoint::Endpoint;
+use crate::legs::LegRequest;
+use crate::sdp::{audio_address, rewrite_audio};
+use crate::transaction::{TxKey, response_to};
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::A => Side::B,
+        Side::B => Side::A,
+    }
+}
+
+fn cseq_of(m: &impl HeadersExt) -> u32 {
+    m.cseq_header().ok().and_then(|c| c.seq().ok()).unwrap_or(1)
+}
+
+impl Endpoint {
+    /// A re-INVITE from either side of an answered call.
+    pub(crate) fn on_reinvite(&mut self, key: &TxKey, req: &Request, now: Instant) {
+        let call_id = header(req, "Call-ID").unwrap_or_default();
+        let Some((id, side)) = self.calls.by_call_id(call_id) else {
+            let r = response_to(req, 481, None);
+            return self.answer(key, r, now);
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let dialog = match side {
+            Side::A => call.a.clone(),
+            Side::B => call.b.clone(),
+        };
+        let tag = dialog.local_tag.clone();
+        if call.phase != Phase::Answered || call.reinvite.is_some() {
+            let r = response_to(req, 491, Some(&tag));
+            return self.answer(key, r, now);
+        }
+        let media = call.media.clone();
+        let offer = sdp_body(req, req.body());
+        let Some(offer) = offer else {
+            // No offer: ours is the session as it stands, and the answer
+            // comes in the ACK.
+            let current = call.sdp_sent(side).cloned();
+            let mut ok = response_to(req, 200, Some(&tag));
+            ok.headers
+                .push(make_header("Contact", self.contact(dialog.peer)));
+            if let Some(sdp) = current {
+                ok = with_body(ok, "application/sdp", sdp);
+            }
+            self.remember_answered(id, side, key, req);
+            return self.answer(key, ok, now);
+        };
+        let Ok(remote) = audio_address(&offer) else {
+            let r = response_to(req, 488, Some(&tag));
+            return self.answer(key, r, now);
+        };
+        self.leg_requests.push_back(LegRequest::Update {
+            media: media.clone(),
+            side,
+            remote,
+        });
+        let towards = other(side);
+        let relayed = rewrite_audio(&offer, media.leg(towards).addr);
+        let Some((reinvite, peer)) =
+            self.dialog_request(id, towards, "INVITE", None, Some(&relayed))
+        else {
+            let r = response_to(req, 500, Some(&tag));
+            return self.answer(key, r, now);
+        };
+        let Some(client) = self.send(reinvite, peer, now) else {
+            let r = response_to(req, 500, Some(&tag));
+            return self.answer(key, r, now);
+        };
+        if let Some(call) = self.calls.get_mut(id) {
+            call.set_sdp_sent(towards, relayed);
+            call.reinvite = Some(Relayed {
+                from: side,
+                server: key.clone(),
+                request: req.clone(),
+            });
+        }
+        self.reinvites.insert(client, id);
+    }
+
+    /// Our 2xx to a re-INVITE waits for its ACK.
+    fn remember_answered(&mut self, id: u64, side: Side, key: &TxKey, req: &Request) {
+        if let Some(call) = self.calls.get_mut(id) {
+            call.awaiting_ack.push((side, key.clone(), cseq_of(req)));
+        }
+    }
+
+    /// The other side answered a re-INVITE we relayed.
+    pub(crate) fn on_reinvite_response(&mut self, key: &TxKey, resp: &Response, now: Instant) {
+        let code = resp.status_code().code();
+        if code < 200 {
+            return;
+        }
+        let Some(id) = self.reinvites.remove(key) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let Some(relayed) = call.reinvite.take() else {
+            return;
+        };
+        let from = relayed.from;
+        let towards = other(from);
+        let media = call.media.clone();
+        let tag = match from {
+            Side::A => call.a.local_tag.clone(),
+            Side::B => call.b.local_tag.clone(),
+        };
+        let peer = match from {
+            Side::A => call.a.peer,
+            Side::B => call.b.peer,
+        };
+        if !is_success(resp) {
+            // Refused (488, 491, ...): the side that asked hears the same.
+            let r = response_to(&relayed.request, code, Some(&tag));
+            return self.answer(&relayed.server, r, now);
+        }
+        self.ack_2xx(id, towards, resp, now);
+        let mut ok = response_to(&relayed.request, 200, Some(&tag));
+        ok.headers.push(make_header("Contact", self.contact(peer)));
+        if let Some(answer) = sdp_body(resp, resp.body()) {
+            if let Ok(remote) = audio_address(&answer) {
+                self.leg_requests.push_back(LegRequest::Update {
+                    media: media.clone(),
+                    side: towards,
+                    remote,
+                });
+            }
+            let back = rewrite_audio(&answer, media.leg(from).addr);
+            if let Some(call) = self.calls.get_mut(id) {
+                call.set_sdp_sent(from, back.clone());
+            }
+            ok = with_body(ok, "application/sdp", back);
+        }
+        self.remember_answered(id, from, &relayed.server, &relayed.request);
+        self.answer(&relayed.server, ok, now);
+    }
+
+    /// The other side never answered a relayed re-INVITE.
+    pub(crate) fn on_reinvite_timeout(&mut self, key: &TxKey, now: Instant) {
+        let Some(id) = self.reinvites.remove(key) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        if let Some(relayed) = call.reinvite.take() {
+            let tag = match relayed.from {
+                Side::A => call.a.local_tag.clone(),
+                Side::B => call.b.local_tag.clone(),
+            };
+            let r = response_to(&relayed.request, 408, Some(&tag));
+            self.answer(&relayed.server, r, now);
+        }
+    }
+}
