@@ -323,3 +323,76 @@ async fn timed<T>(f: impl Future<Output = Result<T, Status>>) -> Result<T, Statu
         .await
         .unwrap_or_else(|_| Err(Status::deadline_exceeded("call-leg provider too slow")))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use voicecluster_api::grpc::CallLegProvider;
+
+    use super::*;
+
+    fn provider(pod: &str, active: i32, capacity: i32) -> CallLegProvider {
+        CallLegProvider {
+            pod: pod.to_string(),
+            node: "n".to_string(),
+            public_address: "203.0.113.10".to_string(),
+            grpc_address: format!("{pod}.test:9445"),
+            capacity,
+            active_legs: active,
+        }
+    }
+
+    fn names(candidates: &[Provider]) -> Vec<String> {
+        candidates.iter().filter_map(Provider::name).collect()
+    }
+
+    #[tokio::test]
+    async fn remote_providers_are_tried_least_loaded_first_then_the_fixed_ones() {
+        let snapshot = DirectorySnapshot {
+            version: 3,
+            providers: vec![
+                provider("busy", 90, 100),
+                provider("idle", 1, 100),
+                provider("half", 500, 1000),
+            ],
+            signal_members: Vec::new(),
+        };
+        let (_tx, view) = watch::channel(Some(Arc::new(snapshot)));
+        let legs = Legs::remote(
+            vec!["fixed.test:9445".to_string(), "idle.test:9445".to_string()],
+            Some(view),
+            "10.0.0.1:9446".to_string(),
+        );
+        let candidates = legs.candidates();
+        assert_eq!(
+            names(&candidates),
+            [
+                "idle.test:9445",
+                "half.test:9445",
+                "busy.test:9445",
+                "fixed.test:9445"
+            ]
+        );
+        // Legs are put in SDP at the provider node's public address.
+        let Provider::Remote { public_ip, .. } = &candidates[0] else {
+            panic!("a remote provider")
+        };
+        assert_eq!(*public_ip, Some("203.0.113.10".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn without_any_provider_a_setup_fails_with_a_reason() {
+        let legs = Legs::remote(Vec::new(), None, "10.0.0.1:9446".to_string());
+        let reply = legs
+            .run(LegRequest::Setup {
+                task: 1,
+                caller: "10.0.0.2:4000".parse().unwrap(),
+            })
+            .await;
+        let Some(LegReply::Ready { task: 1, media }) = reply else {
+            panic!("a Ready reply")
+        };
+        assert_eq!(media.unwrap_err(), "no call-leg provider is known");
+    }
+}

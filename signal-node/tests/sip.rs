@@ -628,6 +628,27 @@ async fn a_member_calls_a_user_registered_through_another_and_a_new_member_syncs
 }
 
 #[tokio::test]
+async fn a_locally_for_others_member_makes_the_legs_of_a_remotely_member() {
+    let provider = Server::start_with("LocallyForOthers", &[]);
+    let server = Server::start_with(
+        "Remotely",
+        &[
+            "--call-leg-providers".to_string(),
+            provider.grpc.to_string(),
+        ],
+    );
+    server.alice_calls_bob("caller", 1, &[]).await;
+    assert_media_relayed(&server).await;
+    // The provider's own CallLegs holds no leg once the call is over.
+    let mut client = CallLegsClient::connect(format!("http://{}", provider.grpc))
+        .await
+        .unwrap();
+    let legs = client.list(ListLegsRequest {}).await.unwrap().into_inner();
+    assert!(legs.legs.is_empty(), "{:?}", legs.legs);
+    assert_eq!(legs.capacity, 1000);
+}
+
+#[tokio::test]
 async fn a_remotely_member_without_a_live_provider_refuses_calls_with_503() {
     let dead = format!("127.0.0.1:{}", free_port());
     let server = Server::start_with("Remotely", &["--call-leg-providers".to_string(), dead]);
