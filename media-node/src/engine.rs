@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use crate::metrics::MediaMetrics;
 use crate::relay::{LegId, LegStats, Relay, RelayError};
 
 /// Why a leg operation failed.
@@ -39,6 +40,7 @@ struct LegIo {
 struct Shared {
     relay: Mutex<Relay>,
     sockets: Mutex<HashMap<u16, Arc<UdpSocket>>>,
+    metrics: MediaMetrics,
 }
 
 impl Shared {
@@ -71,6 +73,7 @@ impl MediaEngine {
             shared: Arc::new(Shared {
                 relay: Mutex::new(relay),
                 sockets: Mutex::new(HashMap::new()),
+                metrics: MediaMetrics::default(),
             }),
             io: Arc::new(Mutex::new(HashMap::new())),
             bind_ip,
@@ -163,6 +166,24 @@ impl MediaEngine {
         Ok(self.shared.relay().destroy(id)?)
     }
 
+    /// The same engine, counting into `metrics`. Call before any leg exists.
+    pub fn with_metrics(mut self, metrics: MediaMetrics) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = metrics;
+        }
+        self
+    }
+
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &MediaMetrics {
+        &self.shared.metrics
+    }
+
+    /// Legs that went silent for the media timeout since the last call.
+    pub fn timed_out(&self) -> Vec<LegId> {
+        self.shared.relay().timed_out(Instant::now())
+    }
+
     /// A leg's counters.
     pub fn stats(&self, id: LegId) -> Option<LegStats> {
         self.shared.relay().stats(id)
@@ -190,7 +211,11 @@ async fn receive(shared: Arc<Shared>, socket: Arc<UdpSocket>, port: u16) {
         let out = shared
             .relay()
             .on_packet(port, from, &buf[..n], Instant::now());
-        let Some(t) = out else { continue };
+        let Some(t) = out else {
+            shared.metrics.dropped.inc();
+            continue;
+        };
+        shared.metrics.relayed.inc();
         let Some(tx) = shared.sockets().get(&t.from_port).cloned() else {
             continue;
         };

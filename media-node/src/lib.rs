@@ -3,6 +3,8 @@
 //! signal nodes run the same code.
 
 pub mod engine;
+pub mod leg_events;
+pub mod metrics;
 pub mod ports;
 pub mod relay;
 pub mod service;

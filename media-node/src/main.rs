@@ -14,6 +14,8 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
+use voicecluster_media_node::leg_events::Notifier;
+use voicecluster_media_node::metrics::MediaMetrics;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
@@ -50,6 +52,9 @@ struct Args {
     /// This pod's IP, the legs' address when no public one is given.
     #[arg(long, env = "POD_IP")]
     pod_ip: Option<IpAddr>,
+    /// Seconds a stopping pod waits for its legs to end before it exits.
+    #[arg(long, env = "VC_DRAIN_TIMEOUT_SECONDS", default_value_t = 3600)]
+    drain_timeout_seconds: u64,
     /// Seconds without media after which a leg times out.
     #[arg(long, env = "VC_MEDIA_TIMEOUT_SECONDS", default_value_t = 30)]
     media_timeout_seconds: u64,
@@ -68,7 +73,7 @@ fn parse_ports(s: &str) -> Result<(u16, u16), String> {
 }
 
 /// The legs this pod offers, from its flags.
-fn leg_service(args: &Args) -> anyhow::Result<LegService> {
+fn leg_service(args: &Args, metrics: MediaMetrics) -> anyhow::Result<(LegService, IpAddr)> {
     let (min, max) = args.rtp_ports;
     let pool = PortPool::new(min, max).with_context(|| format!("RTP ports {min}-{max}"))?;
     let public_ip = args
@@ -81,9 +86,36 @@ fn leg_service(args: &Args) -> anyhow::Result<LegService> {
         args.capacity,
         Duration::from_secs(args.media_timeout_seconds),
     );
-    let engine = MediaEngine::new(relay, args.bind_ip, public_ip);
+    let engine = MediaEngine::new(relay, args.bind_ip, public_ip).with_metrics(metrics);
     tracing::info!(ports = %format!("{min}-{max}"), %public_ip, capacity = args.capacity, "call legs offered");
-    Ok(LegService::new(engine, args.capacity))
+    Ok((LegService::new(engine, args.capacity), public_ip))
+}
+
+/// Serves CallLegs and tells leg owners about silent legs; ends only if
+/// the server fails.
+async fn offer_legs(
+    args: &Args,
+    service: &LegService,
+    addr: SocketAddr,
+    public_ip: IpAddr,
+) -> anyhow::Error {
+    let sender = SocketAddr::new(args.pod_ip.unwrap_or(public_ip), addr.port()).to_string();
+    let notifier = Notifier::new(sender, service.metrics().clone());
+    let silent = Duration::from_secs(args.media_timeout_seconds);
+    let timeouts = tokio::spawn(service.clone().report_media_timeouts(
+        notifier,
+        Duration::from_secs(1),
+        silent,
+    ));
+    let served = tonic::transport::Server::builder()
+        .add_service(service.clone().into_server())
+        .serve(addr)
+        .await;
+    timeouts.abort();
+    match served {
+        Ok(()) => anyhow::anyhow!("the CallLegs server on {addr} stopped"),
+        Err(e) => anyhow::Error::new(e).context(format!("CallLegs on {addr}")),
+    }
 }
 
 #[tokio::main]
@@ -95,9 +127,13 @@ async fn main() -> anyhow::Result<()> {
     let target = args.directory.target().map_err(anyhow::Error::msg)?;
     let mut registry = Registry::default();
     let directory_metrics = ClientMetrics::register(&mut registry);
+    let media_metrics = MediaMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     let service = match args.grpc_addr {
-        Some(addr) => Some((addr, leg_service(&args)?)),
+        Some(addr) => {
+            let (service, public_ip) = leg_service(&args, media_metrics)?;
+            Some((addr, service, public_ip))
+        }
         None => {
             tracing::warn!("no VC_GRPC_ADDR: no call legs offered");
             None
@@ -106,15 +142,17 @@ async fn main() -> anyhow::Result<()> {
     // The providers and members in use; what this pod applied and acked.
     let _directory = follow_target(target, directory_metrics);
 
-    let grpc = async {
+    // The server keeps running through a drain: the legs still need it.
+    let serving = async {
         match &service {
-            Some((addr, service)) => {
-                let served = tonic::transport::Server::builder()
-                    .add_service(service.clone().into_server())
-                    .serve(*addr)
-                    .await;
-                Some((*addr, served))
-            }
+            Some((addr, service, public_ip)) => offer_legs(&args, service, *addr, *public_ip).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(serving);
+    let drain_asked = async {
+        match &service {
+            Some((_, service, _)) => service.drain_requested().await,
             None => std::future::pending().await,
         }
     };
@@ -131,12 +169,28 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%signal, "shutting down");
             None
         }
-        ended = grpc => Some(match ended {
-            Some((addr, Ok(()))) => anyhow::anyhow!("the CallLegs server on {addr} stopped"),
-            Some((addr, Err(e))) => anyhow::Error::new(e).context(format!("CallLegs on {addr}")),
-            None => anyhow::anyhow!("the CallLegs server ended"),
-        }),
+        () = drain_asked => {
+            tracing::info!("drain requested");
+            None
+        }
+        e = &mut serving => Some(e),
     };
+    if let (None, Some((_, service, _))) = (&failure, &service) {
+        // Leave the provider list (not ready), refuse new legs, and let the
+        // ones running end, within the drain timeout.
+        telemetry.readiness().set_not_ready("draining");
+        service.drain();
+        let timeout = Duration::from_secs(args.drain_timeout_seconds);
+        let left = tokio::select! {
+            left = service.drained(timeout) => left,
+            e = &mut serving => return Err(e),
+        };
+        if left > 0 {
+            tracing::warn!(legs = left, ?timeout, "drain timeout: legs cut off");
+        } else {
+            tracing::info!("drained: no legs left");
+        }
+    }
     telemetry.shutdown().await?;
     match failure {
         Some(e) => Err(e),

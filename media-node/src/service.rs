@@ -10,15 +10,20 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use tonic::{Request, Response, Status};
 use voicecluster_api::grpc::call_legs_server::{CallLegs, CallLegsServer};
 use voicecluster_api::grpc::{
-    BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, Leg, LegKind, LegStats,
-    ListLegsReply, ListLegsRequest, TaskHandle, UpdateLegRequest,
+    BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, DrainReply, DrainRequest, Leg,
+    LegKind, LegStats, ListLegsReply, ListLegsRequest, MediaTimeout, TaskHandle, UpdateLegRequest,
+    leg_event,
 };
 
 use crate::engine::{EngineError, MediaEngine};
+use crate::leg_events::Notifier;
 use crate::relay::{self, LegId, RelayError};
 
 /// What the service remembers of each leg beyond the engine.
@@ -36,6 +41,7 @@ pub struct LegService {
     capacity: usize,
     legs: Arc<Mutex<HashMap<LegId, Owned>>>,
     draining: Arc<AtomicBool>,
+    drain_requested: watch::Sender<bool>,
 }
 
 impl LegService {
@@ -46,12 +52,72 @@ impl LegService {
             capacity,
             legs: Arc::default(),
             draining: Arc::default(),
+            drain_requested: watch::channel(false).0,
         }
     }
 
     /// From now on no new legs are accepted; existing ones keep working.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            tracing::info!(legs = self.active_legs(), "draining: no new call legs");
+        }
+        self.engine.metrics().draining.set(1);
+        self.drain_requested.send_replace(true);
+    }
+
+    /// Returns once a drain was asked for (over gRPC or by [`Self::drain`]).
+    pub async fn drain_requested(&self) {
+        let mut rx = self.drain_requested.subscribe();
+        let _ = rx.wait_for(|asked| *asked).await;
+    }
+
+    /// Waits until no leg is left or `timeout` passed, logging progress;
+    /// the legs left.
+    pub async fn drained(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_report = tokio::time::Instant::now();
+        loop {
+            let left = self.active_legs();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(legs = left, "draining");
+                last_report = tokio::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Tells the owners of legs that went silent, every `every`, until
+    /// dropped.
+    pub async fn report_media_timeouts(
+        self,
+        notifier: Notifier,
+        every: Duration,
+        silent: Duration,
+    ) {
+        loop {
+            tokio::time::sleep(every).await;
+            for id in self.engine.timed_out() {
+                let owner = self.table().get(&id).and_then(|o| o.owner.clone());
+                if let Some(owner) = owner {
+                    tracing::info!(leg = id.0, task = owner.task, member = %owner.member, "media timeout");
+                    notifier.send(
+                        owner,
+                        id.0,
+                        leg_event::Kind::MediaTimeout(MediaTimeout {
+                            silent_seconds: u32::try_from(silent.as_secs()).unwrap_or(u32::MAX),
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The metrics its engine counts into.
+    pub fn metrics(&self) -> &crate::metrics::MediaMetrics {
+        self.engine.metrics()
     }
 
     /// Legs now.
@@ -117,6 +183,7 @@ impl CallLegs for LegService {
     async fn create(&self, request: Request<CreateLegRequest>) -> Result<Response<Leg>, Status> {
         let req = request.into_inner();
         if self.draining.load(Ordering::SeqCst) {
+            self.engine.metrics().refused("draining");
             return Err(Status::unavailable("draining: no new call legs"));
         }
         match LegKind::try_from(req.kind) {
@@ -128,12 +195,16 @@ impl CallLegs for LegService {
         }
         let remote = remote(&req.remote_address)?;
         if self.active_legs() >= self.capacity {
+            self.engine.metrics().refused("capacity");
             return Err(Status::resource_exhausted(format!(
                 "at capacity: {} legs",
                 self.capacity
             )));
         }
-        let (id, address) = self.engine.create_leg().map_err(status)?;
+        let (id, address) = self.engine.create_leg().map_err(|e| {
+            self.engine.metrics().refused("ports");
+            status(e)
+        })?;
         if let Some(r) = remote
             && let Err(e) = self.engine.set_remote(id, r)
         {
@@ -146,7 +217,15 @@ impl CallLegs for LegService {
             remote,
         };
         let leg = self.leg(id, &owned);
-        self.table().insert(id, owned);
+        let n = {
+            let mut table = self.table();
+            table.insert(id, owned);
+            table.len()
+        };
+        self.engine
+            .metrics()
+            .legs
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
         tracing::debug!(leg = id.0, %address, "call leg created");
         Ok(Response::new(leg))
     }
@@ -184,9 +263,24 @@ impl CallLegs for LegService {
     ) -> Result<Response<LegStats>, Status> {
         let id = LegId(request.into_inner().id);
         let final_stats = self.engine.destroy(id).await.map_err(status)?;
-        self.table().remove(&id);
+        let n = {
+            let mut table = self.table();
+            table.remove(&id);
+            table.len()
+        };
+        self.engine
+            .metrics()
+            .legs
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
         tracing::debug!(leg = id.0, "call leg destroyed");
         Ok(Response::new(stats(final_stats)))
+    }
+
+    async fn drain(&self, _request: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        self.drain();
+        Ok(Response::new(DrainReply {
+            active_legs: i32::try_from(self.active_legs()).unwrap_or(i32::MAX),
+        }))
     }
 
     async fn list(
@@ -207,8 +301,6 @@ impl CallLegs for LegService {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-
-    use std::time::Duration;
 
     use tonic::Code;
 

@@ -260,6 +260,10 @@ impl Endpoint {
                     ));
                 }
             }
+            Some(Kind::Leg(leg)) => {
+                let from = event.from.map(|f| f.member).unwrap_or_default();
+                self.on_leg_event(to.task, &from, &leg, now, wall);
+            }
             Some(kind) => {
                 tracing::debug!(
                     task = to.task,

@@ -42,6 +42,11 @@ struct MediaNode {
 
 impl MediaNode {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A media node with more flags.
+    fn start_with(extra: &[&str]) -> Self {
         // Built by the same `cargo test --workspace` (it is a workspace bin).
         let bin = Path::new(BIN).with_file_name("media-node");
         assert!(
@@ -60,7 +65,9 @@ impl MediaNode {
                 format!("{}-{}", rtp.0, rtp.1),
                 "--bind-ip".to_string(),
                 "127.0.0.1".to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string())),
         )
         .expect("media-node starts");
         Self { _bin: bin, grpc }
@@ -646,6 +653,24 @@ async fn a_locally_for_others_member_makes_the_legs_of_a_remotely_member() {
     let legs = client.list(ListLegsRequest {}).await.unwrap().into_inner();
     assert!(legs.legs.is_empty(), "{:?}", legs.legs);
     assert_eq!(legs.capacity, 1000);
+}
+
+#[tokio::test]
+async fn a_silent_call_is_hung_up_on_the_media_pods_media_timeout_event() {
+    let media = MediaNode::start_with(&["--media-timeout-seconds", "2"]);
+    let server = Server::start_with(
+        "Remotely",
+        &["--call-leg-providers".to_string(), media.grpc.to_string()],
+    );
+    // Neither side sends RTP; the service hangs up on both (the callee's
+    // scenario takes the BYE, the caller's waits for it).
+    server.alice_calls_bob("silent-caller", 1, &[]).await;
+    let bills = http_get(server.management, "/bills").await.unwrap();
+    let bills: Vec<serde_json::Value> = serde_json::from_str(&bills.body).unwrap();
+    assert_eq!(bills.len(), 1, "{bills:?}");
+    assert_eq!(bills[0]["disconnectReason"], "media-timeout");
+    let received = "voicecluster_task_events_total{direction=\"received\",kind=\"leg\"}";
+    assert!(server.metric_reaching(received, 1.0).await >= 1.0);
 }
 
 #[tokio::test]

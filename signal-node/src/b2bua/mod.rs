@@ -15,6 +15,7 @@ use crate::endpoint::{Endpoint, Pending};
 use crate::legs::{LegRequest, Media};
 use crate::sdp::{audio_address, rewrite_audio};
 use crate::transaction::{Peer, TxKey, response_to};
+use voicecluster_api::grpc::{LegEvent, leg_event};
 
 /// Replaces a message's body.
 pub(crate) fn with_body(mut r: Response, content_type: &str, body: String) -> Response {
@@ -404,6 +405,41 @@ impl Endpoint {
                 None
             }
         }
+    }
+
+    /// A call leg's provider says the leg went silent or is gone: the call
+    /// cannot go on, so both sides are hung up.
+    pub(crate) fn on_leg_event(
+        &mut self,
+        task: u64,
+        provider: &str,
+        event: &LegEvent,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let Some(call) = self.calls.get(task) else {
+            tracing::debug!(task, "leg event for a call that is over");
+            return;
+        };
+        let ours = [call.media.a.id, call.media.b.id].contains(&event.leg)
+            && call.media.provider.as_deref().is_none_or(|p| p == provider);
+        if !ours || call.phase != Phase::Answered {
+            return;
+        }
+        let reason = match &event.kind {
+            Some(leg_event::Kind::MediaTimeout(t)) => {
+                tracing::info!(call_id = %call.a.call_id, silent_seconds = t.silent_seconds, "media timeout: hanging up");
+                "media-timeout"
+            }
+            Some(leg_event::Kind::Closed(c)) => {
+                tracing::info!(call_id = %call.a.call_id, reason = %c.reason, "call leg closed: hanging up");
+                "leg-closed"
+            }
+            None => return,
+        };
+        self.send_bye(task, Side::A, now);
+        self.send_bye(task, Side::B, now);
+        self.end_call(task, reason, wall);
     }
 
     fn send_bye(&mut self, id: u64, side: Side, now: Instant) {

@@ -1,0 +1,92 @@
+//! Leg events to the legs' owners: a PBX task on a signal member hears
+//! that its leg went silent, over that member's gRPC `TaskEvents`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use voicecluster_api::grpc::task_event::Kind;
+use voicecluster_api::grpc::task_events_client::TaskEventsClient;
+use voicecluster_api::grpc::{LegEvent, TaskEvent, TaskHandle, leg_event};
+
+use crate::metrics::MediaMetrics;
+
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends leg events to owners' members, one cached channel per member.
+#[derive(Clone)]
+pub struct Notifier {
+    /// This pod's name in the events' sender handle.
+    sender: String,
+    clients: Arc<Mutex<HashMap<String, TaskEventsClient<Channel>>>>,
+    metrics: MediaMetrics,
+}
+
+fn kind_name(kind: &leg_event::Kind) -> &'static str {
+    match kind {
+        leg_event::Kind::MediaTimeout(_) => "media_timeout",
+        leg_event::Kind::Closed(_) => "closed",
+    }
+}
+
+impl Notifier {
+    /// A notifier sending as `sender` (this pod's CallLegs address).
+    pub fn new(sender: String, metrics: MediaMetrics) -> Self {
+        Self {
+            sender,
+            clients: Arc::default(),
+            metrics,
+        }
+    }
+
+    fn client(&self, member: &str) -> Option<TaskEventsClient<Channel>> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(member) {
+            return Some(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{member}")).ok()?;
+        let c = TaskEventsClient::new(
+            endpoint
+                .connect_timeout(DELIVER_TIMEOUT)
+                .timeout(DELIVER_TIMEOUT)
+                .connect_lazy(),
+        );
+        clients.insert(member.to_string(), c.clone());
+        Some(c)
+    }
+
+    /// Tells `owner` about leg `leg`, in the background.
+    pub fn send(&self, owner: TaskHandle, leg: u64, kind: leg_event::Kind) {
+        let name = kind_name(&kind);
+        let Some(mut client) = self.client(&owner.member) else {
+            tracing::warn!(member = %owner.member, "leg owner with a bad address");
+            self.metrics.leg_event(name, "failed");
+            return;
+        };
+        let event = TaskEvent {
+            to: Some(owner),
+            from: Some(TaskHandle {
+                member: self.sender.clone(),
+                task: leg,
+            }),
+            kind: Some(Kind::Leg(LegEvent {
+                leg,
+                kind: Some(kind),
+            })),
+        };
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            match client.deliver(event).await {
+                Ok(_) => metrics.leg_event(name, "sent"),
+                Err(e) => {
+                    tracing::warn!(error = %e, leg, kind = name, "leg event not delivered");
+                    metrics.leg_event(name, "failed");
+                }
+            }
+        });
+    }
+}
