@@ -467,6 +467,11 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
         ),
     ));
     media_env.push(env("VC_CAPACITY", spec.media.capacity.to_string()));
+    // The process drains within the pod's grace period (drain timeout + 10 s).
+    media_env.push(env(
+        "VC_DRAIN_TIMEOUT_SECONDS",
+        spec.media.drain_timeout_seconds.to_string(),
+    ));
     let mut media_containers = vec![Container {
         name: "media".to_string(),
         image: Some(
@@ -800,6 +805,9 @@ mod tests {
             .find(|c| c.name == "sip-edge")
             .expect("an edge container");
         assert_eq!(edge.image.as_deref(), Some("sig:3"));
+        let media_env = spec.containers[0].env.as_ref().unwrap();
+        assert!(media_env.iter().any(|e| e.name == "VC_DRAIN_TIMEOUT_SECONDS"
+            && e.value.as_deref() == Some("3600")));
         assert_eq!(edge.args.as_deref(), Some(&["edge".to_string()][..]));
         let env = edge.env.as_ref().unwrap();
         assert!(

@@ -163,14 +163,25 @@ impl RunningBinary {
         self.admin_addr
     }
 
-    /// Sends `signal` (a name `kill -s` knows, e.g. `TERM`) and waits for
-    /// the process to exit and close its stderr.
-    pub fn stop(mut self, signal: &str) -> io::Result<Stopped> {
+    /// Sends `signal` (a name `kill -s` knows, e.g. `TERM`) and returns.
+    pub fn signal(&self, signal: &str) -> io::Result<()> {
         let pid = self.child.0.id().to_string();
         let sent = Command::new("kill").args(["-s", signal, &pid]).status()?;
         if !sent.success() {
             return Err(io::Error::other(format!("kill -s {signal} {pid}: {sent}")));
         }
+        Ok(())
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.0.try_wait()
+    }
+
+    /// Sends `signal` (a name `kill -s` knows, e.g. `TERM`) and waits for
+    /// the process to exit and close its stderr.
+    pub fn stop(mut self, signal: &str) -> io::Result<Stopped> {
+        self.signal(signal)?;
         let deadline = Instant::now() + TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.0.try_wait()? {

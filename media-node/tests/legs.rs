@@ -1,0 +1,218 @@
+//! The media-node binary as a call-leg provider on loopback: legs made and
+//! bridged over gRPC `CallLegs`, real RTP through them, latching, capacity
+//! and port exhaustion, and a drain on SIGTERM.
+
+// Test set-up: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::Channel;
+use voicecluster_api::grpc::call_legs_client::CallLegsClient;
+use voicecluster_api::grpc::{
+    BridgeRequest, CreateLegRequest, DestroyLegRequest, LegKind, ListLegsRequest,
+};
+use voicecluster_telemetry::testing::{RunningBinary, http_get};
+
+const BIN: &str = env!("CARGO_BIN_EXE_media-node");
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Media {
+    bin: RunningBinary,
+    client: CallLegsClient<Channel>,
+}
+
+async fn start(ports: &str, capacity: u32) -> Media {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let bin = RunningBinary::start_with(
+        BIN,
+        [
+            "--grpc-addr",
+            &grpc,
+            "--rtp-ports",
+            ports,
+            "--capacity",
+            &capacity.to_string(),
+            "--bind-ip",
+            "127.0.0.1",
+            "--drain-timeout-seconds",
+            "30",
+        ],
+    )
+    .expect("media-node starts");
+    let mut client = None;
+    for _ in 0..50 {
+        if let Ok(c) = CallLegsClient::connect(format!("http://{grpc}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Media {
+        bin,
+        client: client.expect("CallLegs answers"),
+    }
+}
+
+fn create(remote: Option<SocketAddr>) -> CreateLegRequest {
+    CreateLegRequest {
+        owner: None,
+        kind: LegKind::Rtp.into(),
+        remote_address: remote.map(|r| r.to_string()).unwrap_or_default(),
+    }
+}
+
+/// An RTP packet: version 2, PT 0, sequence number `seq`, a payload that
+/// says which packet it is.
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78]);
+    p.extend(std::iter::repeat_n((seq % 251) as u8, 160));
+    p
+}
+
+fn socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// Sends `seqs` from `from` to `to` and reads as many packets at `at`.
+fn send_and_receive(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, seqs: std::ops::Range<u16>) {
+    for seq in seqs.clone() {
+        from.send_to(&rtp(seq), to).unwrap();
+        // 20 ms apart would be real time; 1 ms keeps the test short.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut buf = [0u8; 2048];
+    for seq in seqs {
+        let (n, _) = at.recv_from(&mut buf).expect("every packet arrives");
+        assert_eq!(&buf[..n], &rtp(seq)[..], "packet {seq} in order, intact");
+    }
+}
+
+#[tokio::test]
+async fn bridged_endpoints_get_every_packet_in_order_and_a_drain_waits_for_the_legs() {
+    let mut m = start("42000-42019", 100).await;
+    let (alice, bob) = (socket(), socket());
+    // Bob's SDP names a port he does not send from (NAT): latching learns
+    // the real one from his first packet.
+    let bob_sdp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a = m
+        .client
+        .create(create(Some(alice.local_addr().unwrap())))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = m
+        .client
+        .create(create(Some(bob_sdp)))
+        .await
+        .unwrap()
+        .into_inner();
+    m.client
+        .bridge(BridgeRequest { a: a.id, b: b.id })
+        .await
+        .unwrap();
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        (a.address.parse().unwrap(), b.address.parse().unwrap());
+    send_and_receive(&bob, b_addr, &alice, 0..50);
+    send_and_receive(&alice, a_addr, &bob, 100..150);
+
+    // SIGTERM: not ready, no new legs, the running ones go on.
+    m.bin.signal("TERM").unwrap();
+    let mut ready = String::new();
+    for _ in 0..50 {
+        ready = http_get(m.bin.admin_addr(), "/readyz")
+            .await
+            .unwrap()
+            .status
+            .to_string();
+        if ready != "200" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, "503", "not ready while draining");
+    let refused = m.client.create(create(None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    send_and_receive(&alice, a_addr, &bob, 200..250);
+    send_and_receive(&bob, b_addr, &alice, 300..350);
+    let metrics = http_get(m.bin.admin_addr(), "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains("voicecluster_media_draining 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("voicecluster_media_legs_active 2"));
+    assert!(
+        m.bin.try_wait().unwrap().is_none(),
+        "still running with legs"
+    );
+
+    // The last leg ends: the process exits on its own.
+    for id in [a.id, b.id] {
+        m.client.destroy(DestroyLegRequest { id }).await.unwrap();
+    }
+    let mut status = None;
+    for _ in 0..100 {
+        status = m.bin.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status.expect("exits once drained").success());
+}
+
+#[tokio::test]
+async fn capacity_and_port_exhaustion_are_clear_errors_and_destroy_frees_every_port() {
+    // Four ports: two RTP/RTCP pairs.
+    let mut m = start("42100-42103", 100).await;
+    let a = m.client.create(create(None)).await.unwrap().into_inner();
+    let b = m.client.create(create(None)).await.unwrap().into_inner();
+    let none_left = m.client.create(create(None)).await.unwrap_err();
+    assert_eq!(none_left.code(), Code::ResourceExhausted, "{none_left}");
+    assert!(
+        none_left.message().contains("port"),
+        "{}",
+        none_left.message()
+    );
+    for id in [a.id, b.id] {
+        m.client.destroy(DestroyLegRequest { id }).await.unwrap();
+    }
+    let listed = m
+        .client
+        .list(ListLegsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.legs.is_empty());
+    // Every port of the range can be bound again by anyone.
+    for port in 42100..=42103 {
+        UdpSocket::bind(("127.0.0.1", port)).expect("port free after destroy");
+    }
+
+    let mut small = start("42200-42219", 1).await;
+    small.client.create(create(None)).await.unwrap();
+    let over = small.client.create(create(None)).await.unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over}");
+    assert!(over.message().contains("capacity"), "{}", over.message());
+    let metrics = http_get(small.bin.admin_addr(), "/metrics")
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains("voicecluster_media_legs_refused_total{reason=\"capacity\"} 1"),
+        "{metrics}"
+    );
+}
