@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::metrics::MediaMetrics;
-use crate::relay::{LegId, LegStats, Relay, RelayError};
+use crate::relay::{Digit, LegId, LegStats, Relay, RelayError};
 
 /// Why a leg operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +177,16 @@ impl MediaEngine {
     /// The metrics it counts into.
     pub fn metrics(&self) -> &MediaMetrics {
         &self.shared.metrics
+    }
+
+    /// Reports the DTMF digits sent on leg `id` as `payload_type`.
+    pub fn detect_dtmf(&self, id: LegId, payload_type: u8) -> Result<(), EngineError> {
+        Ok(self.shared.relay().detect_dtmf(id, payload_type)?)
+    }
+
+    /// Digits endpoints sent since the last call.
+    pub fn take_digits(&self) -> Vec<(LegId, Digit)> {
+        self.shared.relay().take_digits()
     }
 
     /// Legs that went silent for the media timeout since the last call.

@@ -102,7 +102,7 @@ async fn offer_legs(
     let sender = SocketAddr::new(args.pod_ip.unwrap_or(public_ip), addr.port()).to_string();
     let notifier = Notifier::new(sender, service.metrics().clone());
     let silent = Duration::from_secs(args.media_timeout_seconds);
-    let timeouts = tokio::spawn(service.clone().report_media_timeouts(
+    let timeouts = tokio::spawn(service.clone().report_leg_events(
         notifier,
         Duration::from_secs(1),
         silent,

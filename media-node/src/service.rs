@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use voicecluster_api::grpc::call_legs_server::{CallLegs, CallLegsServer};
 use voicecluster_api::grpc::{
-    BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, DrainReply, DrainRequest, Leg,
-    LegKind, LegStats, ListLegsReply, ListLegsRequest, MediaTimeout, TaskHandle, UpdateLegRequest,
-    leg_event,
+    BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, DrainReply, DrainRequest,
+    Dtmf, Leg, LegKind, LegStats, ListLegsReply, ListLegsRequest, MediaTimeout, TaskHandle,
+    UpdateLegRequest, leg_event,
 };
 
 use crate::engine::{EngineError, MediaEngine};
@@ -89,16 +89,24 @@ impl LegService {
         }
     }
 
-    /// Tells the owners of legs that went silent, every `every`, until
-    /// dropped.
-    pub async fn report_media_timeouts(
-        self,
-        notifier: Notifier,
-        every: Duration,
-        silent: Duration,
-    ) {
+    /// Tells the owners of legs what happened to them (silent for the
+    /// media timeout, DTMF digits), every `every`, until dropped.
+    pub async fn report_leg_events(self, notifier: Notifier, every: Duration, silent: Duration) {
         loop {
             tokio::time::sleep(every).await;
+            for (id, d) in self.engine.take_digits() {
+                let owner = self.table().get(&id).and_then(|o| o.owner.clone());
+                if let Some(owner) = owner {
+                    notifier.send(
+                        owner,
+                        id.0,
+                        leg_event::Kind::Dtmf(Dtmf {
+                            digit: d.digit.to_string(),
+                            duration: u32::from(d.duration),
+                        }),
+                    );
+                }
+            }
             for id in self.engine.timed_out() {
                 let owner = self.table().get(&id).and_then(|o| o.owner.clone());
                 if let Some(owner) = owner {
@@ -155,6 +163,9 @@ fn stats(s: relay::LegStats) -> LegStats {
         bytes_out: s.bytes_out,
         rtcp_in: s.rtcp_in,
         dropped: s.dropped,
+        fraction_lost: u32::from(s.reception.fraction_lost),
+        packets_lost: s.reception.packets_lost,
+        jitter: s.reception.jitter,
     }
 }
 
@@ -201,10 +212,22 @@ impl CallLegs for LegService {
                 self.capacity
             )));
         }
+        let dtmf = match req.dtmf_payload_type {
+            0 => None,
+            pt @ 1..=127 => u8::try_from(pt).ok(),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "dtmf payload type {other}: expected 1-127"
+                )));
+            }
+        };
         let (id, address) = self.engine.create_leg().map_err(|e| {
             self.engine.metrics().refused("ports");
             status(e)
         })?;
+        if let Some(pt) = dtmf {
+            self.engine.detect_dtmf(id, pt).map_err(status)?;
+        }
         if let Some(r) = remote
             && let Err(e) = self.engine.set_remote(id, r)
         {
@@ -327,6 +350,7 @@ mod tests {
             }),
             kind: LegKind::Rtp.into(),
             remote_address: remote.into(),
+            dtmf_payload_type: 0,
         })
     }
 

@@ -68,6 +68,7 @@ fn create(remote: Option<SocketAddr>) -> CreateLegRequest {
         owner: None,
         kind: LegKind::Rtp.into(),
         remote_address: remote.map(|r| r.to_string()).unwrap_or_default(),
+        dtmf_payload_type: 0,
     }
 }
 
@@ -214,5 +215,97 @@ async fn capacity_and_port_exhaustion_are_clear_errors_and_destroy_frees_every_p
     assert!(
         metrics.contains("voicecluster_media_legs_refused_total{reason=\"capacity\"} 1"),
         "{metrics}"
+    );
+}
+
+/// A signal member's TaskEvents, as far as a leg's owner needs: what it
+/// receives goes to a channel.
+struct Owner(tokio::sync::mpsc::UnboundedSender<voicecluster_api::grpc::TaskEvent>);
+
+#[tonic::async_trait]
+impl voicecluster_api::grpc::task_events_server::TaskEvents for Owner {
+    async fn deliver(
+        &self,
+        request: tonic::Request<voicecluster_api::grpc::TaskEvent>,
+    ) -> Result<tonic::Response<voicecluster_api::grpc::DeliverReply>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(
+            voicecluster_api::grpc::DeliverReply {},
+        ))
+    }
+}
+
+/// An RFC 4733 telephone-event packet (payload type 101).
+fn dtmf(code: u8, timestamp: u32, end: bool) -> Vec<u8> {
+    let mut p = vec![0x80, 101, 0, 9];
+    p.extend_from_slice(&timestamp.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 1, code, if end { 0x8a } else { 0x0a }, 3, 32]);
+    p
+}
+
+#[tokio::test]
+async fn dtmf_digits_reach_the_legs_owner_as_task_events() {
+    use voicecluster_api::grpc::task_events_server::TaskEventsServer;
+    use voicecluster_api::grpc::{TaskHandle, leg_event, task_event};
+
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let owner_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TaskEventsServer::new(Owner(tx)))
+            .serve(owner_addr),
+    );
+    let mut m = start("42300-42319", 10).await;
+    let (alice, bob) = (socket(), socket());
+    let owner = TaskHandle {
+        member: owner_addr.to_string(),
+        task: 42,
+    };
+    let mut req = create(Some(alice.local_addr().unwrap()));
+    req.owner = Some(owner.clone());
+    req.dtmf_payload_type = 101;
+    let a = m.client.create(req).await.unwrap().into_inner();
+    let b = m
+        .client
+        .create(create(Some(bob.local_addr().unwrap())))
+        .await
+        .unwrap()
+        .into_inner();
+    m.client
+        .bridge(BridgeRequest { a: a.id, b: b.id })
+        .await
+        .unwrap();
+    let a_addr: SocketAddr = a.address.parse().unwrap();
+    // Alice presses 7: start, then the end packet three times.
+    for packet in [
+        dtmf(7, 800, false),
+        dtmf(7, 800, true),
+        dtmf(7, 800, true),
+        dtmf(7, 800, true),
+    ] {
+        alice.send_to(&packet, a_addr).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    for _ in 0..4 {
+        bob.recv_from(&mut buf).expect("the events are relayed too");
+    }
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("a leg event within the report interval")
+        .unwrap();
+    assert_eq!(event.to, Some(owner));
+    let Some(task_event::Kind::Leg(leg)) = event.kind else {
+        panic!("a leg event: {event:?}")
+    };
+    assert_eq!(leg.leg, a.id);
+    let Some(leg_event::Kind::Dtmf(d)) = leg.kind else {
+        panic!("a DTMF event: {leg:?}")
+    };
+    assert_eq!(d.digit, "7");
+    // One digit, however many end packets.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), events.recv())
+            .await
+            .is_err()
     );
 }

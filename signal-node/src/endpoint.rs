@@ -48,6 +48,7 @@ pub struct SipMetrics {
     call_media_packets: Family<Labels, Counter>,
     bill_write_errors: Counter,
     session_request_delay: Histogram,
+    dtmf_digits: Counter,
 }
 
 impl Default for SipMetrics {
@@ -62,6 +63,7 @@ impl Default for SipMetrics {
             calls_completed: Family::default(),
             call_media_packets: Family::default(),
             bill_write_errors: Counter::default(),
+            dtmf_digits: Counter::default(),
             // 1 ms to about 33 s: a local answer to a slow PSTN gateway.
             session_request_delay: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
@@ -116,6 +118,11 @@ impl SipMetrics {
             "voicecluster_bill_write_errors",
             "Bills that could not be written at once (kept and retried)",
             m.bill_write_errors.clone(),
+        );
+        registry.register(
+            "voicecluster_dtmf_digits",
+            "DTMF digits (RFC 4733) the call legs reported",
+            m.dtmf_digits.clone(),
         );
         registry.register(
             "voicecluster_call_media_packets",
@@ -329,6 +336,10 @@ impl Endpoint {
 
     pub(crate) fn observe_session_request_delay(&self, d: std::time::Duration) {
         self.metrics.session_request_delay.observe(d.as_secs_f64());
+    }
+
+    pub(crate) fn count_dtmf(&self) {
+        self.metrics.dtmf_digits.inc();
     }
 
     pub(crate) fn update_call_metrics(&self) {

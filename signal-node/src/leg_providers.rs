@@ -91,11 +91,17 @@ impl Provider {
     }
 
     /// Two bridged legs; nothing is left behind when it fails.
-    async fn setup(&self, owner: TaskHandle, caller: SocketAddr) -> Result<Media, Status> {
+    async fn setup(
+        &self,
+        owner: TaskHandle,
+        caller: SocketAddr,
+        dtmf: Option<u8>,
+    ) -> Result<Media, Status> {
         let create = |remote: Option<SocketAddr>| CreateLegRequest {
             owner: Some(owner.clone()),
             kind: LegKind::Rtp.into(),
             remote_address: remote.map(|r| r.to_string()).unwrap_or_default(),
+            dtmf_payload_type: dtmf.map_or(0, u32::from),
         };
         let a = self.create(create(Some(caller))).await?;
         let b = match self.create(create(None)).await {
@@ -236,14 +242,14 @@ impl Legs {
     /// Carries out `request`; the reply the endpoint waits for, if any.
     pub async fn run(&self, request: LegRequest) -> Option<LegReply> {
         match request {
-            LegRequest::Setup { task, caller } => {
+            LegRequest::Setup { task, caller, dtmf } => {
                 let owner = TaskHandle {
                     member: self.member.clone(),
                     task,
                 };
                 Some(LegReply::Ready {
                     task,
-                    media: self.setup(owner, caller).await,
+                    media: self.setup(owner, caller, dtmf).await,
                 })
             }
             LegRequest::Update {
@@ -280,14 +286,19 @@ impl Legs {
         }
     }
 
-    async fn setup(&self, owner: TaskHandle, caller: SocketAddr) -> Result<Media, String> {
+    async fn setup(
+        &self,
+        owner: TaskHandle,
+        caller: SocketAddr,
+        dtmf: Option<u8>,
+    ) -> Result<Media, String> {
         let candidates = self.candidates();
         if candidates.is_empty() {
             return Err("no call-leg provider is known".to_string());
         }
         let mut failures = Vec::new();
         for p in candidates {
-            match timed(p.setup(owner.clone(), caller)).await {
+            match timed(p.setup(owner.clone(), caller, dtmf)).await {
                 Ok(media) => return Ok(media),
                 Err(e) => {
                     let name = p.name().unwrap_or_else(|| "this process".to_string());
@@ -388,6 +399,7 @@ mod tests {
             .run(LegRequest::Setup {
                 task: 1,
                 caller: "10.0.0.2:4000".parse().unwrap(),
+                dtmf: None,
             })
             .await;
         let Some(LegReply::Ready { task: 1, media }) = reply else {

@@ -48,6 +48,8 @@ pub enum LegRequest {
         task: u64,
         /// Where the caller receives media.
         caller: SocketAddr,
+        /// The offer's telephone-event payload type: DTMF to report.
+        dtmf: Option<u8>,
     },
     /// The endpoint on `side` now receives media at `remote`.
     Update {

@@ -90,6 +90,17 @@ pub fn rewrite_audio(sdp: &str, to: SocketAddr) -> String {
     out
 }
 
+/// The payload type of RFC 4733 telephone-events an SDP offers, if any.
+pub fn telephone_event_payload(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (pt, codec) = l.trim().strip_prefix("a=rtpmap:")?.split_once(' ')?;
+        codec
+            .to_ascii_lowercase()
+            .starts_with("telephone-event/")
+            .then(|| pt.trim().parse().ok())?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +145,15 @@ a=rtpmap:101 telephone-event/8000\r\n";
         assert!(out.contains("m=audio 30002 RTP/AVP 0 8 101\r\n"), "{out}");
         assert!(out.contains("o=user1 53655765 2353687637 IN IP4 203.0.113.10\r\n"));
         assert!(out.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+    }
+
+    #[test]
+    fn the_telephone_event_payload_type_is_found() {
+        let sdp = "v=0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        assert_eq!(telephone_event_payload(sdp), Some(101));
+        assert_eq!(
+            telephone_event_payload("v=0\r\nm=audio 4000 RTP/AVP 0\r\n"),
+            None
+        );
     }
 }

@@ -107,6 +107,8 @@ impl Sipp {
             .args(["-t", transport, "-i", &self.local_ip.to_string()])
             .args(["-p", &port.to_string()])
             .args(["-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin"])
+            // Call length of scenarios that pause for it; a later -d wins.
+            .args(["-d", "2000"])
             .current_dir(&self.dir);
         cmd
     }

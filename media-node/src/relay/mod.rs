@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use crate::ports::{PortError, PortPool};
 
+pub mod dtmf;
+pub mod rtcp;
+pub use dtmf::{Digit, DtmfDetector};
+pub use rtcp::Reception;
+
 /// A leg's id, unique in one relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LegId(pub u64);
@@ -32,6 +37,8 @@ pub struct LegStats {
     pub rtcp_in: u64,
     /// Packets dropped: not RTP/RTCP, from a stranger, or with nowhere to go.
     pub dropped: u64,
+    /// What the endpoint's last RTCP report said of the media it receives.
+    pub reception: Reception,
 }
 
 #[derive(Debug)]
@@ -46,6 +53,7 @@ struct Leg {
     stats: LegStats,
     last_packet: Instant,
     timed_out: bool,
+    dtmf: DtmfDetector,
 }
 
 /// A packet to send.
@@ -84,6 +92,8 @@ pub struct Relay {
     legs: HashMap<LegId, Leg>,
     by_port: HashMap<u16, LegId>,
     next: u64,
+    /// DTMF digits detected, until taken.
+    digits: Vec<(LegId, Digit)>,
 }
 
 /// Whether `b` looks like RTP or RTCP (version 2, long enough); the second
@@ -109,6 +119,7 @@ impl Relay {
             media_timeout,
             legs: HashMap::new(),
             by_port: HashMap::new(),
+            digits: Vec::new(),
             next: 0,
         }
     }
@@ -147,6 +158,7 @@ impl Relay {
                 stats: LegStats::default(),
                 last_packet: now,
                 timed_out: false,
+                dtmf: DtmfDetector::default(),
             },
         );
         self.by_port.insert(port, id);
@@ -163,6 +175,19 @@ impl Relay {
             leg.latched_rtcp = None;
         }
         Ok(())
+    }
+
+    /// DTMF digits sent on the leg as telephone-events of `payload_type`
+    /// are reported (see [`Self::take_digits`]).
+    pub fn detect_dtmf(&mut self, id: LegId, payload_type: u8) -> Result<(), RelayError> {
+        let leg = self.legs.get_mut(&id).ok_or(RelayError::NoSuchLeg(id))?;
+        leg.dtmf = DtmfDetector::new(Some(payload_type));
+        Ok(())
+    }
+
+    /// Digits endpoints sent since the last call, oldest first.
+    pub fn take_digits(&mut self) -> Vec<(LegId, Digit)> {
+        self.digits.drain(..).collect()
     }
 
     /// Media of each leg goes to the other.
@@ -211,7 +236,9 @@ impl Relay {
     ) -> Option<Transmit> {
         let rtp_port = local_port & !1;
         let id = *self.by_port.get(&rtp_port)?;
-        let leg = self.legs.get_mut(&id)?;
+        // Disjoint borrows: the leg, its peer and the digits found.
+        let Self { legs, digits, .. } = self;
+        let leg = legs.get_mut(&id)?;
         let Some(rtcp) = classify(bytes) else {
             leg.stats.dropped += 1;
             return None;
@@ -237,7 +264,13 @@ impl Relay {
         leg.timed_out = false;
         if rtcp {
             leg.stats.rtcp_in += 1;
+            if let Some(r) = rtcp::reception(bytes) {
+                leg.stats.reception = r;
+            }
         } else {
+            if let Some(d) = leg.dtmf.on_rtp(bytes) {
+                digits.push((id, d));
+            }
             leg.stats.packets_in += 1;
             leg.stats.bytes_in += bytes.len() as u64;
         }
@@ -245,7 +278,7 @@ impl Relay {
             leg.stats.dropped += 1;
             return None;
         };
-        let peer = self.legs.get_mut(&peer_id)?;
+        let peer = legs.get_mut(&peer_id)?;
         let to = if rtcp {
             peer.latched_rtcp.or_else(|| {
                 peer.latched

@@ -13,7 +13,7 @@ use crate::calls::{
 };
 use crate::endpoint::{Endpoint, Pending};
 use crate::legs::{LegRequest, Media};
-use crate::sdp::{audio_address, rewrite_audio};
+use crate::sdp::{audio_address, rewrite_audio, telephone_event_payload};
 use crate::transaction::{Peer, TxKey, response_to};
 use voicecluster_api::grpc::{LegEvent, leg_event};
 
@@ -113,6 +113,7 @@ impl Endpoint {
         if !self.media_enabled {
             return self.answer(key, refuse(503), now);
         }
+        let dtmf = offer.as_deref().and_then(telephone_event_payload);
         // The call waits for its legs; the INVITE's 100 Trying is out.
         let task = self.calls.next_id();
         self.pending.insert(
@@ -132,6 +133,7 @@ impl Endpoint {
         self.leg_requests.push_back(LegRequest::Setup {
             task,
             caller: offer_addr,
+            dtmf,
         });
     }
 
@@ -430,6 +432,11 @@ impl Endpoint {
             Some(leg_event::Kind::MediaTimeout(t)) => {
                 tracing::info!(call_id = %call.a.call_id, silent_seconds = t.silent_seconds, "media timeout: hanging up");
                 "media-timeout"
+            }
+            Some(leg_event::Kind::Dtmf(d)) => {
+                tracing::info!(call_id = %call.a.call_id, digit = %d.digit, "DTMF");
+                self.count_dtmf();
+                return;
             }
             Some(leg_event::Kind::Closed(c)) => {
                 tracing::info!(call_id = %call.a.call_id, reason = %c.reason, "call leg closed: hanging up");

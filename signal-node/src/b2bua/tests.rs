@@ -46,7 +46,7 @@ impl LegLog {
                 task,
                 media: Err(self.fail.clone().unwrap_or_default()),
             }),
-            LegRequest::Setup { task, caller } => {
+            LegRequest::Setup { task, caller, .. } => {
                 let (a, b) = (leg(), leg());
                 self.remotes.insert(a.id, caller);
                 self.bridged.push((a.id, b.id));
