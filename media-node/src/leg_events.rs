@@ -62,6 +62,12 @@ impl Notifier {
 
     /// Tells `owner` about leg `leg`, in the background.
     pub fn send(&self, owner: TaskHandle, leg: u64, kind: leg_event::Kind) {
+        let this = self.clone();
+        tokio::spawn(async move { this.deliver(owner, leg, kind).await });
+    }
+
+    /// Tells `owner` about leg `leg`; returns once delivered or failed.
+    pub async fn deliver(&self, owner: TaskHandle, leg: u64, kind: leg_event::Kind) {
         let name = kind_name(&kind);
         let Some(mut client) = self.client(&owner.member) else {
             tracing::warn!(member = %owner.member, "leg owner with a bad address");
@@ -79,15 +85,16 @@ impl Notifier {
                 kind: Some(kind),
             })),
         };
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            match client.deliver(event).await {
-                Ok(_) => metrics.leg_event(name, "sent"),
-                Err(e) => {
-                    tracing::warn!(error = %e, leg, kind = name, "leg event not delivered");
-                    metrics.leg_event(name, "failed");
-                }
+        match tokio::time::timeout(DELIVER_TIMEOUT, client.deliver(event)).await {
+            Ok(Ok(_)) => self.metrics.leg_event(name, "sent"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, leg, kind = name, "leg event not delivered");
+                self.metrics.leg_event(name, "failed");
             }
-        });
+            Err(_) => {
+                tracing::warn!(leg, kind = name, "leg event not delivered in time");
+                self.metrics.leg_event(name, "failed");
+            }
+        }
     }
 }

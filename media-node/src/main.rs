@@ -93,20 +93,13 @@ fn leg_service(args: &Args, metrics: MediaMetrics) -> anyhow::Result<(LegService
 
 /// Serves CallLegs and tells leg owners about silent legs; ends only if
 /// the server fails.
-async fn offer_legs(
-    args: &Args,
-    service: &LegService,
-    addr: SocketAddr,
-    public_ip: IpAddr,
-) -> anyhow::Error {
-    let sender = SocketAddr::new(args.pod_ip.unwrap_or(public_ip), addr.port()).to_string();
-    let notifier = Notifier::new(sender, service.metrics().clone());
+async fn offer_legs(args: &Args, service: &LegService, addr: SocketAddr) -> anyhow::Error {
     let silent = Duration::from_secs(args.media_timeout_seconds);
-    let timeouts = tokio::spawn(service.clone().report_leg_events(
-        notifier,
-        Duration::from_secs(1),
-        silent,
-    ));
+    let timeouts = tokio::spawn(
+        service
+            .clone()
+            .report_leg_events(Duration::from_secs(1), silent),
+    );
     let served = tonic::transport::Server::builder()
         .add_service(service.clone().into_server())
         .serve(addr)
@@ -132,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
     let service = match args.grpc_addr {
         Some(addr) => {
             let (service, public_ip) = leg_service(&args, media_metrics)?;
-            Some((addr, service, public_ip))
+            // Leg events name this pod by its CallLegs address.
+            let sender = SocketAddr::new(args.pod_ip.unwrap_or(public_ip), addr.port());
+            let notifier = Notifier::new(sender.to_string(), service.metrics().clone());
+            Some((addr, service.with_notifier(notifier)))
         }
         None => {
             tracing::warn!("no VC_GRPC_ADDR: no call legs offered");
@@ -145,14 +141,14 @@ async fn main() -> anyhow::Result<()> {
     // The server keeps running through a drain: the legs still need it.
     let serving = async {
         match &service {
-            Some((addr, service, public_ip)) => offer_legs(&args, service, *addr, *public_ip).await,
+            Some((addr, service)) => offer_legs(&args, service, *addr).await,
             None => std::future::pending().await,
         }
     };
     tokio::pin!(serving);
     let drain_asked = async {
         match &service {
-            Some((_, service, _)) => service.drain_requested().await,
+            Some((_, service)) => service.drain_requested().await,
             None => std::future::pending().await,
         }
     };
@@ -175,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         }
         e = &mut serving => Some(e),
     };
-    if let (None, Some((_, service, _))) = (&failure, &service) {
+    if let (None, Some((_, service))) = (&failure, &service) {
         // Leave the provider list (not ready), refuse new legs, and let the
         // ones running end, within the drain timeout.
         telemetry.readiness().set_not_ready("draining");
@@ -187,6 +183,12 @@ async fn main() -> anyhow::Result<()> {
         };
         if left > 0 {
             tracing::warn!(legs = left, ?timeout, "drain timeout: legs cut off");
+            // Their calls hear of it and hang up.
+            let closing = service.close_all("the media pod's drain timeout passed");
+            tokio::select! {
+                () = closing => {}
+                () = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
         } else {
             tracing::info!("drained: no legs left");
         }

@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status};
 use voicecluster_api::grpc::call_legs_server::{CallLegs, CallLegsServer};
 use voicecluster_api::grpc::{
     BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, DrainReply, DrainRequest,
-    Dtmf, Leg, LegKind, LegStats, ListLegsReply, ListLegsRequest, MediaTimeout, TaskHandle,
-    UpdateLegRequest, leg_event,
+    Dtmf, Leg, LegClosed, LegKind, LegStats, ListLegsReply, ListLegsRequest, MediaTimeout,
+    TaskHandle, UpdateLegRequest, leg_event,
 };
 
 use crate::engine::{EngineError, MediaEngine};
@@ -42,6 +42,8 @@ pub struct LegService {
     legs: Arc<Mutex<HashMap<LegId, Owned>>>,
     draining: Arc<AtomicBool>,
     drain_requested: watch::Sender<bool>,
+    /// Where leg events go, once reporting started.
+    notifier: Option<Notifier>,
 }
 
 impl LegService {
@@ -53,6 +55,7 @@ impl LegService {
             legs: Arc::default(),
             draining: Arc::default(),
             drain_requested: watch::channel(false).0,
+            notifier: None,
         }
     }
 
@@ -69,6 +72,12 @@ impl LegService {
     pub async fn drain_requested(&self) {
         let mut rx = self.drain_requested.subscribe();
         let _ = rx.wait_for(|asked| *asked).await;
+    }
+
+    /// Leg events go out through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Waits until no leg is left or `timeout` passed, logging progress;
@@ -89,9 +98,36 @@ impl LegService {
         }
     }
 
+    /// Tells every leg's owner that the leg is gone, and returns once the
+    /// events are delivered (or failed).
+    pub async fn close_all(&self, reason: &str) {
+        let Some(notifier) = self.notifier.clone() else {
+            return;
+        };
+        let owned: Vec<(LegId, TaskHandle)> = self
+            .table()
+            .iter()
+            .filter_map(|(id, o)| Some((*id, o.owner.clone()?)))
+            .collect();
+        for (id, owner) in owned {
+            notifier
+                .deliver(
+                    owner,
+                    id.0,
+                    leg_event::Kind::Closed(LegClosed {
+                        reason: reason.to_string(),
+                    }),
+                )
+                .await;
+        }
+    }
+
     /// Tells the owners of legs what happened to them (silent for the
     /// media timeout, DTMF digits), every `every`, until dropped.
-    pub async fn report_leg_events(self, notifier: Notifier, every: Duration, silent: Duration) {
+    pub async fn report_leg_events(self, every: Duration, silent: Duration) {
+        let Some(notifier) = self.notifier.clone() else {
+            return;
+        };
         loop {
             tokio::time::sleep(every).await;
             for (id, d) in self.engine.take_digits() {

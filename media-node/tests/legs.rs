@@ -32,6 +32,11 @@ struct Media {
 }
 
 async fn start(ports: &str, capacity: u32) -> Media {
+    start_draining_in(ports, capacity, 30).await
+}
+
+/// A media node whose drain ends after `drain_seconds`.
+async fn start_draining_in(ports: &str, capacity: u32, drain_seconds: u32) -> Media {
     let grpc = format!("127.0.0.1:{}", free_port());
     let bin = RunningBinary::start_with(
         BIN,
@@ -45,7 +50,7 @@ async fn start(ports: &str, capacity: u32) -> Media {
             "--bind-ip",
             "127.0.0.1",
             "--drain-timeout-seconds",
-            "30",
+            &drain_seconds.to_string(),
         ],
     )
     .expect("media-node starts");
@@ -308,4 +313,44 @@ async fn dtmf_digits_reach_the_legs_owner_as_task_events() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_drain_timeout_closes_the_legs_and_tells_their_owners() {
+    use voicecluster_api::grpc::task_events_server::TaskEventsServer;
+    use voicecluster_api::grpc::{TaskHandle, leg_event, task_event};
+
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let owner_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TaskEventsServer::new(Owner(tx)))
+            .serve(owner_addr),
+    );
+    let mut m = start_draining_in("42400-42419", 10, 1).await;
+    let mut req = create(None);
+    req.owner = Some(TaskHandle {
+        member: owner_addr.to_string(),
+        task: 9,
+    });
+    let leg = m.client.create(req).await.unwrap().into_inner();
+    m.bin.signal("TERM").unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("the owner hears of it")
+        .unwrap();
+    let Some(task_event::Kind::Leg(l)) = event.kind else {
+        panic!("a leg event: {event:?}")
+    };
+    assert_eq!(l.leg, leg.id);
+    assert!(matches!(l.kind, Some(leg_event::Kind::Closed(_))), "{l:?}");
+    let mut status = None;
+    for _ in 0..100 {
+        status = m.bin.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status.expect("exits after the drain timeout").success());
 }
