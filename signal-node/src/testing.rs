@@ -162,22 +162,27 @@ impl Sipp {
             .expect("sipp runs");
         // Give the callee a moment to bind its port.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let caller = self
-            .command(
-                scenario,
-                "u1",
-                &format!(
-                    "alice;bob;[authentication username={} password={}];",
-                    ALICE.0, ALICE.1
-                ),
-                alice_port,
-            )
+        let mut caller = self.command(
+            scenario,
+            "u1",
+            &format!(
+                "alice;bob;[authentication username={} password={}];",
+                ALICE.0, ALICE.1
+            ),
+            alice_port,
+        );
+        caller
             .args(["-m", &calls])
             .args(caller_args)
-            .args(["-mp", &free_port(self.local_ip).to_string()])
-            .output()
-            .expect("sipp runs");
-        let callee = callee.wait_with_output().expect("callee sipp ends");
+            .args(["-mp", &free_port(self.local_ip).to_string()]);
+        // SIPp runs for the whole call: off the runtime's threads, so a test
+        // can watch the call meanwhile.
+        let (caller, callee) = tokio::task::spawn_blocking(move || {
+            let caller = caller.output().expect("sipp runs");
+            (caller, callee.wait_with_output().expect("callee sipp ends"))
+        })
+        .await
+        .expect("the SIPp runs end");
         assert!(
             caller.status.success(),
             "caller: {}",

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -58,7 +58,10 @@ async fn users_secret(client: &Client, namespace: &str) -> Result<()> {
 async fn media_metric(name: &str) -> f64 {
     match http_get(&format!("{REAL_NODE_IP}:{MEDIA_ADMIN}"), "/metrics").await {
         Ok((_, page)) => metric_value(&page, name).unwrap_or(0.0),
-        Err(_) => 0.0,
+        Err(e) => {
+            eprintln!("media pod metrics: {e:#}");
+            0.0
+        }
     }
 }
 
@@ -141,11 +144,17 @@ async fn drain_in(client: &Client, ns: &TestNamespace) -> Result<()> {
     sipp.register(ALICE, ports.0);
     sipp.register(BOB, ports.1);
     // A 12-second call with RTP both ways, in the background.
-    let call = tokio::spawn(async move {
-        sipp.alice_calls_bob(&sipp, ports, ("caller", "callee"), 1, &["-d", "12000"])
-            .await;
+    let mut call = tokio::spawn(async move {
+        sipp.alice_calls_bob(
+            &sipp,
+            ports,
+            ("caller", "callee"),
+            1,
+            &["-d", "12000", "-timeout", "60s"],
+        )
+        .await;
     });
-    eventually(
+    let legs_up = eventually(
         "the call's two legs on the media pod",
         Duration::from_secs(20),
         || async {
@@ -156,8 +165,11 @@ async fn drain_in(client: &Client, ns: &TestNamespace) -> Result<()> {
                 Err(format!("{legs} legs"))
             }
         },
-    )
-    .await?;
+    );
+    tokio::select! {
+        up = legs_up => up?,
+        ended = &mut call => bail!("the call ended before its legs were seen: {ended:?}"),
+    }
 
     let deleted = Instant::now();
     pods.delete(&media_pod, &DeleteParams::default()).await?;
@@ -177,10 +189,20 @@ async fn drain_in(client: &Client, ns: &TestNamespace) -> Result<()> {
     .await?;
     let left_list = deleted.elapsed();
     // Its legs keep relaying while it drains.
-    ensure!(
-        media_metric("voicecluster_media_draining").await == 1.0,
-        "the media pod drains"
-    );
+    // The kubelet's SIGTERM follows the deletion a moment later.
+    eventually(
+        "the media pod draining",
+        Duration::from_secs(10),
+        || async {
+            let draining = media_metric("voicecluster_media_draining").await;
+            if draining == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("draining {draining}"))
+            }
+        },
+    )
+    .await?;
     let before = media_metric("voicecluster_media_packets_relayed_total").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = media_metric("voicecluster_media_packets_relayed_total").await;
@@ -191,7 +213,7 @@ async fn drain_in(client: &Client, ns: &TestNamespace) -> Result<()> {
 
     // The call ends normally (SIPp fails the task otherwise); then the pod
     // goes away on its own, well inside the drain timeout.
-    call.await.context("the call")?;
+    (&mut call).await.context("the call")?;
     let ended = Instant::now();
     eventually(
         "the drained media pod gone",
