@@ -6,7 +6,7 @@
 //! other endpoint, all on loopback), p50 and p99. Asserts nothing.
 //!
 //! `cargo build --release -p voicecluster-media-node` first (`bench/run`
-//! does); `SECONDS=N` changes the length of each run (10 by default).
+//! does); `RUN_SECONDS=N` changes the length of each run (10 by default).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -182,7 +182,7 @@ async fn run(
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let seconds: u64 = std::env::var("SECONDS")
+    let seconds: u64 = std::env::var("RUN_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
