@@ -240,6 +240,23 @@ impl voicecluster_api::grpc::task_events_server::TaskEvents for Owner {
     }
 }
 
+/// A TaskEvents server on loopback standing for a leg's owner: its address
+/// and the events it receives.
+fn owner_server() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<voicecluster_api::grpc::TaskEvent>,
+) {
+    use voicecluster_api::grpc::task_events_server::TaskEventsServer;
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TaskEventsServer::new(Owner(tx)))
+            .serve(addr),
+    );
+    (addr, events)
+}
+
 /// An RFC 4733 telephone-event packet (payload type 101).
 fn dtmf(code: u8, timestamp: u32, end: bool) -> Vec<u8> {
     let mut p = vec![0x80, 101, 0, 9];
@@ -250,16 +267,9 @@ fn dtmf(code: u8, timestamp: u32, end: bool) -> Vec<u8> {
 
 #[tokio::test]
 async fn dtmf_digits_reach_the_legs_owner_as_task_events() {
-    use voicecluster_api::grpc::task_events_server::TaskEventsServer;
     use voicecluster_api::grpc::{TaskHandle, leg_event, task_event};
 
-    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let owner_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TaskEventsServer::new(Owner(tx)))
-            .serve(owner_addr),
-    );
+    let (owner_addr, mut events) = owner_server();
     let mut m = start("42300-42319", 10).await;
     let (alice, bob) = (socket(), socket());
     let owner = TaskHandle {
@@ -317,16 +327,9 @@ async fn dtmf_digits_reach_the_legs_owner_as_task_events() {
 
 #[tokio::test]
 async fn a_drain_timeout_closes_the_legs_and_tells_their_owners() {
-    use voicecluster_api::grpc::task_events_server::TaskEventsServer;
     use voicecluster_api::grpc::{TaskHandle, leg_event, task_event};
 
-    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let owner_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TaskEventsServer::new(Owner(tx)))
-            .serve(owner_addr),
-    );
+    let (owner_addr, mut events) = owner_server();
     let mut m = start_draining_in("42400-42419", 10, 1).await;
     let mut req = create(None);
     req.owner = Some(TaskHandle {

@@ -255,6 +255,24 @@ fn config_volume(vc: &VoiceCluster) -> (Volume, VolumeMount) {
 
 const EDGE_ADMIN_PORT_NAME: &str = "edge-admin";
 
+/// The SIP port on each transport of the spec, named `<prefix>-udp`/`-tcp`.
+fn sip_container_ports(vc: &VoiceCluster, prefix: &str) -> Vec<ContainerPort> {
+    let sip_port = u16::try_from(vc.spec.sip.port).unwrap_or(5060);
+    vc.spec
+        .sip
+        .transports
+        .iter()
+        .map(|t| {
+            let proto = transport_protocol(*t);
+            port(
+                &format!("{prefix}-{}", proto.to_lowercase()),
+                sip_port,
+                proto,
+            )
+        })
+        .collect()
+}
+
 /// The SIP front door beside each media pod's relay: the `signal-node`
 /// image in its edge role, on the pod's (the node's) network.
 fn edge_container(vc: &VoiceCluster, settings: &Settings, config: VolumeMount) -> Container {
@@ -262,15 +280,7 @@ fn edge_container(vc: &VoiceCluster, settings: &Settings, config: VolumeMount) -
     let mut edge_env = common_env(vc, settings, EDGE_ADMIN_PORT);
     edge_env.push(env("VC_SIP_ADDR", format!("0.0.0.0:{}", spec.sip.port)));
     let mut ports = vec![port(EDGE_ADMIN_PORT_NAME, EDGE_ADMIN_PORT, "TCP")];
-    for t in &spec.sip.transports {
-        let proto = transport_protocol(*t);
-        let sip_port = u16::try_from(spec.sip.port).unwrap_or(5060);
-        ports.push(port(
-            &format!("edge-{}", proto.to_lowercase()),
-            sip_port,
-            proto,
-        ));
-    }
+    ports.extend(sip_container_ports(vc, "edge"));
     Container {
         name: "sip-edge".to_string(),
         image: Some(
@@ -377,15 +387,7 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
 
     let (volume, mount) = config_volume(vc);
     let mut signal_ports = vec![port(ADMIN_PORT_NAME, DEFAULT_ADMIN_PORT, "TCP")];
-    for t in &spec.sip.transports {
-        let proto = transport_protocol(*t);
-        let sip_port = u16::try_from(spec.sip.port).unwrap_or(5060);
-        signal_ports.push(port(
-            &format!("sip-{}", proto.to_lowercase()),
-            sip_port,
-            proto,
-        ));
-    }
+    signal_ports.extend(sip_container_ports(vc, "sip"));
     let mut signal_env = common_env(vc, settings, DEFAULT_ADMIN_PORT);
     signal_env.push(env(
         "VC_CALL_LEG_MODE",

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -227,4 +227,20 @@ where
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The Secret `voice-users` in `namespace`: the users who may register
+/// (`user:password`, one per entry) and the shared digest nonce key.
+pub async fn users_secret(client: &Client, namespace: &str, users: &[(&str, &str)]) -> Result<()> {
+    let lines: String = users.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "voice-users", "namespace": namespace},
+        "stringData": {"users": lines, "nonce-secret": "e2e-nonce-key"},
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    Ok(())
 }

@@ -8,13 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
 use voicecluster_e2e::operator::{install_operator, wait_condition};
 use voicecluster_e2e::{
     REAL_NODE_IP, TestNamespace, client, eventually, http_get, is_pod_ready, metric_value,
+    users_secret,
 };
 use voicecluster_signal_node::testing::{ALICE, BOB, Sipp, free_port};
 
@@ -48,22 +49,6 @@ fn voicecluster(namespace: &str) -> Result<VoiceCluster> {
             ]},
         },
     }))?)
-}
-
-async fn users_secret(client: &Client, namespace: &str) -> Result<()> {
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "voice-users", "namespace": namespace},
-        "stringData": {
-            "users": format!("{}:{}\n{}:{}\n", ALICE.0, ALICE.1, BOB.0, BOB.1),
-            "nonce-secret": "e2e-nonce-key",
-        },
-    }))?;
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
-        .await?;
-    Ok(())
 }
 
 /// The signal pods' IPs once both are ready.
@@ -138,7 +123,7 @@ async fn calls_go_through_edge_signal_and_media_pods_and_are_billed() -> Result<
 }
 
 async fn calls_in(client: &Client, ns: &TestNamespace) -> Result<()> {
-    users_secret(client, &ns.name).await?;
+    users_secret(client, &ns.name, &[ALICE, BOB]).await?;
     let vcs: Api<VoiceCluster> = ns.api();
     vcs.create(&PostParams::default(), &voicecluster(&ns.name)?)
         .await?;

@@ -7,13 +7,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
 use voicecluster_e2e::operator::{install_operator, wait_condition};
 use voicecluster_e2e::{
     REAL_NODE_IP, TestNamespace, client, eventually, http_get, is_pod_ready, metric_value,
+    users_secret,
 };
 use voicecluster_signal_node::testing::{ALICE, BOB, Sipp, free_port};
 
@@ -40,19 +41,6 @@ fn voicecluster(namespace: &str) -> Result<VoiceCluster> {
             },
         },
     }))?)
-}
-
-async fn users_secret(client: &Client, namespace: &str) -> Result<()> {
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "voice-users", "namespace": namespace},
-        "stringData": {"users": format!("{}:{}\n{}:{}\n", ALICE.0, ALICE.1, BOB.0, BOB.1)},
-    }))?;
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
-        .await?;
-    Ok(())
 }
 
 async fn media_metric(name: &str) -> f64 {
@@ -85,7 +73,7 @@ async fn a_deleted_media_pod_leaves_the_list_keeps_its_legs_and_exits_when_they_
 }
 
 async fn drain_in(client: &Client, ns: &TestNamespace) -> Result<()> {
-    users_secret(client, &ns.name).await?;
+    users_secret(client, &ns.name, &[ALICE, BOB]).await?;
     let vcs: Api<VoiceCluster> = ns.api();
     vcs.create(&PostParams::default(), &voicecluster(&ns.name)?)
         .await?;
