@@ -1,6 +1,7 @@
-//! The tokio driver around [`Relay`]: a UDP socket for each leg's RTP and
-//! RTCP port, a receive task per socket, and the relay behind one lock that
-//! is never held across an await.
+//! The tokio driver around [`Relay`]: for a plain RTP leg, a UDP socket for
+//! its RTP and RTCP port and a receive task per socket; for a WebRTC leg, a
+//! peer connection on its RTP port. The relay sits behind one lock that is
+//! never held across an await.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,10 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::metrics::MediaMetrics;
-use crate::relay::{Digit, LegId, LegStats, Relay, RelayError};
+use crate::relay::{Destination, Digit, LegId, LegStats, Relay, RelayError, Transmit};
+use crate::webrtc_peer::{MediaSink, PeerError, WebRtcPeer, telephone_event_payload_type};
 
 /// Why a leg operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,19 +31,36 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// A WebRTC leg could not be set up or negotiated.
+    #[error(transparent)]
+    WebRtc(#[from] PeerError),
+    /// The operation needs a leg of the other kind.
+    #[error("leg {0:?} is not a WebRTC leg")]
+    NotWebRtc(LegId),
 }
 
 /// Port pairs tried for one leg before giving up.
 const BIND_ATTEMPTS: usize = 8;
 
 struct LegIo {
-    tasks: [JoinHandle<()>; 2],
+    tasks: Vec<JoinHandle<()>>,
+    peer: Option<Arc<WebRtcPeer>>,
+}
+
+/// How packets leave from a local port.
+#[derive(Clone)]
+enum Sink {
+    Udp(Arc<UdpSocket>),
+    /// Into a WebRTC leg's peer connection, which encrypts them.
+    Peer(mpsc::Sender<Vec<u8>>),
 }
 
 struct Shared {
     relay: Mutex<Relay>,
-    sockets: Mutex<HashMap<u16, Arc<UdpSocket>>>,
+    sinks: Mutex<HashMap<u16, Sink>>,
     metrics: MediaMetrics,
+    /// WebRTC legs whose connection failed, until reported.
+    failed: Mutex<Vec<(LegId, String)>>,
 }
 
 impl Shared {
@@ -50,10 +70,61 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn sockets(&self) -> MutexGuard<'_, HashMap<u16, Arc<UdpSocket>>> {
-        self.sockets
+    fn sinks(&self) -> MutexGuard<'_, HashMap<u16, Sink>> {
+        self.sinks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `t` on its way: into a peer connection at once, or returns the
+    /// socket and address for a UDP send.
+    fn route(&self, t: Transmit) -> Option<(Arc<UdpSocket>, SocketAddr, Vec<u8>)> {
+        let sink = self.sinks().get(&t.from_port).cloned();
+        match (t.to, sink) {
+            (Destination::Udp(to), Some(Sink::Udp(socket))) => Some((socket, to, t.bytes)),
+            (Destination::InProcess, Some(Sink::Peer(queue))) => {
+                if queue.try_send(t.bytes).is_err() {
+                    self.metrics.dropped.inc();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Media from a WebRTC leg's peer connection, into the relay.
+struct PeerMedia {
+    shared: Arc<Shared>,
+    id: LegId,
+}
+
+impl MediaSink for PeerMedia {
+    fn on_media(&self, packet: &[u8]) {
+        let out = self
+            .shared
+            .relay()
+            .on_media(self.id, packet, Instant::now());
+        let Some(t) = out else {
+            return;
+        };
+        self.shared.metrics.relayed.inc();
+        if let Some((socket, to, bytes)) = self.shared.route(t) {
+            // Called from the peer connection's task: no waiting here; a
+            // full socket buffer drops the packet as the wire would.
+            if socket.try_send_to(&bytes, to).is_err() {
+                self.shared.metrics.dropped.inc();
+            }
+        }
+    }
+
+    fn on_failed(&self, why: &str) {
+        tracing::info!(leg = self.id.0, why, "WebRTC leg failed");
+        self.shared
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((self.id, why.to_string()));
     }
 }
 
@@ -72,8 +143,9 @@ impl MediaEngine {
         Self {
             shared: Arc::new(Shared {
                 relay: Mutex::new(relay),
-                sockets: Mutex::new(HashMap::new()),
+                sinks: Mutex::new(HashMap::new()),
                 metrics: MediaMetrics::default(),
+                failed: Mutex::new(Vec::new()),
             }),
             io: Arc::new(Mutex::new(HashMap::new())),
             bind_ip,
@@ -98,15 +170,15 @@ impl MediaEngine {
             match self.bind_pair(port) {
                 Ok((rtp, rtcp)) => {
                     {
-                        let mut sockets = self.shared.sockets();
-                        sockets.insert(port, Arc::clone(&rtp));
-                        sockets.insert(port + 1, Arc::clone(&rtcp));
+                        let mut sinks = self.shared.sinks();
+                        sinks.insert(port, Sink::Udp(Arc::clone(&rtp)));
+                        sinks.insert(port + 1, Sink::Udp(Arc::clone(&rtcp)));
                     }
-                    let tasks = [
+                    let tasks = vec![
                         tokio::spawn(receive(Arc::clone(&self.shared), rtp, port)),
                         tokio::spawn(receive(Arc::clone(&self.shared), rtcp, port + 1)),
                     ];
-                    self.io().insert(id, LegIo { tasks });
+                    self.io().insert(id, LegIo { tasks, peer: None });
                     return Ok((id, SocketAddr::new(self.public_ip, port)));
                 }
                 Err(e) => {
@@ -117,6 +189,102 @@ impl MediaEngine {
             }
         }
         Err(last.unwrap_or(EngineError::Relay(RelayError::AtCapacity(0))))
+    }
+
+    /// A new WebRTC leg on the RTP port of a fresh pair: answers
+    /// `remote_offer`, or makes an offer when there is none (its answer goes
+    /// to [`Self::accept_answer`]). Returns the leg, its public address and
+    /// the local SDP.
+    pub async fn create_webrtc_leg(
+        &self,
+        remote_offer: Option<&str>,
+    ) -> Result<(LegId, SocketAddr, String), EngineError> {
+        let mut last = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let (id, port) = {
+                let mut relay = self.shared.relay();
+                let (id, port) = relay.create_leg(Instant::now())?;
+                relay.set_in_process(id)?;
+                (id, port)
+            };
+            let media = Arc::new(PeerMedia {
+                shared: Arc::clone(&self.shared),
+                id,
+            });
+            let peer =
+                match WebRtcPeer::start(SocketAddr::new(self.bind_ip, port), self.public_ip, media)
+                    .await
+                {
+                    Ok(peer) => Arc::new(peer),
+                    Err(e) => {
+                        let _ = self.shared.relay().destroy(id);
+                        if matches!(e, PeerError::Bind { .. }) {
+                            tracing::debug!(error = %e, "WebRTC port taken; trying the next");
+                            last = Some(e.into());
+                            continue;
+                        }
+                        return Err(e.into());
+                    }
+                };
+            let sdp = match remote_offer {
+                Some(offer) => peer.answer(offer).await,
+                None => peer.offer().await,
+            };
+            let sdp = match sdp {
+                Ok(sdp) => sdp,
+                Err(e) => {
+                    peer.close().await;
+                    let _ = self.shared.relay().destroy(id);
+                    return Err(e.into());
+                }
+            };
+            if let Some(pt) = telephone_event_payload_type(&sdp) {
+                self.shared.relay().detect_dtmf(id, pt)?;
+            }
+            self.shared
+                .sinks()
+                .insert(port, Sink::Peer(peer.outgoing()));
+            self.io().insert(
+                id,
+                LegIo {
+                    tasks: Vec::new(),
+                    peer: Some(peer),
+                },
+            );
+            return Ok((id, SocketAddr::new(self.public_ip, port), sdp));
+        }
+        Err(last.unwrap_or(EngineError::Relay(RelayError::AtCapacity(0))))
+    }
+
+    fn peer(&self, id: LegId) -> Result<Arc<WebRtcPeer>, EngineError> {
+        let io = self.io();
+        let leg = io.get(&id).ok_or(RelayError::NoSuchLeg(id))?;
+        leg.peer.clone().ok_or(EngineError::NotWebRtc(id))
+    }
+
+    /// The endpoint's answer to the offer a WebRTC leg made.
+    pub async fn accept_answer(&self, id: LegId, answer: &str) -> Result<(), EngineError> {
+        Ok(self.peer(id)?.accept_answer(answer).await?)
+    }
+
+    /// A new offer from a WebRTC leg's endpoint (renegotiation); the answer.
+    pub async fn renegotiate(&self, id: LegId, offer: &str) -> Result<String, EngineError> {
+        let sdp = self.peer(id)?.answer(offer).await?;
+        if let Some(pt) = telephone_event_payload_type(&sdp) {
+            self.shared.relay().detect_dtmf(id, pt)?;
+        }
+        Ok(sdp)
+    }
+
+    /// WebRTC legs whose connection failed since the last call, and why.
+    pub fn failed(&self) -> Vec<(LegId, String)> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn bind_pair(&self, port: u16) -> Result<(Arc<UdpSocket>, Arc<UdpSocket>), EngineError> {
@@ -151,9 +319,9 @@ impl MediaEngine {
             .port(id)
             .ok_or(RelayError::NoSuchLeg(id))?;
         {
-            let mut sockets = self.shared.sockets();
-            sockets.remove(&port);
-            sockets.remove(&(port + 1));
+            let mut sinks = self.shared.sinks();
+            sinks.remove(&port);
+            sinks.remove(&(port + 1));
         }
         let io = self.io().remove(&id);
         if let Some(io) = io {
@@ -161,6 +329,9 @@ impl MediaEngine {
                 t.abort();
                 // Resolves once the task, and the socket it holds, is dropped.
                 let _ = t.await;
+            }
+            if let Some(peer) = io.peer {
+                peer.close().await;
             }
         }
         Ok(self.shared.relay().destroy(id)?)
@@ -226,10 +397,9 @@ async fn receive(shared: Arc<Shared>, socket: Arc<UdpSocket>, port: u16) {
             continue;
         };
         shared.metrics.relayed.inc();
-        let Some(tx) = shared.sockets().get(&t.from_port).cloned() else {
-            continue;
-        };
-        let _ = tx.send_to(&t.bytes, t.to).await;
+        if let Some((socket, to, bytes)) = shared.route(t) {
+            let _ = socket.send_to(&bytes, to).await;
+        }
     }
 }
 

@@ -8,3 +8,4 @@ pub mod metrics;
 pub mod ports;
 pub mod relay;
 pub mod service;
+pub mod webrtc_peer;

@@ -17,21 +17,25 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use voicecluster_api::grpc::call_legs_server::{CallLegs, CallLegsServer};
 use voicecluster_api::grpc::{
-    BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, DrainReply, DrainRequest,
-    Dtmf, Leg, LegClosed, LegKind, LegStats, ListLegsReply, ListLegsRequest, MediaTimeout,
-    TaskHandle, UpdateLegRequest, leg_event,
+    AnswerLegRequest, BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, DrainReply,
+    DrainRequest, Dtmf, Leg, LegClosed, LegKind, LegStats, ListLegsReply, ListLegsRequest,
+    MediaTimeout, TaskHandle, UpdateLegRequest, leg_event,
 };
 
 use crate::engine::{EngineError, MediaEngine};
 use crate::leg_events::Notifier;
 use crate::relay::{self, LegId, RelayError};
+use crate::webrtc_peer::PeerError;
 
 /// What the service remembers of each leg beyond the engine.
 #[derive(Clone)]
 struct Owned {
     owner: Option<TaskHandle>,
+    kind: LegKind,
     address: SocketAddr,
     remote: Option<SocketAddr>,
+    /// A WebRTC leg's last local SDP.
+    sdp: String,
 }
 
 /// `CallLegs` on one engine.
@@ -143,6 +147,18 @@ impl LegService {
                     );
                 }
             }
+            for (id, why) in self.engine.failed() {
+                let owner = self.table().get(&id).and_then(|o| o.owner.clone());
+                if let Some(owner) = owner {
+                    notifier.send(
+                        owner,
+                        id.0,
+                        leg_event::Kind::Closed(LegClosed {
+                            reason: format!("webrtc: {why}"),
+                        }),
+                    );
+                }
+            }
             for id in self.engine.timed_out() {
                 let owner = self.table().get(&id).and_then(|o| o.owner.clone());
                 if let Some(owner) = owner {
@@ -187,7 +203,61 @@ impl LegService {
             owner: o.owner.clone(),
             remote_address: o.remote.map(|r| r.to_string()).unwrap_or_default(),
             stats: self.engine.stats(id).map(stats),
+            kind: o.kind.into(),
+            sdp: o.sdp.clone(),
         }
+    }
+
+    /// Remembers a new leg and counts it.
+    fn insert(&self, id: LegId, owned: Owned) -> Leg {
+        let leg = self.leg(id, &owned);
+        let n = {
+            let mut table = self.table();
+            table.insert(id, owned);
+            table.len()
+        };
+        self.engine
+            .metrics()
+            .legs
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        tracing::debug!(leg = id.0, address = %leg.address, kind = leg.kind, "call leg created");
+        leg
+    }
+
+    /// A leg as the table has it, after `change`.
+    fn with_owned(
+        &self,
+        id: LegId,
+        change: impl FnOnce(&mut Owned),
+    ) -> Result<Response<Leg>, Status> {
+        let mut table = self.table();
+        let owned = table
+            .get_mut(&id)
+            .ok_or_else(|| Status::not_found(format!("no leg {}", id.0)))?;
+        change(owned);
+        let owned = owned.clone();
+        drop(table);
+        Ok(Response::new(self.leg(id, &owned)))
+    }
+
+    async fn create_webrtc(&self, req: CreateLegRequest) -> Result<Leg, Status> {
+        let offer = (!req.remote_sdp.is_empty()).then_some(req.remote_sdp.as_str());
+        let (id, address, sdp) = self.engine.create_webrtc_leg(offer).await.map_err(|e| {
+            if matches!(e, EngineError::WebRtc(PeerError::Bind { .. })) {
+                self.engine.metrics().refused("ports");
+            }
+            status(e)
+        })?;
+        Ok(self.insert(
+            id,
+            Owned {
+                owner: req.owner,
+                kind: LegKind::Webrtc,
+                address,
+                remote: None,
+                sdp,
+            },
+        ))
     }
 }
 
@@ -212,7 +282,12 @@ fn status(e: EngineError) -> Status {
         }
         EngineError::Relay(RelayError::NoSuchLeg(_)) => Status::not_found(e.to_string()),
         EngineError::Relay(RelayError::BadBridge(..)) => Status::failed_precondition(e.to_string()),
-        EngineError::Bind { .. } => Status::resource_exhausted(e.to_string()),
+        EngineError::Bind { .. } | EngineError::WebRtc(PeerError::Bind { .. }) => {
+            Status::resource_exhausted(e.to_string())
+        }
+        EngineError::WebRtc(PeerError::RemoteSdp(_)) => Status::invalid_argument(e.to_string()),
+        EngineError::WebRtc(PeerError::Stack(_)) => Status::internal(e.to_string()),
+        EngineError::NotWebRtc(_) => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -233,20 +308,33 @@ impl CallLegs for LegService {
             self.engine.metrics().refused("draining");
             return Err(Status::unavailable("draining: no new call legs"));
         }
-        match LegKind::try_from(req.kind) {
-            Ok(LegKind::Rtp | LegKind::Unspecified) => {}
-            Ok(LegKind::Webrtc) => {
-                return Err(Status::unimplemented("WebRTC legs are not offered here"));
+        let kind = LegKind::try_from(req.kind)
+            .map_err(|_| Status::invalid_argument(format!("leg kind {}", req.kind)))?;
+        // The request is checked before capacity: a malformed one is the
+        // caller's mistake wherever it goes.
+        let remote = match kind {
+            LegKind::Webrtc if !req.remote_address.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "a WebRTC leg finds its endpoint by ICE: remote_address is for RTP legs",
+                ));
             }
-            Err(_) => return Err(Status::invalid_argument(format!("leg kind {}", req.kind))),
-        }
-        let remote = remote(&req.remote_address)?;
+            LegKind::Webrtc => None,
+            _ if !req.remote_sdp.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "remote_sdp is for WebRTC legs; an RTP leg takes remote_address",
+                ));
+            }
+            _ => remote(&req.remote_address)?,
+        };
         if self.active_legs() >= self.capacity {
             self.engine.metrics().refused("capacity");
             return Err(Status::resource_exhausted(format!(
                 "at capacity: {} legs",
                 self.capacity
             )));
+        }
+        if kind == LegKind::Webrtc {
+            return self.create_webrtc(req).await.map(Response::new);
         }
         let dtmf = match req.dtmf_payload_type {
             0 => None,
@@ -272,37 +360,48 @@ impl CallLegs for LegService {
         }
         let owned = Owned {
             owner: req.owner,
+            kind: LegKind::Rtp,
             address,
             remote,
+            sdp: String::new(),
         };
-        let leg = self.leg(id, &owned);
-        let n = {
-            let mut table = self.table();
-            table.insert(id, owned);
-            table.len()
-        };
+        Ok(Response::new(self.insert(id, owned)))
+    }
+
+    async fn answer(&self, request: Request<AnswerLegRequest>) -> Result<Response<Leg>, Status> {
+        let req = request.into_inner();
+        let id = LegId(req.id);
         self.engine
-            .metrics()
-            .legs
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
-        tracing::debug!(leg = id.0, %address, "call leg created");
-        Ok(Response::new(leg))
+            .accept_answer(id, &req.sdp)
+            .await
+            .map_err(status)?;
+        self.with_owned(id, |_| {})
     }
 
     async fn update(&self, request: Request<UpdateLegRequest>) -> Result<Response<Leg>, Status> {
         let req = request.into_inner();
         let id = LegId(req.id);
+        if !req.remote_sdp.is_empty() {
+            let sdp = self
+                .engine
+                .renegotiate(id, &req.remote_sdp)
+                .await
+                .map_err(status)?;
+            return self.with_owned(id, |o| o.sdp = sdp);
+        }
         let r = remote(&req.remote_address)?
             .ok_or_else(|| Status::invalid_argument("remote address missing"))?;
+        if self
+            .table()
+            .get(&id)
+            .is_some_and(|o| o.kind == LegKind::Webrtc)
+        {
+            return Err(Status::failed_precondition(
+                "a WebRTC leg is updated with a new offer (remote_sdp)",
+            ));
+        }
         self.engine.set_remote(id, r).map_err(status)?;
-        let mut table = self.table();
-        let owned = table
-            .get_mut(&id)
-            .ok_or_else(|| Status::not_found(format!("no leg {}", id.0)))?;
-        owned.remote = Some(r);
-        let owned = owned.clone();
-        drop(table);
-        Ok(Response::new(self.leg(id, &owned)))
+        self.with_owned(id, |o| o.remote = Some(r))
     }
 
     async fn bridge(
@@ -386,7 +485,7 @@ mod tests {
             }),
             kind: LegKind::Rtp.into(),
             remote_address: remote.into(),
-            dtmf_payload_type: 0,
+            ..Default::default()
         })
     }
 

@@ -102,6 +102,7 @@ impl Provider {
             kind: LegKind::Rtp.into(),
             remote_address: remote.map(|r| r.to_string()).unwrap_or_default(),
             dtmf_payload_type: dtmf.map_or(0, u32::from),
+            ..Default::default()
         };
         let a = self.create(create(Some(caller))).await?;
         let b = match self.create(create(None)).await {
@@ -261,6 +262,7 @@ impl Legs {
                 let req = UpdateLegRequest {
                     id: media.leg(side).id,
                     remote_address: remote.to_string(),
+                    ..Default::default()
                 };
                 if let Err(e) = timed(provider.update(req)).await {
                     tracing::warn!(error = %e, ?side, "cannot point a call leg");

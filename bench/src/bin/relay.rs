@@ -91,7 +91,7 @@ async fn run(
                     owner: None,
                     kind: LegKind::Rtp.into(),
                     remote_address: s.local_addr()?.to_string(),
-                    dtmf_payload_type: 0,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

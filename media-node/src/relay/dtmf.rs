@@ -34,6 +34,11 @@ impl DtmfDetector {
         }
     }
 
+    /// The payload type it follows.
+    pub fn payload_type(&self) -> Option<u8> {
+        self.payload_type
+    }
+
     /// Looks at one RTP packet; the digit that just ended, if any.
     pub fn on_rtp(&mut self, packet: &[u8]) -> Option<Digit> {
         let pt = self.payload_type?;

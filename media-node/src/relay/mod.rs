@@ -2,6 +2,11 @@
 //! (local port, source, bytes, time) gives at most one packet out (local
 //! port to send from, destination, bytes). Sockets live in the driver.
 //!
+//! A leg's media either goes over UDP to an endpoint (plain RTP) or ends in
+//! this process, in a media stack that speaks to the endpoint itself
+//! (WebRTC: ICE, DTLS-SRTP). The relay counts, detects and bridges both the
+//! same way; only the destination differs.
+//!
 //! Symmetric latching: a leg sends to where its peer's packets really come
 //! from, learnt from the first packet, not to the address in the SDP, which
 //! behind NAT is often wrong. Packets from anywhere else are dropped, so a
@@ -54,6 +59,17 @@ struct Leg {
     last_packet: Instant,
     timed_out: bool,
     dtmf: DtmfDetector,
+    /// Media ends in an in-process stack (WebRTC), not at a UDP endpoint.
+    in_process: bool,
+}
+
+/// Where a relayed packet goes.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Destination {
+    /// Over UDP to the endpoint's address.
+    Udp(SocketAddr),
+    /// To the in-process media stack of the leg that owns `from_port`.
+    InProcess,
 }
 
 /// A packet to send.
@@ -62,8 +78,9 @@ pub struct Transmit {
     /// The local port to send from (the peer leg's RTP or RTCP port).
     pub from_port: u16,
     /// Destination.
-    pub to: SocketAddr,
-    /// The packet, unchanged.
+    pub to: Destination,
+    /// The packet; unchanged but for the payload type of telephone-events
+    /// when the two legs numbered them differently.
     pub bytes: Vec<u8>,
 }
 
@@ -159,6 +176,7 @@ impl Relay {
                 last_packet: now,
                 timed_out: false,
                 dtmf: DtmfDetector::default(),
+                in_process: false,
             },
         );
         self.by_port.insert(port, id);
@@ -174,6 +192,16 @@ impl Relay {
             leg.latched = None;
             leg.latched_rtcp = None;
         }
+        Ok(())
+    }
+
+    /// The leg's media ends in an in-process stack: packets for it are
+    /// handed over ([`Destination::InProcess`]) and its packets come in by
+    /// [`Self::on_media`]. RTCP is not relayed across such a bridge: the
+    /// stack runs its own RTCP with its endpoint.
+    pub fn set_in_process(&mut self, id: LegId) -> Result<(), RelayError> {
+        let leg = self.legs.get_mut(&id).ok_or(RelayError::NoSuchLeg(id))?;
+        leg.in_process = true;
         Ok(())
     }
 
@@ -236,14 +264,12 @@ impl Relay {
     ) -> Option<Transmit> {
         let rtp_port = local_port & !1;
         let id = *self.by_port.get(&rtp_port)?;
-        // Disjoint borrows: the leg, its peer and the digits found.
-        let Self { legs, digits, .. } = self;
-        let leg = legs.get_mut(&id)?;
+        let leg = self.legs.get_mut(&id)?;
         let Some(rtcp) = classify(bytes) else {
             leg.stats.dropped += 1;
             return None;
         };
-        if rtcp != (local_port % 2 == 1) {
+        if rtcp != (local_port % 2 == 1) || leg.in_process {
             leg.stats.dropped += 1;
             return None;
         }
@@ -260,6 +286,24 @@ impl Relay {
             Some(_) => {}
             None => *latched = Some(from),
         }
+        self.forward(id, rtcp, bytes, now)
+    }
+
+    /// A packet (decrypted RTP or RTCP) from the in-process stack of leg
+    /// `id`.
+    pub fn on_media(&mut self, id: LegId, bytes: &[u8], now: Instant) -> Option<Transmit> {
+        let leg = self.legs.get_mut(&id)?;
+        let Some(rtcp) = classify(bytes) else {
+            leg.stats.dropped += 1;
+            return None;
+        };
+        self.forward(id, rtcp, bytes, now)
+    }
+
+    fn forward(&mut self, id: LegId, rtcp: bool, bytes: &[u8], now: Instant) -> Option<Transmit> {
+        // Disjoint borrows: the leg, its peer and the digits found.
+        let Self { legs, digits, .. } = self;
+        let leg = legs.get_mut(&id)?;
         leg.last_packet = now;
         leg.timed_out = false;
         if rtcp {
@@ -274,32 +318,48 @@ impl Relay {
             leg.stats.packets_in += 1;
             leg.stats.bytes_in += bytes.len() as u64;
         }
+        let (source_in_process, source_dtmf) = (leg.in_process, leg.dtmf.payload_type());
         let Some(peer_id) = leg.peer else {
             leg.stats.dropped += 1;
             return None;
         };
         let peer = legs.get_mut(&peer_id)?;
-        let to = if rtcp {
-            peer.latched_rtcp.or_else(|| {
-                peer.latched
-                    .or(peer.remote)
-                    .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
-            })
+        if rtcp && (source_in_process || peer.in_process) {
+            // Each side's RTCP describes streams the other side never sees.
+            return None;
+        }
+        let to = if peer.in_process {
+            Some(Destination::InProcess)
+        } else if rtcp {
+            peer.latched_rtcp
+                .or_else(|| {
+                    peer.latched
+                        .or(peer.remote)
+                        .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+                })
+                .map(Destination::Udp)
         } else {
-            peer.latched.or(peer.remote)
+            peer.latched.or(peer.remote).map(Destination::Udp)
         };
         let Some(to) = to else {
             peer.stats.dropped += 1;
             return None;
         };
+        let mut bytes = bytes.to_vec();
         if !rtcp {
             peer.stats.packets_out += 1;
             peer.stats.bytes_out += bytes.len() as u64;
+            // Each endpoint numbers telephone-event as its own SDP said.
+            if let (Some(from_pt), Some(to_pt)) = (source_dtmf, peer.dtmf.payload_type())
+                && bytes[1] & 0x7f == from_pt
+            {
+                bytes[1] = (bytes[1] & 0x80) | to_pt;
+            }
         }
         Some(Transmit {
             from_port: peer.rtp_port + u16::from(rtcp),
             to,
-            bytes: bytes.to_vec(),
+            bytes,
         })
     }
 

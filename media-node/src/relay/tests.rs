@@ -45,7 +45,7 @@ fn packets_cross_the_bridge_in_order_and_intact() {
             out,
             Transmit {
                 from_port: pb,
-                to: addr("10.0.0.2:6000"),
+                to: Destination::Udp(addr("10.0.0.2:6000")),
                 bytes: p
             }
         );
@@ -55,7 +55,7 @@ fn packets_cross_the_bridge_in_order_and_intact() {
             out,
             Transmit {
                 from_port: pa,
-                to: addr("10.0.0.1:4000"),
+                to: Destination::Udp(addr("10.0.0.1:4000")),
                 bytes: back
             }
         );
@@ -77,18 +77,18 @@ fn latching_follows_the_real_source_and_drops_strangers() {
     let out = r
         .on_packet(pa, addr("10.0.0.1:4000"), &rtp(1, b"x"), now)
         .unwrap();
-    assert_eq!(out.to, addr("10.0.0.2:6000"));
+    assert_eq!(out.to, Destination::Udp(addr("10.0.0.2:6000")));
     // B is behind a NAT: its packets come from another port.
     let out = r
         .on_packet(pb, addr("192.0.2.7:50123"), &rtp(1, b"y"), now)
         .unwrap();
-    assert_eq!(out.to, addr("10.0.0.1:4000"));
+    assert_eq!(out.to, Destination::Udp(addr("10.0.0.1:4000")));
     let out = r
         .on_packet(pa, addr("10.0.0.1:4000"), &rtp(2, b"x"), now)
         .unwrap();
     assert_eq!(
         out.to,
-        addr("192.0.2.7:50123"),
+        Destination::Udp(addr("192.0.2.7:50123")),
         "A's media follows B's real source"
     );
     // Someone else sending to B's port is ignored.
@@ -102,7 +102,7 @@ fn latching_follows_the_real_source_and_drops_strangers() {
     let out = r
         .on_packet(pa, addr("10.0.0.1:4000"), &rtp(3, b"x"), now)
         .unwrap();
-    assert_eq!(out.to, addr("10.0.0.3:6000"));
+    assert_eq!(out.to, Destination::Udp(addr("10.0.0.3:6000")));
 }
 
 #[test]
@@ -113,7 +113,10 @@ fn rtcp_goes_port_plus_one_and_garbage_is_dropped() {
     let out = r
         .on_packet(pa + 1, addr("10.0.0.1:4001"), &rtcp(), now)
         .unwrap();
-    assert_eq!((out.from_port, out.to), (pb + 1, addr("10.0.0.2:6001")));
+    assert_eq!(
+        (out.from_port, out.to),
+        (pb + 1, Destination::Udp(addr("10.0.0.2:6001")))
+    );
     assert_eq!(r.on_packet(pa, addr("10.0.0.1:4000"), b"hello", now), None);
     assert_eq!(
         r.on_packet(pa, addr("10.0.0.1:4000"), &rtcp(), now),
@@ -183,4 +186,71 @@ fn silent_legs_time_out_once() {
     assert_eq!(r.timed_out(t0 + Duration::from_secs(6)), vec![b]);
     assert!(r.timed_out(t0 + Duration::from_secs(7)).is_empty());
     assert_eq!(r.timed_out(t0 + Duration::from_secs(9)), vec![a]);
+}
+
+#[test]
+fn an_in_process_leg_gets_rtp_handed_over_and_keeps_rtcp_to_itself() {
+    let mut r = relay();
+    let now = Instant::now();
+    let (a, pa) = r.create_leg(now).unwrap();
+    let (w, pw) = r.create_leg(now).unwrap();
+    r.set_remote(a, addr("10.0.0.1:4000")).unwrap();
+    r.set_in_process(w).unwrap();
+    r.bridge(a, w).unwrap();
+
+    let p = rtp(1, b"to the browser");
+    let out = r.on_packet(pa, addr("10.0.0.1:4000"), &p, now).unwrap();
+    assert_eq!(
+        out,
+        Transmit {
+            from_port: pw,
+            to: Destination::InProcess,
+            bytes: p
+        }
+    );
+    let back = rtp(1, b"from the browser");
+    let out = r.on_media(w, &back, now).unwrap();
+    assert_eq!(
+        out,
+        Transmit {
+            from_port: pa,
+            to: Destination::Udp(addr("10.0.0.1:4000")),
+            bytes: back
+        }
+    );
+    // RTCP either way stays on its side, and is not a drop.
+    assert_eq!(
+        r.on_packet(pa + 1, addr("10.0.0.1:4001"), &rtcp(), now),
+        None
+    );
+    assert_eq!(r.on_media(w, &rtcp(), now), None);
+    // Nobody reaches the in-process leg's port over the relay's UDP path.
+    assert_eq!(
+        r.on_packet(pw, addr("10.0.0.9:1"), &rtp(2, b"x"), now),
+        None
+    );
+    let (sa, sw) = (r.stats(a).unwrap(), r.stats(w).unwrap());
+    assert_eq!((sa.packets_in, sa.rtcp_in, sa.dropped), (1, 1, 0));
+    assert_eq!(
+        (sw.packets_in, sw.packets_out, sw.rtcp_in, sw.dropped),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn telephone_events_take_the_payload_type_of_each_side() {
+    let mut r = relay();
+    let now = Instant::now();
+    let ((a, pa), (b, _)) = pair(&mut r, now);
+    r.detect_dtmf(a, 101).unwrap();
+    r.detect_dtmf(b, 126).unwrap();
+    let mut event = rtp(1, &[5, 0x80, 0, 160]);
+    event[1] = 0x80 | 101;
+    let out = r.on_packet(pa, addr("10.0.0.1:4000"), &event, now).unwrap();
+    assert_eq!(out.bytes[1], 0x80 | 126, "marker kept, payload type mapped");
+    assert_eq!(out.bytes[2..], event[2..]);
+    // Audio is left alone.
+    let audio = rtp(2, b"pcmu");
+    let out = r.on_packet(pa, addr("10.0.0.1:4000"), &audio, now).unwrap();
+    assert_eq!(out.bytes, audio);
 }
