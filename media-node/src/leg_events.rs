@@ -28,6 +28,7 @@ fn kind_name(kind: &leg_event::Kind) -> &'static str {
         leg_event::Kind::MediaTimeout(_) => "media_timeout",
         leg_event::Kind::Closed(_) => "closed",
         leg_event::Kind::Dtmf(_) => "dtmf",
+        leg_event::Kind::Statistics(_) => "statistics",
     }
 }
 

@@ -58,6 +58,9 @@ struct Args {
     /// Seconds without media after which a leg times out.
     #[arg(long, env = "VC_MEDIA_TIMEOUT_SECONDS", default_value_t = 30)]
     media_timeout_seconds: u64,
+    /// Seconds between statistics events to each leg's owner; 0: none.
+    #[arg(long, env = "VC_LEG_STATS_SECONDS", default_value_t = 10)]
+    leg_stats_seconds: u64,
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), String> {
@@ -95,11 +98,11 @@ fn leg_service(args: &Args, metrics: MediaMetrics) -> anyhow::Result<(LegService
 /// the server fails.
 async fn offer_legs(args: &Args, service: &LegService, addr: SocketAddr) -> anyhow::Error {
     let silent = Duration::from_secs(args.media_timeout_seconds);
-    let timeouts = tokio::spawn(
-        service
-            .clone()
-            .report_leg_events(Duration::from_secs(1), silent),
-    );
+    let timeouts = tokio::spawn(service.clone().report_leg_events(
+        Duration::from_secs(1),
+        silent,
+        (args.leg_stats_seconds > 0).then(|| Duration::from_secs(args.leg_stats_seconds)),
+    ));
     let served = tonic::transport::Server::builder()
         .add_service(service.clone().into_server())
         .serve(addr)

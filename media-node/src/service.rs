@@ -108,12 +108,7 @@ impl LegService {
         let Some(notifier) = self.notifier.clone() else {
             return;
         };
-        let owned: Vec<(LegId, TaskHandle)> = self
-            .table()
-            .iter()
-            .filter_map(|(id, o)| Some((*id, o.owner.clone()?)))
-            .collect();
-        for (id, owner) in owned {
+        for (id, owner) in self.owners() {
             notifier
                 .deliver(
                     owner,
@@ -127,13 +122,30 @@ impl LegService {
     }
 
     /// Tells the owners of legs what happened to them (silent for the
-    /// media timeout, DTMF digits), every `every`, until dropped.
-    pub async fn report_leg_events(self, every: Duration, silent: Duration) {
+    /// media timeout, DTMF digits, a failed WebRTC connection), every
+    /// `every`, and their counters every `statistics`, until dropped.
+    pub async fn report_leg_events(
+        self,
+        every: Duration,
+        silent: Duration,
+        statistics: Option<Duration>,
+    ) {
         let Some(notifier) = self.notifier.clone() else {
             return;
         };
+        let mut last_statistics = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(every).await;
+            if let Some(interval) = statistics
+                && last_statistics.elapsed() >= interval
+            {
+                last_statistics = tokio::time::Instant::now();
+                for (id, owner) in self.owners() {
+                    if let Some(s) = self.engine.stats(id) {
+                        notifier.send(owner, id.0, leg_event::Kind::Statistics(stats(s)));
+                    }
+                }
+            }
             for (id, d) in self.engine.take_digits() {
                 let owner = self.table().get(&id).and_then(|o| o.owner.clone());
                 if let Some(owner) = owner {
@@ -173,6 +185,14 @@ impl LegService {
                 }
             }
         }
+    }
+
+    /// Each leg with an owner, and the owner.
+    fn owners(&self) -> Vec<(LegId, TaskHandle)> {
+        self.table()
+            .iter()
+            .filter_map(|(id, o)| Some((*id, o.owner.clone()?)))
+            .collect()
     }
 
     /// The metrics its engine counts into.

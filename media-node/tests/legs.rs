@@ -78,14 +78,7 @@ async fn bridged_endpoints_get_every_packet_in_order_and_a_drain_waits_for_the_l
     for id in [a.id, b.id] {
         m.client.destroy(DestroyLegRequest { id }).await.unwrap();
     }
-    let mut status = None;
-    for _ in 0..100 {
-        status = m.bin.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = m.bin.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(status.expect("exits once drained").success());
 }
 
@@ -256,13 +249,73 @@ async fn a_drain_timeout_closes_the_legs_and_tells_their_owners() {
     };
     assert_eq!(l.leg, leg.id);
     assert!(matches!(l.kind, Some(leg_event::Kind::Closed(_))), "{l:?}");
-    let mut status = None;
-    for _ in 0..100 {
-        status = m.bin.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = m.bin.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(status.expect("exits after the drain timeout").success());
+}
+
+/// An RTCP receiver report: `fraction` lost, `jitter`.
+fn receiver_report(fraction: u8, jitter: u32) -> Vec<u8> {
+    let mut p = vec![0x81, 201, 0, 7, 0, 0, 0, 2, 0, 0, 0, 1, fraction, 0, 0, 3];
+    p.extend_from_slice(&[0, 0, 0, 99]);
+    p.extend_from_slice(&jitter.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p
+}
+
+#[tokio::test]
+async fn owners_get_their_legs_statistics_every_interval() {
+    use voicecluster_api::grpc::{TaskHandle, leg_event, task_event};
+
+    let (owner_addr, mut events) = owner_server();
+    let mut m = start_with("42500-42519", 10, 30, &["--leg-stats-seconds", "1"]).await;
+    let (alice, bob) = (socket(), socket());
+    let mut ids = Vec::new();
+    for (task, who) in [(1, &alice), (2, &bob)] {
+        let mut req = create(Some(who.local_addr().unwrap()));
+        req.owner = Some(TaskHandle {
+            member: owner_addr.to_string(),
+            task,
+        });
+        ids.push(m.client.create(req).await.unwrap().into_inner());
+    }
+    let (a, b) = (&ids[0], &ids[1]);
+    m.client
+        .bridge(BridgeRequest { a: a.id, b: b.id })
+        .await
+        .unwrap();
+    let a_addr: SocketAddr = a.address.parse().unwrap();
+    send_and_receive(&alice, a_addr, &bob, 0..20);
+    // Bob reports on what he receives: 25% lost, jitter 80.
+    let b_rtcp = SocketAddr::new(
+        a_addr.ip(),
+        b.address.parse::<SocketAddr>().unwrap().port() + 1,
+    );
+    bob.send_to(&receiver_report(64, 80), b_rtcp).unwrap();
+
+    let (mut a_seen, mut b_seen) = (None, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a_seen.is_none() || b_seen.is_none() {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("statistics for both legs within 10 s")
+            .unwrap();
+        let Some(task_event::Kind::Leg(leg)) = event.kind else {
+            continue;
+        };
+        let Some(leg_event::Kind::Statistics(s)) = leg.kind else {
+            continue;
+        };
+        if leg.leg == a.id && s.packets_in == 20 {
+            a_seen = Some(s);
+        } else if leg.leg == b.id && s.rtcp_in == 1 {
+            b_seen = Some(s);
+        }
+    }
+    let b_stats = b_seen.unwrap();
+    assert_eq!(b_stats.packets_out, 20);
+    assert_eq!(
+        (b_stats.fraction_lost, b_stats.jitter, b_stats.packets_lost),
+        (64, 80, 3)
+    );
+    assert_eq!(a_seen.unwrap().bytes_in, 20 * 172);
 }

@@ -49,6 +49,9 @@ pub struct SipMetrics {
     bill_write_errors: Counter,
     session_request_delay: Histogram,
     dtmf_digits: Counter,
+    leg_reports: Counter,
+    leg_fraction_lost: Histogram,
+    leg_jitter: Histogram,
 }
 
 impl Default for SipMetrics {
@@ -64,6 +67,12 @@ impl Default for SipMetrics {
             call_media_packets: Family::default(),
             bill_write_errors: Counter::default(),
             dtmf_digits: Counter::default(),
+            leg_reports: Counter::default(),
+            leg_fraction_lost: Histogram::new(
+                [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5].into_iter(),
+            ),
+            // 1 ms to about half a second.
+            leg_jitter: Histogram::new(exponential_buckets(0.001, 2.0, 10)),
             // 1 ms to about 33 s: a local answer to a slow PSTN gateway.
             session_request_delay: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
@@ -123,6 +132,21 @@ impl SipMetrics {
             "voicecluster_dtmf_digits",
             "DTMF digits (RFC 4733) the call legs reported",
             m.dtmf_digits.clone(),
+        );
+        registry.register(
+            "voicecluster_call_leg_reports",
+            "Statistics reports the call legs of answered calls sent",
+            m.leg_reports.clone(),
+        );
+        registry.register(
+            "voicecluster_call_leg_fraction_lost",
+            "Fraction of packets lost, as endpoints report it in RTCP, per leg report",
+            m.leg_fraction_lost.clone(),
+        );
+        registry.register(
+            "voicecluster_call_leg_jitter_seconds",
+            "Interarrival jitter endpoints report in RTCP (8 kHz audio), per leg report",
+            m.leg_jitter.clone(),
         );
         registry.register(
             "voicecluster_call_media_packets",
@@ -336,6 +360,21 @@ impl Endpoint {
 
     pub(crate) fn observe_session_request_delay(&self, d: std::time::Duration) {
         self.metrics.session_request_delay.observe(d.as_secs_f64());
+    }
+
+    /// A leg's statistics report; call quality comes from its endpoint's
+    /// RTCP, when it sends any.
+    pub(crate) fn observe_leg_statistics(&self, stats: &voicecluster_api::grpc::LegStats) {
+        self.metrics.leg_reports.inc();
+        if stats.rtcp_in > 0 {
+            self.metrics
+                .leg_fraction_lost
+                .observe(f64::from(stats.fraction_lost) / 256.0);
+            // G.711 and telephone-event: 8000 timestamp units a second.
+            self.metrics
+                .leg_jitter
+                .observe(f64::from(stats.jitter) / 8000.0);
+        }
     }
 
     pub(crate) fn count_dtmf(&self) {

@@ -273,7 +273,8 @@ struct EdgeCluster {
 
 impl EdgeCluster {
     fn start() -> Self {
-        let media = MediaNode::start();
+        // Statistics every second: a two-second call hears of them.
+        let media = MediaNode::start_with(&["--leg-stats-seconds", "1"]);
         let (g0, g1) = (free_port(), free_port());
         let grpc = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let member = |me: u16, peer: u16| {
@@ -723,6 +724,11 @@ async fn a_calls_b_through_edge_backend_and_media_node_with_rtp_both_ways() {
         assert!(n >= 50.0, "RTP {direction}: {n}");
     }
     assert_eq!(c.media.legs().await, 0, "legs released");
+    // The legs reported their counters to the call's member while it ran.
+    let reports = c
+        .backends_metric("voicecluster_call_leg_reports_total", 1.0)
+        .await;
+    assert!(reports >= 1.0, "leg statistics reports: {reports}");
     // The whole call, both of its dialogs, stayed on one backend: one bill,
     // on one backend, ended by the caller's BYE.
     let bills: Vec<serde_json::Value> = c.bills().await.into_iter().flatten().collect();

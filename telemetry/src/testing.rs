@@ -178,6 +178,21 @@ impl RunningBinary {
         self.child.0.try_wait()
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its exit
+    /// status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.0.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends `signal` (a name `kill -s` knows, e.g. `TERM`) and waits for
     /// the process to exit and close its stderr.
     pub fn stop(mut self, signal: &str) -> io::Result<Stopped> {

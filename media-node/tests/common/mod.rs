@@ -33,23 +33,27 @@ pub async fn start(ports: &str, capacity: u32) -> Media {
 
 /// A media node whose drain ends after `drain_seconds`.
 pub async fn start_draining_in(ports: &str, capacity: u32, drain_seconds: u32) -> Media {
+    start_with(ports, capacity, drain_seconds, &[]).await
+}
+
+/// A media node with `extra` flags.
+pub async fn start_with(ports: &str, capacity: u32, drain_seconds: u32, extra: &[&str]) -> Media {
     let grpc = format!("127.0.0.1:{}", free_port());
-    let bin = RunningBinary::start_with(
-        BIN,
-        [
-            "--grpc-addr",
-            &grpc,
-            "--rtp-ports",
-            ports,
-            "--capacity",
-            &capacity.to_string(),
-            "--bind-ip",
-            "127.0.0.1",
-            "--drain-timeout-seconds",
-            &drain_seconds.to_string(),
-        ],
-    )
-    .expect("media-node starts");
+    let (capacity, drain_seconds) = (capacity.to_string(), drain_seconds.to_string());
+    let mut args = vec![
+        "--grpc-addr",
+        &grpc,
+        "--rtp-ports",
+        ports,
+        "--capacity",
+        &capacity,
+        "--bind-ip",
+        "127.0.0.1",
+        "--drain-timeout-seconds",
+        &drain_seconds,
+    ];
+    args.extend_from_slice(extra);
+    let bin = RunningBinary::start_with(BIN, args).expect("media-node starts");
     let mut client = None;
     for _ in 0..50 {
         if let Ok(c) = CallLegsClient::connect(format!("http://{grpc}")).await {

@@ -438,6 +438,11 @@ impl Endpoint {
                 self.count_dtmf();
                 return;
             }
+            Some(leg_event::Kind::Statistics(stats)) => {
+                tracing::debug!(call_id = %call.a.call_id, leg = event.leg, ?stats, "leg statistics");
+                self.observe_leg_statistics(stats);
+                return;
+            }
             Some(leg_event::Kind::Closed(c)) => {
                 tracing::info!(call_id = %call.a.call_id, reason = %c.reason, "call leg closed: hanging up");
                 "leg-closed"
