@@ -68,9 +68,7 @@ impl Default for SipMetrics {
             bill_write_errors: Counter::default(),
             dtmf_digits: Counter::default(),
             leg_reports: Counter::default(),
-            leg_fraction_lost: Histogram::new(
-                [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5].into_iter(),
-            ),
+            leg_fraction_lost: Histogram::new([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             // 1 ms to about half a second.
             leg_jitter: Histogram::new(exponential_buckets(0.001, 2.0, 10)),
             // 1 ms to about 33 s: a local answer to a slow PSTN gateway.
