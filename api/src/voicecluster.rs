@@ -491,6 +491,21 @@ pub struct CallLegProvider {
     pub state: ProviderState,
 }
 
+/// A media pod that takes no new call legs and waits for its calls to end
+/// (being deleted, or asked to drain).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingPod {
+    /// Pod name.
+    pub pod: String,
+    /// Node the pod runs on.
+    pub node: String,
+    /// Call legs it still carries, as it last reported (absent until its
+    /// first report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_legs: Option<i32>,
+}
+
 /// A signal pod as the Directory lists it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -537,6 +552,9 @@ pub struct VoiceClusterStatus {
     /// Media pods that are Ready and not draining.
     #[serde(default)]
     pub call_leg_providers: Vec<CallLegProvider>,
+    /// Media pods draining: out of `callLegProviders`, still carrying calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining_media_pods: Vec<DrainingPod>,
     /// Number of entries in `callLegProviders`.
     #[serde(default)]
     pub provider_count: i32,

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
-use voicecluster_api::grpc::{Ack, DirectorySnapshot, WatchMessage, WatchRequest, watch_message};
+use voicecluster_api::grpc::{
+    Ack, DirectorySnapshot, Load, WatchMessage, WatchRequest, watch_message,
+};
 
 /// Back-off between reconnects: from this ...
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -131,13 +133,23 @@ pub struct Follower {
     applied: watch::Sender<i64>,
 }
 
+/// What a pod says of its load; sent on the Directory stream whenever it
+/// changes (and again after a reconnect). None: nothing to say.
+pub type LoadReports = watch::Receiver<Option<Load>>;
+
 impl Follower {
     /// Subscribes in the background, reconnecting for as long as the
-    /// follower lives.
-    pub fn spawn(target: Target, metrics: ClientMetrics) -> Self {
+    /// follower lives, and passing on the pod's `load` reports.
+    pub fn spawn(target: Target, metrics: ClientMetrics, load: LoadReports) -> Self {
         let (received_tx, received) = watch::channel(None);
         let (applied, applied_rx) = watch::channel(0);
-        tokio::spawn(keep_subscribed(target, received_tx, applied_rx, metrics));
+        tokio::spawn(keep_subscribed(
+            target,
+            received_tx,
+            applied_rx,
+            load,
+            metrics,
+        ));
         Self { received, applied }
     }
 
@@ -163,9 +175,10 @@ impl Follower {
 pub fn follow(
     target: Target,
     metrics: ClientMetrics,
+    load: LoadReports,
 ) -> watch::Receiver<Option<Arc<DirectorySnapshot>>> {
     let (view_tx, view) = watch::channel(None);
-    let mut follower = Follower::spawn(target, metrics.clone());
+    let mut follower = Follower::spawn(target, metrics.clone(), load);
     tokio::spawn(async move {
         while let Some(s) = follower.next().await {
             let version = s.version;
@@ -190,11 +203,12 @@ pub fn follow(
 pub fn follow_target(
     target: Option<Target>,
     metrics: ClientMetrics,
+    load: LoadReports,
 ) -> Option<watch::Receiver<Option<Arc<DirectorySnapshot>>>> {
     match target {
         Some(target) => {
             tracing::info!(url = %target.url, "following the Directory");
-            Some(follow(target, metrics))
+            Some(follow(target, metrics, load))
         }
         None => {
             tracing::info!("no Directory URL: not following the Directory");
@@ -211,12 +225,13 @@ async fn keep_subscribed(
     target: Target,
     received: watch::Sender<Option<Arc<DirectorySnapshot>>>,
     mut applied: watch::Receiver<i64>,
+    mut load: LoadReports,
     metrics: ClientMetrics,
 ) {
     let mut retry = RETRY_MIN;
     loop {
         let mut got_any = false;
-        match session(&target, &received, &mut applied, &mut got_any).await {
+        match session(&target, &received, &mut applied, &mut load, &mut got_any).await {
             Ok(End::FollowerGone) => return,
             Ok(End::ServerClosed) => {
                 metrics.session("closed");
@@ -258,6 +273,7 @@ async fn session(
     target: &Target,
     received: &watch::Sender<Option<Arc<DirectorySnapshot>>>,
     applied: &mut watch::Receiver<i64>,
+    load: &mut LoadReports,
     got_any: &mut bool,
 ) -> Result<End, BoxError> {
     let channel = Endpoint::from_shared(target.url.clone())?
@@ -282,6 +298,16 @@ async fn session(
     let ack = |version| WatchMessage {
         kind: Some(watch_message::Kind::Ack(Ack { version })),
     };
+    let report = |l: Load| WatchMessage {
+        kind: Some(watch_message::Kind::Load(l)),
+    };
+    // A new stream may reach another replica: it hears the load again.
+    let now = *load.borrow_and_update();
+    if let Some(l) = now {
+        out.send(report(l)).await?;
+    }
+    // A pod that never reports drops its sender; stop watching then.
+    let mut load_open = true;
     // The newest version this stream delivered, and the last one acked on it.
     let mut latest: Option<i64> = None;
     let mut acked: Option<i64> = None;
@@ -301,6 +327,16 @@ async fn session(
                     acked = Some(version);
                 } else {
                     received.send_replace(Some(Arc::new(snapshot)));
+                }
+            }
+            changed = load.changed(), if load_open => {
+                if changed.is_err() {
+                    load_open = false;
+                    continue;
+                }
+                let now = *load.borrow_and_update();
+                if let Some(l) = now {
+                    out.send(report(l)).await?;
                 }
             }
             changed = applied.changed() => {

@@ -14,6 +14,7 @@ struct Session {
     request: WatchRequest,
     push: mpsc::Sender<Result<DirectorySnapshot, Status>>,
     acks: mpsc::Receiver<i64>,
+    loads: mpsc::Receiver<Load>,
 }
 
 struct Scripted {
@@ -39,10 +40,17 @@ impl Directory for Scripted {
         };
         let (push, push_rx) = mpsc::channel(4);
         let (ack_tx, acks) = mpsc::channel(16);
+        let (load_tx, loads) = mpsc::channel(16);
         tokio::spawn(async move {
             while let Some(Ok(m)) = inbound.next().await {
-                if let Some(watch_message::Kind::Ack(Ack { version })) = m.kind {
-                    let _ = ack_tx.send(version).await;
+                match m.kind {
+                    Some(watch_message::Kind::Ack(Ack { version })) => {
+                        let _ = ack_tx.send(version).await;
+                    }
+                    Some(watch_message::Kind::Load(l)) => {
+                        let _ = load_tx.send(l).await;
+                    }
+                    _ => {}
                 }
             }
         });
@@ -52,6 +60,7 @@ impl Directory for Scripted {
                 request: req,
                 push,
                 acks,
+                loads,
             })
             .await;
         Ok(Response::new(Box::pin(ReceiverStream::new(push_rx))))
@@ -116,7 +125,7 @@ async fn applies_and_acks_each_version_and_reacks_after_a_reconnect() {
         cluster: "demo".into(),
         pod: "demo-signal-0".into(),
     };
-    let mut view = follow(target, ClientMetrics::default());
+    let mut view = follow(target, ClientMetrics::default(), silent());
 
     let mut s1 = recv(&mut sessions).await;
     assert_eq!(
@@ -157,7 +166,7 @@ async fn an_error_from_the_server_reconnects_too() {
         cluster: "demo".into(),
         pod: "p".into(),
     };
-    let _view = follow(target, ClientMetrics::default());
+    let _view = follow(target, ClientMetrics::default(), silent());
     let s1 = recv(&mut sessions).await;
     s1.push
         .send(Err(Status::not_found("the VoiceCluster was deleted")))
@@ -166,6 +175,40 @@ async fn an_error_from_the_server_reconnects_too() {
     let mut s2 = recv(&mut sessions).await;
     s2.push.send(Ok(snapshot(5, 0))).await.unwrap();
     assert_eq!(recv(&mut s2.acks).await, 5);
+}
+
+/// A pod with nothing to say of its load.
+fn silent() -> LoadReports {
+    watch::channel(None).1
+}
+
+#[tokio::test]
+async fn load_reports_go_out_when_they_change_and_again_after_a_reconnect() {
+    let (url, mut sessions) = scripted_server().await;
+    let target = Target {
+        url,
+        namespace: "voice".into(),
+        cluster: "demo".into(),
+        pod: "demo-media-x".into(),
+    };
+    let (report, load) = watch::channel(None);
+    let _view = follow(target, ClientMetrics::default(), load);
+    let mut s1 = recv(&mut sessions).await;
+    let draining = |active_legs| Load {
+        active_legs,
+        draining: true,
+    };
+    report.send_replace(Some(draining(4)));
+    assert_eq!(recv(&mut s1.loads).await, draining(4));
+    report.send_replace(Some(draining(1)));
+    assert_eq!(recv(&mut s1.loads).await, draining(1));
+    drop(s1);
+    let mut s2 = recv(&mut sessions).await;
+    assert_eq!(
+        recv(&mut s2.loads).await,
+        draining(1),
+        "told the new replica"
+    );
 }
 
 #[test]

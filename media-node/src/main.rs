@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use voicecluster_api::grpc::Load;
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::leg_events::Notifier;
@@ -139,7 +140,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     // The providers and members in use; what this pod applied and acked.
-    let _directory = follow_target(target, directory_metrics);
+    // While draining, the legs left go to the operator on the same stream.
+    let (load, load_reports) = tokio::sync::watch::channel(None);
+    let _directory = follow_target(target, directory_metrics, load_reports);
 
     // The server keeps running through a drain: the legs still need it.
     let serving = async {
@@ -181,7 +184,12 @@ async fn main() -> anyhow::Result<()> {
         service.drain();
         let timeout = Duration::from_secs(args.drain_timeout_seconds);
         let left = tokio::select! {
-            left = service.drained(timeout) => left,
+            left = service.drained(timeout, |legs| {
+                load.send_replace(Some(Load {
+                    active_legs: i32::try_from(legs).unwrap_or(i32::MAX),
+                    draining: true,
+                }));
+            }) => left,
             e = &mut serving => return Err(e),
         };
         if left > 0 {
@@ -194,6 +202,8 @@ async fn main() -> anyhow::Result<()> {
             }
         } else {
             tracing::info!("drained: no legs left");
+            // A moment for the last report to reach the operator.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     telemetry.shutdown().await?;

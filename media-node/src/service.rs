@@ -84,19 +84,27 @@ impl LegService {
         self
     }
 
-    /// Waits until no leg is left or `timeout` passed, logging progress;
-    /// the legs left.
-    pub async fn drained(&self, timeout: Duration) -> usize {
+    /// Waits until no leg is left or `timeout` passed, logging progress
+    /// and telling `progress` the legs left whenever that changes (at most
+    /// once a second); the legs left.
+    pub async fn drained(&self, timeout: Duration, progress: impl Fn(usize)) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_report = tokio::time::Instant::now();
+        let mut last_log = tokio::time::Instant::now();
+        let mut reported: Option<(usize, tokio::time::Instant)> = None;
         loop {
             let left = self.active_legs();
+            let due =
+                reported.is_none_or(|(n, at)| n != left && at.elapsed() >= Duration::from_secs(1));
+            if due || left == 0 {
+                progress(left);
+                reported = Some((left, tokio::time::Instant::now()));
+            }
             if left == 0 || tokio::time::Instant::now() >= deadline {
                 return left;
             }
-            if last_report.elapsed() >= Duration::from_secs(5) {
+            if last_log.elapsed() >= Duration::from_secs(5) {
                 tracing::info!(legs = left, "draining");
-                last_report = tokio::time::Instant::now();
+                last_log = tokio::time::Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

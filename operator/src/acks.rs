@@ -1,4 +1,5 @@
-//! Which Directory version each pod has applied.
+//! Which Directory version each pod has applied, and what draining media
+//! pods still carry (their load reports, which travel the same way).
 //!
 //! A pod acknowledges versions on its Directory stream, to whichever replica
 //! it reached. Each replica keeps the acks of its own open streams; followers
@@ -14,7 +15,7 @@ use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 use voicecluster_api::VoiceCluster;
-use voicecluster_api::grpc::PodAck;
+use voicecluster_api::grpc::{Load, PodAck};
 
 /// A follower's report is dropped when it is older than this: the follower
 /// refreshes it well within, so only a dead follower's report ages out.
@@ -30,6 +31,8 @@ struct StreamAck {
     pod: String,
     /// The last version the pod acknowledged on this stream.
     version: Option<i64>,
+    /// The pod's last load report on this stream.
+    load: Option<Load>,
 }
 
 #[derive(Debug)]
@@ -94,6 +97,7 @@ impl AckBook {
                 cluster: (namespace.to_string(), cluster.to_string()),
                 pod: pod.to_string(),
                 version: None,
+                load: None,
             },
         );
         StreamEntry {
@@ -102,25 +106,34 @@ impl AckBook {
         }
     }
 
-    /// The acks of this replica's own streams, one per pod (its highest).
+    /// The acks of this replica's own streams, one per pod (its highest
+    /// version, and its newest load report).
     pub fn local(&self) -> Vec<PodAck> {
         let inner = self.lock();
-        let mut best: HashMap<(&ClusterKey, &str), i64> = HashMap::new();
-        for s in inner.streams.values() {
-            if let Some(v) = s.version {
-                let e = best.entry((&s.cluster, s.pod.as_str())).or_insert(v);
-                *e = (*e).max(v);
+        let mut ids: Vec<&u64> = inner.streams.keys().collect();
+        // Oldest stream first, so a newer stream's load wins.
+        ids.sort();
+        let mut best: HashMap<(&ClusterKey, &str), PodAck> = HashMap::new();
+        for id in ids {
+            let s = &inner.streams[id];
+            if s.version.is_none() && s.load.is_none() {
+                continue;
+            }
+            let e = best
+                .entry((&s.cluster, s.pod.as_str()))
+                .or_insert_with(|| PodAck {
+                    namespace: s.cluster.0.clone(),
+                    cluster: s.cluster.1.clone(),
+                    pod: s.pod.clone(),
+                    version: 0,
+                    load: None,
+                });
+            e.version = e.version.max(s.version.unwrap_or(0));
+            if s.load.is_some() {
+                e.load = s.load;
             }
         }
-        let mut acks: Vec<PodAck> = best
-            .into_iter()
-            .map(|((c, pod), version)| PodAck {
-                namespace: c.0.clone(),
-                cluster: c.1.clone(),
-                pod: pod.to_string(),
-                version,
-            })
-            .collect();
+        let mut acks: Vec<PodAck> = best.into_values().collect();
         acks.sort_by(|a, b| {
             (&a.namespace, &a.cluster, &a.pod).cmp(&(&b.namespace, &b.cluster, &b.pod))
         });
@@ -195,9 +208,36 @@ impl AckBook {
         }
         for r in inner.reports.values() {
             for a in &r.acks {
-                if a.namespace == namespace && a.cluster == cluster {
+                if a.namespace == namespace && a.cluster == cluster && a.version > 0 {
                     put(&a.pod, a.version);
                 }
+            }
+        }
+        out
+    }
+
+    /// Every pod's last load report for one cluster, from this replica's
+    /// streams and the live reports. A pod reports to one replica at a
+    /// time, so there is one report per pod but for a reconnect's moment.
+    pub fn loads(&self, namespace: &str, cluster: &str) -> HashMap<String, Load> {
+        let inner = self.lock();
+        let mut out = HashMap::new();
+        for r in inner.reports.values() {
+            for a in &r.acks {
+                if let Some(load) = a.load
+                    && a.namespace == namespace
+                    && a.cluster == cluster
+                {
+                    out.insert(a.pod.clone(), load);
+                }
+            }
+        }
+        for s in inner.streams.values() {
+            if let Some(load) = s.load
+                && s.cluster.0 == namespace
+                && s.cluster.1 == cluster
+            {
+                out.insert(s.pod.clone(), load);
             }
         }
         out
@@ -228,6 +268,22 @@ impl AckBook {
 }
 
 impl StreamEntry {
+    /// Records the pod's load report.
+    pub fn load(&self, load: Load) {
+        let book = &self.book;
+        let mut inner = book.lock();
+        let Some(s) = inner.streams.get_mut(&self.id) else {
+            return;
+        };
+        if s.load == Some(load) {
+            return;
+        }
+        s.load = Some(load);
+        let cluster = s.cluster.clone();
+        book.mark(&mut inner, cluster);
+        book.local_changed.notify_one();
+    }
+
     /// Records that the pod applied `version`.
     pub fn ack(&self, version: i64) {
         let book = &self.book;
@@ -250,7 +306,7 @@ impl Drop for StreamEntry {
         let book = &self.book;
         let mut inner = book.lock();
         if let Some(s) = inner.streams.remove(&self.id)
-            && s.version.is_some()
+            && (s.version.is_some() || s.load.is_some())
         {
             book.mark(&mut inner, s.cluster);
             book.local_changed.notify_one();
@@ -268,7 +324,42 @@ mod tests {
             cluster: cluster.into(),
             pod: pod.into(),
             version,
+            load: None,
         }
+    }
+
+    fn draining(active_legs: i32) -> Load {
+        Load {
+            active_legs,
+            draining: true,
+        }
+    }
+
+    #[test]
+    fn load_reports_travel_with_the_acks_and_go_with_their_stream() {
+        let book = AckBook::new();
+        let s = book.open("voice", "demo", "media-x");
+        s.ack(2);
+        s.load(draining(5));
+        assert_eq!(
+            book.loads("voice", "demo").get("media-x"),
+            Some(&draining(5))
+        );
+        let local = book.local();
+        assert_eq!(local.len(), 1);
+        assert_eq!((local[0].version, local[0].load), (2, Some(draining(5))));
+        // Another replica's report of another pod, without a version yet.
+        let mut reported = ack("demo", "media-y", 0);
+        reported.load = Some(draining(1));
+        book.report("replica-b", vec![reported], Instant::now());
+        let loads = book.loads("voice", "demo");
+        assert_eq!(loads.get("media-y"), Some(&draining(1)));
+        assert!(
+            !book.versions("voice", "demo").contains_key("media-y"),
+            "a load is not an ack"
+        );
+        drop(s);
+        assert!(!book.loads("voice", "demo").contains_key("media-x"));
     }
 
     #[test]

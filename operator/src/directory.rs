@@ -214,6 +214,10 @@ impl Subscription {
                 self.metrics.propagation.observe(at.elapsed().as_secs_f64());
                 self.entry.ack(version);
             }
+            Some(watch_message::Kind::Load(load)) => {
+                tracing::debug!(pod = %self.req.pod, active_legs = load.active_legs, draining = load.draining, "load report");
+                self.entry.load(load);
+            }
             Some(watch_message::Kind::Subscribe(_)) | None => {
                 tracing::warn!(pod = %self.req.pod, "ignoring a message that is not an ack after the subscription");
             }
@@ -557,6 +561,7 @@ mod tests {
             cluster: "demo".into(),
             pod: "media-x".into(),
             version: 1,
+            load: None,
         };
         f.client
             .report_acks(ReplicaAcks {

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use kube::ResourceExt;
+use voicecluster_api::grpc::Load;
 use voicecluster_api::voicecluster::{
-    CallLegProvider, DirectoryStatus, MediaSpec, ProviderState, PublicAddressSource, SignalMember,
-    VoiceClusterStatus,
+    CallLegProvider, DirectoryStatus, DrainingPod, MediaSpec, ProviderState, PublicAddressSource,
+    SignalMember, VoiceClusterStatus,
 };
 use voicecluster_api::{ANNOTATION_ACTIVE_LEGS, ANNOTATION_DRAINING, MEDIA_GRPC_PORT};
 
@@ -109,6 +110,29 @@ pub fn providers<'a>(
     view.providers.sort_by(|a, b| a.pod.cmp(&b.pod));
     view.without_address.sort();
     view
+}
+
+/// The media pods among `pods` that drain, with the legs each last said it
+/// still carries, by name.
+pub fn draining_media<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    loads: &HashMap<String, Load>,
+) -> Vec<DrainingPod> {
+    let mut out: Vec<DrainingPod> = pods
+        .into_iter()
+        .filter(|p| is_draining(p))
+        .map(|p| DrainingPod {
+            pod: p.name_any(),
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            active_legs: loads.get(&p.name_any()).map(|l| l.active_legs),
+        })
+        .collect();
+    out.sort_by(|a, b| a.pod.cmp(&b.pod));
+    out
 }
 
 /// The signal pods as the Directory lists them, by name. Pods without an
@@ -288,6 +312,22 @@ mod tests {
         assert_eq!(p.grpc_address, format!("10.0.0.7:{MEDIA_GRPC_PORT}"));
         assert_eq!(p.active_legs, 12);
         assert_eq!(p.capacity, media.capacity);
+
+        // The draining ones are listed apart, with what they still carry.
+        let loads = HashMap::from([(
+            "d-deleting".to_string(),
+            Load {
+                active_legs: 3,
+                draining: true,
+            },
+        )]);
+        let drains = draining_media(&pods, &loads);
+        let listed: Vec<(&str, Option<i32>)> = drains
+            .iter()
+            .map(|d| (d.pod.as_str(), d.active_legs))
+            .collect();
+        assert_eq!(listed, vec![("c-draining", None), ("d-deleting", Some(3))]);
+        assert_eq!(drains[0].node, "edge");
     }
 
     #[test]

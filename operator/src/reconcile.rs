@@ -24,8 +24,8 @@ use crate::acks::AckBook;
 use crate::conditions::{self, Facts};
 use crate::metrics::Metrics;
 use crate::providers::{
-    directory_status, is_eligible_media_node, is_ready, next_directory_version, providers,
-    signal_members,
+    directory_status, draining_media, is_eligible_media_node, is_ready, next_directory_version,
+    providers, signal_members,
 };
 use crate::resources::{self, MediaWorkload, Settings, child_name};
 
@@ -260,6 +260,7 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         media: Some(facts.media.clone()),
         provider_count: i32::try_from(view.providers.len()).unwrap_or(i32::MAX),
         call_leg_providers: view.providers,
+        draining_media_pods: draining_media(media_pods(vc, &pods), &ctx.acks.loads(&ns, &name)),
         signal_members: members,
         directory: Some(directory),
     };

@@ -386,7 +386,12 @@ async fn main() -> anyhow::Result<()> {
     let edge_metrics = EdgeMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     // The providers and members in use; what this pod applied and acked.
-    let directory = follow_target(target, directory_metrics);
+    // Signal members have no load to report on the Directory stream.
+    let directory = follow_target(
+        target,
+        directory_metrics,
+        tokio::sync::watch::channel(None).1,
+    );
 
     let sip = match (sip_settings(&args)?, &args.role) {
         (Some(s), Some(Role::Edge { backends })) => {

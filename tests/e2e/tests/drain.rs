@@ -1,7 +1,8 @@
 //! A media pod drains on the local cluster: with a call's legs on it,
 //! deleting the pod takes it out of `status.callLegProviders` at once, the
-//! call's RTP keeps flowing through it, and its process exits when the
-//! call's legs end, long before the drain timeout.
+//! call's RTP keeps flowing through it, the status shows the legs it still
+//! carries, and its process exits when the call's legs end, long before
+//! the drain timeout.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -191,6 +192,21 @@ async fn drain_in(client: &Client, ns: &TestNamespace) -> Result<()> {
         },
     )
     .await?;
+    // The operator shows what the draining pod still carries, as the pod
+    // reports it over its Directory stream.
+    eventually(
+        "the drain's progress in the status",
+        Duration::from_secs(10),
+        || async {
+            let vc = vcs.get(NAME).await.map_err(|e| e.to_string())?;
+            let draining = vc.status.unwrap_or_default().draining_media_pods;
+            match draining.iter().find(|d| d.pod == media_pod) {
+                Some(d) if d.active_legs == Some(2) => Ok(()),
+                _ => Err(format!("{draining:?}")),
+            }
+        },
+    )
+    .await?;
     let before = media_metric("voicecluster_media_packets_relayed_total").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = media_metric("voicecluster_media_packets_relayed_total").await;
@@ -215,6 +231,20 @@ async fn drain_in(client: &Client, ns: &TestNamespace) -> Result<()> {
     )
     .await?;
     let exited_after = ended.elapsed();
+    eventually(
+        "the drained pod out of the status",
+        Duration::from_secs(30),
+        || async {
+            let vc = vcs.get(NAME).await.map_err(|e| e.to_string())?;
+            let draining = vc.status.unwrap_or_default().draining_media_pods;
+            if draining.iter().any(|d| d.pod == media_pod) {
+                Err(format!("{draining:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await?;
     ensure!(
         exited_after < Duration::from_secs(DRAIN_TIMEOUT_S / 3),
         "the pod went {exited_after:?} after its last leg, drain timeout {DRAIN_TIMEOUT_S} s"
