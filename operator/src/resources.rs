@@ -279,6 +279,14 @@ fn edge_container(vc: &VoiceCluster, settings: &Settings, config: VolumeMount) -
     let spec = &vc.spec;
     let mut edge_env = common_env(vc, settings, EDGE_ADMIN_PORT);
     edge_env.push(env("VC_SIP_ADDR", format!("0.0.0.0:{}", spec.sip.port)));
+    edge_env.push(env(
+        "VC_HEARTBEAT_INTERVAL_MS",
+        spec.failover.heartbeat_interval_ms.to_string(),
+    ));
+    edge_env.push(env(
+        "VC_FAILURE_THRESHOLD",
+        spec.failover.failure_threshold.to_string(),
+    ));
     let mut ports = vec![port(EDGE_ADMIN_PORT_NAME, EDGE_ADMIN_PORT, "TCP")];
     ports.extend(sip_container_ports(vc, "edge"));
     Container {
@@ -817,6 +825,15 @@ mod tests {
                 .any(|e| e.name == "VC_SIP_ADDR" && e.value.as_deref() == Some("0.0.0.0:15060"))
         );
         assert!(env.iter().any(|e| e.name == ENV_DIRECTORY_URL));
+        // The heartbeats run as the spec's failover settings say.
+        assert!(
+            env.iter()
+                .any(|e| e.name == "VC_HEARTBEAT_INTERVAL_MS" && e.value.as_deref() == Some("200"))
+        );
+        assert!(
+            env.iter()
+                .any(|e| e.name == "VC_FAILURE_THRESHOLD" && e.value.as_deref() == Some("3"))
+        );
         // Port names are unique across the pod's containers.
         let mut names: Vec<&str> = spec
             .containers

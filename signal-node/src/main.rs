@@ -25,7 +25,7 @@ use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
 use voicecluster_signal_node::billing::{BillStore, RateTable};
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
-use voicecluster_signal_node::edge::{Edge, EdgeMetrics};
+use voicecluster_signal_node::edge::{Edge, EdgeMetrics, HeartbeatConfig};
 use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
 use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
 use voicecluster_signal_node::management::{self, SharedBills};
@@ -111,6 +111,16 @@ enum Role {
         /// the Directory's ready signal members.
         #[arg(long, env = "VC_EDGE_BACKENDS", value_delimiter = ',')]
         backends: Vec<SocketAddr>,
+        /// Milliseconds between heartbeats (OPTIONS) to each backend.
+        #[arg(long, env = "VC_HEARTBEAT_INTERVAL_MS", default_value_t = 200)]
+        heartbeat_interval_ms: u64,
+        /// Heartbeats a backend misses in a row before it is down.
+        #[arg(long, env = "VC_FAILURE_THRESHOLD", default_value_t = 3)]
+        failure_threshold: u32,
+        /// Seconds a backend that came back takes to get its full share
+        /// of new calls.
+        #[arg(long, env = "VC_RAMP_SECONDS", default_value_t = 10)]
+        ramp_seconds: u64,
     },
 }
 
@@ -334,6 +344,7 @@ async fn start_backend(
 async fn start_edge(
     s: &SipSettings,
     fixed: Vec<SocketAddr>,
+    heartbeat: HeartbeatConfig,
     directory: Option<DirectoryView>,
     metrics: EdgeMetrics,
 ) -> anyhow::Result<SipTask> {
@@ -355,7 +366,7 @@ async fn start_edge(
         live.dedup();
         live
     };
-    let edge = Edge::new(s.advertised, Box::new(backends), metrics);
+    let edge = Edge::new(s.advertised, Box::new(backends), heartbeat, metrics);
     let listeners = Listeners::bind(s.addr, s.addr)
         .await
         .with_context(|| format!("binding SIP on {}", s.addr))?;
@@ -394,8 +405,21 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let sip = match (sip_settings(&args)?, &args.role) {
-        (Some(s), Some(Role::Edge { backends })) => {
-            Some(start_edge(&s, backends.clone(), directory, edge_metrics).await?)
+        (
+            Some(s),
+            Some(Role::Edge {
+                backends,
+                heartbeat_interval_ms,
+                failure_threshold,
+                ramp_seconds,
+            }),
+        ) => {
+            let heartbeat = HeartbeatConfig {
+                interval: Duration::from_millis((*heartbeat_interval_ms).max(10)),
+                threshold: (*failure_threshold).max(1),
+                ramp: Duration::from_secs(*ramp_seconds),
+            };
+            Some(start_edge(&s, backends.clone(), heartbeat, directory, edge_metrics).await?)
         }
         (Some(s), None) => {
             Some(start_backend(&args, &s, directory, sip_metrics, event_metrics).await?)

@@ -114,8 +114,14 @@ impl SipCore for Endpoint {
 }
 
 impl SipCore for Edge {
-    fn on_bytes(&mut self, bytes: &[u8], from: Peer, _now: Instant, _wall: SystemTime) {
-        Edge::on_bytes(self, bytes, from);
+    fn on_bytes(&mut self, bytes: &[u8], from: Peer, now: Instant, _wall: SystemTime) {
+        Edge::on_bytes(self, bytes, from, now);
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        Edge::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant, _wall: SystemTime) {
+        Edge::handle_timeout(self, now);
     }
     fn reject(&mut self, from: Peer, why: &str, reply: Option<Vec<u8>>) {
         Edge::reject(self, from, why, reply);

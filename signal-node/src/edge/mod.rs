@@ -14,11 +14,17 @@
 //! - Responses follow the Via chain: the edge's own Via is removed and the
 //!   next one says where to.
 //!
+//! - Backends are probed with heartbeats ([`heartbeat`]); new calls go to
+//!   live ones only, a backend that came back is ramped up, and the
+//!   in-dialog requests of a backend that stopped answering go to its buddy
+//!   ([`buddy`]), which holds a replica of its calls and takes them over.
+//!
 //! Nothing is kept per call, so any edge can carry any message of a dialog
 //! and a restarted edge loses nothing.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,6 +34,9 @@ use prometheus_client::registry::Registry;
 use crate::calls::{tag_of, target_addr, uri_of};
 use crate::transaction::Peer;
 use crate::wire::{self, Inbound, split_list};
+
+pub mod heartbeat;
+pub use heartbeat::{Health, HeartbeatConfig, Heartbeats};
 
 /// The live backends' SIP addresses, asked for each message.
 pub type Backends = Box<dyn Fn() -> Vec<SocketAddr> + Send>;
@@ -41,6 +50,8 @@ pub struct EdgeMetrics {
     refused: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     backends: Gauge,
+    backend_changes: Family<Labels, Counter>,
+    failovers: Counter,
 }
 
 impl EdgeMetrics {
@@ -64,8 +75,18 @@ impl EdgeMetrics {
         );
         registry.register(
             "voicecluster_edge_backends",
-            "Live backends the edge forwards to",
+            "Backends that answer the edge's heartbeats and take new calls",
             m.backends.clone(),
+        );
+        registry.register(
+            "voicecluster_edge_backend_changes",
+            "Backend health changes the heartbeats saw, by new health (up, draining, down)",
+            m.backend_changes.clone(),
+        );
+        registry.register(
+            "voicecluster_edge_failovers",
+            "In-dialog requests sent to the buddy of a backend that is down",
+            m.failovers.clone(),
         );
         m
     }
@@ -193,10 +214,27 @@ fn fnv(parts: &[&[u8]]) -> u64 {
 
 /// The backend for `call_id`: the highest rendezvous score.
 pub fn rendezvous(call_id: &str, backends: &[SocketAddr]) -> Option<SocketAddr> {
-    backends
+    ranked(call_id, backends).into_iter().next()
+}
+
+/// `backends` in rendezvous order for `key`, best first.
+pub fn ranked(key: &str, backends: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut scored: Vec<(u64, SocketAddr)> = backends
         .iter()
-        .max_by_key(|b| fnv(&[call_id.as_bytes(), b.to_string().as_bytes()]))
-        .copied()
+        .map(|b| (fnv(&[key.as_bytes(), b.to_string().as_bytes()]), *b))
+        .collect();
+    scored.sort_by(|x, y| y.cmp(x));
+    scored.into_iter().map(|(_, b)| b).collect()
+}
+
+/// The buddy of backend `owner`: the member that holds replicas of its
+/// calls and takes them over when it goes down. The first of the others in
+/// rendezvous order for the owner's address, so the owner and every edge
+/// agree on it from the same member list, and losing one member moves only
+/// the calls it was buddy for.
+pub fn buddy(owner: SocketAddr, members: &[SocketAddr]) -> Option<SocketAddr> {
+    let others: Vec<SocketAddr> = members.iter().copied().filter(|m| *m != owner).collect();
+    rendezvous(&owner.to_string(), &others)
 }
 
 fn hex(s: &str) -> String {
@@ -321,19 +359,95 @@ pub struct Edge {
     /// The edge's address, in its Via, Path and Record-Route.
     local: SocketAddr,
     backends: Backends,
+    heartbeats: Heartbeats,
     metrics: EdgeMetrics,
     out: VecDeque<(Peer, Vec<u8>)>,
 }
 
 impl Edge {
-    /// An edge at `local` forwarding to `backends`.
-    pub fn new(local: SocketAddr, backends: Backends, metrics: EdgeMetrics) -> Self {
+    /// An edge at `local` forwarding to `backends`, probing them as
+    /// `heartbeat` says.
+    pub fn new(
+        local: SocketAddr,
+        backends: Backends,
+        heartbeat: HeartbeatConfig,
+        metrics: EdgeMetrics,
+    ) -> Self {
         Self {
             local,
             backends,
+            heartbeats: Heartbeats::new(heartbeat),
             metrics,
             out: VecDeque::new(),
         }
+    }
+
+    /// When [`Self::handle_timeout`] is due (the next heartbeat).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        // Before the first round, at once.
+        Some(self.heartbeats.poll_timeout().unwrap_or_else(Instant::now))
+    }
+
+    /// Sends the heartbeats that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.heartbeats.poll_timeout().is_some_and(|t| t > now) {
+            return;
+        }
+        let candidates = (self.backends)();
+        let (probes, changes) = self.heartbeats.probe(&candidates, self.local, now);
+        for (to, bytes) in probes {
+            self.out.push_back((
+                Peer {
+                    addr: to,
+                    reliable: false,
+                },
+                bytes,
+            ));
+        }
+        for c in changes {
+            self.changed(c);
+        }
+        self.count_up(&candidates);
+    }
+
+    fn changed(&self, c: heartbeat::Change) {
+        let health = match c.health {
+            Health::Up => "up",
+            Health::Draining => "draining",
+            Health::Down => "down",
+        };
+        match c.health {
+            Health::Down => {
+                tracing::warn!(backend = %c.backend, "backend missed its heartbeats: down")
+            }
+            _ => tracing::info!(backend = %c.backend, health, "backend answers heartbeats"),
+        }
+        EdgeMetrics::inc(&self.metrics.backend_changes, &[("health", health)]);
+    }
+
+    fn count_up(&self, candidates: &[SocketAddr]) {
+        let up = candidates
+            .iter()
+            .filter(|b| self.heartbeats.health(b) == Health::Up)
+            .count();
+        self.metrics
+            .backends
+            .set(i64::try_from(up).unwrap_or(i64::MAX));
+    }
+
+    /// The backend for a new call: the first in rendezvous order that is up
+    /// and, while it ramps up, takes this call's share.
+    fn choose(&self, call_id: &str, backends: &[SocketAddr], now: Instant) -> Option<SocketAddr> {
+        let up: Vec<SocketAddr> = ranked(call_id, backends)
+            .into_iter()
+            .filter(|b| self.heartbeats.health(b) == Health::Up)
+            .collect();
+        // Where this call falls in [0, 1), independent of the ranking.
+        let point = (fnv(&[b"share", call_id.as_bytes()]) % 10_000) as f64 / 10_000.0;
+        up.iter()
+            .copied()
+            .find(|b| point < self.heartbeats.share(b, now))
+            .or_else(|| up.first().copied())
     }
 
     /// The next bytes to send.
@@ -356,7 +470,7 @@ impl Edge {
     }
 
     /// Bytes arrived from `from`: a datagram, or a frame a stream framer cut.
-    pub fn on_bytes(&mut self, bytes: &[u8], from: Peer) {
+    pub fn on_bytes(&mut self, bytes: &[u8], from: Peer, now: Instant) {
         match wire::decode(bytes, from.reliable) {
             Inbound::KeepAlive => return,
             Inbound::Rejected { why, reply } => return self.reject(from, &why, reply),
@@ -366,16 +480,41 @@ impl Edge {
             return self.drop_message("unparsable");
         };
         let backends = (self.backends)();
-        self.metrics
-            .backends
-            .set(i64::try_from(backends.len()).unwrap_or(i64::MAX));
         // Backends talk to the edge over UDP from their SIP port.
         let from_backend = !from.reliable && backends.contains(&from.addr);
+        if !msg.is_request() && from_backend && self.heartbeat_answer(&msg, from.addr, now) {
+            return;
+        }
         match (msg.is_request(), from_backend) {
-            (true, false) => self.forward_to_backend(msg, from, &backends),
+            (true, false) => self.forward_to_backend(msg, from, &backends, now),
             (true, true) => self.forward_to_client(msg, from),
             (false, _) => self.response(msg, from_backend),
         }
+    }
+
+    /// True when `msg` answers one of our heartbeats (and was counted).
+    fn heartbeat_answer(&mut self, msg: &Message, from: SocketAddr, now: Instant) -> bool {
+        let ours = msg
+            .top("Via")
+            .as_deref()
+            .and_then(Via::parse)
+            .and_then(|v| v.param("branch").map(str::to_string))
+            .is_some_and(|b| b.starts_with(heartbeat::BRANCH_PREFIX));
+        if !ours {
+            return false;
+        }
+        let code = msg
+            .start_line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(500);
+        if let Some(c) = self.heartbeats.on_answer(from, code, now) {
+            self.changed(c);
+            let candidates = (self.backends)();
+            self.count_up(&candidates);
+        }
+        true
     }
 
     fn drop_message(&self, why: &str) {
@@ -448,7 +587,13 @@ impl Edge {
     }
 
     /// A device's request, to a backend.
-    fn forward_to_backend(&mut self, mut msg: Message, from: Peer, backends: &[SocketAddr]) {
+    fn forward_to_backend(
+        &mut self,
+        mut msg: Message,
+        from: Peer,
+        backends: &[SocketAddr],
+        now: Instant,
+    ) {
         // RFC 3581: the device's real address goes in its Via, so the
         // responses find it behind NAT.
         let Some(mut via) = msg.top("Via").as_deref().and_then(Via::parse) else {
@@ -477,8 +622,24 @@ impl Edge {
         }
         let call_id = msg.first("Call-ID").unwrap_or_default().to_string();
         let backend = match pinned {
-            Some(b) if backends.contains(&b) => Some(b),
-            _ => rendezvous(&call_id, backends),
+            Some(b) if backends.contains(&b) && self.heartbeats.health(&b) != Health::Down => {
+                Some(b)
+            }
+            Some(b) => {
+                // Its dialogs go to the member holding their replicas.
+                let up: Vec<SocketAddr> = backends
+                    .iter()
+                    .copied()
+                    .filter(|c| self.heartbeats.health(c) == Health::Up)
+                    .collect();
+                let to = buddy(b, &up);
+                if let Some(to) = to {
+                    tracing::info!(%call_id, down = %b, buddy = %to, "in-dialog request to the buddy");
+                    self.metrics.failovers.inc();
+                }
+                to
+            }
+            None => self.choose(&call_id, backends, now),
         };
         let Some(backend) = backend else {
             tracing::warn!(%call_id, "no live backend");

@@ -1,6 +1,7 @@
 //! The edge as a stateless proxy: what goes where, and how it is rewritten.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -24,12 +25,17 @@ fn edge_with(list: Vec<SocketAddr>) -> Edge {
     Edge::new(
         EDGE.parse().unwrap(),
         Box::new(move || list.clone()),
+        HeartbeatConfig::default(),
         EdgeMetrics::default(),
     )
 }
 
 fn feed(edge: &mut Edge, text: &str, from: Peer) -> Vec<(Peer, String)> {
-    edge.on_bytes(text.as_bytes(), from);
+    feed_at(edge, text, from, Instant::now())
+}
+
+fn feed_at(edge: &mut Edge, text: &str, from: Peer, at: Instant) -> Vec<(Peer, String)> {
+    edge.on_bytes(text.as_bytes(), from, at);
     std::iter::from_fn(|| edge.poll_transmit())
         .map(|(p, b)| (p, String::from_utf8(b).unwrap()))
         .collect()
@@ -217,4 +223,115 @@ fn malformed_input_is_answered_or_dropped() {
         )
         .is_empty()
     );
+}
+
+/// Runs heartbeat rounds from `t0` for `rounds` intervals; the backends in
+/// `answering` answer every probe.
+fn heartbeat_rounds(e: &mut Edge, t0: Instant, rounds: u32, answering: &[SocketAddr]) -> Instant {
+    let mut now = t0;
+    for _ in 0..rounds {
+        e.handle_timeout(now);
+        let probes: Vec<(Peer, Vec<u8>)> = std::iter::from_fn(|| e.poll_transmit()).collect();
+        for (to, bytes) in probes {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.starts_with("OPTIONS "), "{text}");
+            if !answering.contains(&to.addr) {
+                continue;
+            }
+            let via = header(&text, "Via")[0].to_string();
+            let answer = format!(
+                "SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: <sip:heartbeat@{EDGE}>;tag=hb\r\n\
+                 To: <sip:x>;tag=b\r\nCall-ID: hb\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            );
+            e.on_bytes(answer.as_bytes(), peer(&to.addr.to_string(), false), now);
+            assert!(
+                e.poll_transmit().is_none(),
+                "a heartbeat answer goes nowhere"
+            );
+        }
+        now += Duration::from_millis(200);
+    }
+    now
+}
+
+#[test]
+fn a_backend_that_misses_its_heartbeats_gets_no_new_calls_and_its_dialogs_go_to_its_buddy() {
+    let all = backends();
+    let (dead, alive) = (all[0], all[1]);
+    let mut e = edge_with(all.clone());
+    let t0 = Instant::now();
+    let now = heartbeat_rounds(&mut e, t0, 2, &all);
+    // dead stops answering: three missed probes later it is down.
+    let now = heartbeat_rounds(&mut e, now, 4, &[alive]);
+    for i in 0..32 {
+        let out = feed(
+            &mut e,
+            &request("INVITE", &format!("new-{i}"), "", ""),
+            peer(ALICE_NAT, false),
+        );
+        assert_eq!(out[0].0.addr, alive, "new calls only to live backends");
+    }
+    // A BYE in a dialog pinned to the dead backend goes to its buddy.
+    let route = format!(
+        "Route: <sip:{EDGE};lr;ft={};vb={}>\r\n",
+        flow_token(peer(ALICE_NAT, false)),
+        hex(&dead.to_string())
+    );
+    let out = feed(
+        &mut e,
+        &request("BYE", "old-call", ";tag=b1", &route),
+        peer(ALICE_NAT, false),
+    );
+    assert_eq!(out[0].0.addr, alive);
+    assert_eq!(Some(alive), buddy(dead, &all));
+    assert_eq!(e.metrics.failovers.get(), 1);
+
+    // It comes back: its dialogs are its own again, and new calls ramp.
+    let now = heartbeat_rounds(&mut e, now, 1, &all);
+    let out = feed(
+        &mut e,
+        &request("BYE", "old-call", ";tag=b1", &route),
+        peer(ALICE_NAT, false),
+    );
+    assert_eq!(out[0].0.addr, dead);
+    let to_dead = |e: &mut Edge, at: Instant| {
+        (0..200)
+            .filter(|i| {
+                let out = feed_at(
+                    e,
+                    &request("INVITE", &format!("ramp-{i}"), "", ""),
+                    peer(ALICE_NAT, false),
+                    at,
+                );
+                out[0].0.addr == dead
+            })
+            .count()
+    };
+    let early = to_dead(&mut e, now);
+    let halfway = to_dead(&mut e, now + Duration::from_secs(5));
+    let ramped = to_dead(&mut e, now + Duration::from_secs(11));
+    assert!(
+        early < 10,
+        "just back, it takes almost no new calls: {early}"
+    );
+    assert!(
+        early < halfway && halfway < ramped,
+        "{early} {halfway} {ramped}"
+    );
+    assert!(ramped > 60, "then its rendezvous share of 200: {ramped}");
+}
+
+#[test]
+fn the_buddy_is_the_same_for_everyone_and_never_the_owner() {
+    let members: Vec<SocketAddr> = (1..=5)
+        .map(|i| format!("10.1.0.{i}:5060").parse().unwrap())
+        .collect();
+    for m in &members {
+        let b = buddy(*m, &members).unwrap();
+        assert_ne!(b, *m);
+        let mut shuffled = members.clone();
+        shuffled.reverse();
+        assert_eq!(buddy(*m, &shuffled), Some(b), "order does not matter");
+    }
+    assert_eq!(buddy(members[0], &members[..1]), None, "alone: no buddy");
 }
