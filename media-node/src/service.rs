@@ -409,6 +409,14 @@ impl CallLegs for LegService {
     async fn update(&self, request: Request<UpdateLegRequest>) -> Result<Response<Leg>, Status> {
         let req = request.into_inner();
         let id = LegId(req.id);
+        if let Some(owner) = req.owner.clone() {
+            // Another member took the call over: its events go there now.
+            tracing::info!(leg = id.0, member = %owner.member, task = owner.task, "call leg has a new owner");
+            let moved = self.with_owned(id, |o| o.owner = Some(owner))?;
+            if req.remote_sdp.is_empty() && req.remote_address.is_empty() {
+                return Ok(moved);
+            }
+        }
         if !req.remote_sdp.is_empty() {
             let sdp = self
                 .engine

@@ -92,6 +92,8 @@ pub struct Call {
     pub awaiting_ack: Vec<(Side, TxKey, u32)>,
     /// The session description last sent to A and to B.
     pub sent_sdp: (Option<String>, Option<String>),
+    /// The version of the last replica sent to the buddy; 0: none yet.
+    pub replicated: u64,
 }
 
 impl Call {

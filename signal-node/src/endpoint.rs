@@ -21,6 +21,7 @@ use crate::calls::{CallRecord, Calls};
 use crate::legs::{LegReply, LegRequest};
 use crate::management::SharedBills;
 use crate::registrar::{Binding, Registrar};
+use crate::replicas::Replicas;
 use crate::task_events::{Outbound, REGISTRAR_TASK, binding_from_proto, kind_name, registrations};
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
 use crate::wire::{self, Inbound};
@@ -52,6 +53,9 @@ pub struct SipMetrics {
     leg_reports: Counter,
     leg_fraction_lost: Histogram,
     leg_jitter: Histogram,
+    pub(crate) replicas_held: Gauge,
+    pub(crate) takeovers: Counter,
+    pub(crate) taken_over: Counter,
 }
 
 impl Default for SipMetrics {
@@ -68,6 +72,9 @@ impl Default for SipMetrics {
             bill_write_errors: Counter::default(),
             dtmf_digits: Counter::default(),
             leg_reports: Counter::default(),
+            replicas_held: Gauge::default(),
+            takeovers: Counter::default(),
+            taken_over: Counter::default(),
             leg_fraction_lost: Histogram::new([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             // 1 ms to about half a second.
             leg_jitter: Histogram::new(exponential_buckets(0.001, 2.0, 10)),
@@ -147,6 +154,21 @@ impl SipMetrics {
             m.leg_jitter.clone(),
         );
         registry.register(
+            "voicecluster_call_replicas_held",
+            "Calls of other members this member holds replicas of, as their buddy",
+            m.replicas_held.clone(),
+        );
+        registry.register(
+            "voicecluster_call_takeovers",
+            "Calls of a failed member this member took over from their replicas",
+            m.takeovers.clone(),
+        );
+        registry.register(
+            "voicecluster_calls_taken_over",
+            "Calls of this member that another member took over",
+            m.taken_over.clone(),
+        );
+        registry.register(
             "voicecluster_call_media_packets",
             "RTP packets relayed in ended calls, by direction",
             m.call_media_packets.clone(),
@@ -213,14 +235,16 @@ pub struct Endpoint {
     /// Re-INVITEs relayed to the other side: client transaction to call.
     pub(crate) reinvites: HashMap<TxKey, u64>,
     /// This member's TaskEvents address; without it nothing is shared.
-    member: Option<String>,
+    pub(crate) member: Option<String>,
     /// Task events for other members, for the driver.
-    events_out: VecDeque<(u64, Outbound)>,
+    pub(crate) events_out: VecDeque<(u64, Outbound)>,
+    /// Other members' calls, as their buddy.
+    pub(crate) replicas: Replicas,
     /// This node's SIP address, in Via and Contact.
     pub(crate) local: SocketAddr,
     records: VecDeque<CallRecord>,
     billing: Option<Billing>,
-    metrics: SipMetrics,
+    pub(crate) metrics: SipMetrics,
     out: VecDeque<(Peer, Vec<u8>)>,
     next_tag: u64,
 }
@@ -246,6 +270,7 @@ impl Endpoint {
             reinvites: HashMap::new(),
             member: None,
             events_out: VecDeque::new(),
+            replicas: Replicas::default(),
             local,
             records: VecDeque::new(),
             billing: None,
@@ -292,6 +317,19 @@ impl Endpoint {
             Some(Kind::Leg(leg)) => {
                 let from = event.from.map(|f| f.member).unwrap_or_default();
                 self.on_leg_event(to.task, &from, &leg, now, wall);
+            }
+            Some(Kind::CallReplica(r)) if to.task == REGISTRAR_TASK => {
+                let Some(from) = event.from else { return };
+                self.on_replica(from, r, now);
+            }
+            Some(Kind::CallDropped(d)) if to.task == REGISTRAR_TASK => {
+                let Some(from) = event.from else { return };
+                self.replicas.drop_call(&from, d.version, now);
+                self.count_replicas();
+            }
+            Some(Kind::TakenOver(t)) => self.on_taken_over(to.task, &t.by),
+            Some(Kind::ReplicaStored(s)) => {
+                tracing::trace!(task = to.task, version = s.version, "replica stored");
             }
             Some(kind) => {
                 tracing::debug!(
@@ -472,9 +510,13 @@ impl Endpoint {
             match o {
                 Output::Transmit { to, bytes } => self.out.push_back((to, bytes)),
                 Output::Request { key, request, from } => {
+                    self.take_over_if_replica(&request, now);
                     self.serve(&key, &request, from, now, wall)
                 }
-                Output::Ack { request, .. } => self.on_ack(&request),
+                Output::Ack { request, .. } => {
+                    self.take_over_if_replica(&request, now);
+                    self.on_ack(&request)
+                }
                 Output::Response { key, response } => {
                     self.on_client_response(&key, &response, now, wall)
                 }

@@ -269,6 +269,24 @@ impl Legs {
                 }
                 None
             }
+            LegRequest::Adopt { task, media } => {
+                let provider = self.provider(&media)?;
+                let owner = TaskHandle {
+                    member: self.member.clone(),
+                    task,
+                };
+                for leg in [media.a, media.b] {
+                    let req = UpdateLegRequest {
+                        id: leg.id,
+                        owner: Some(owner.clone()),
+                        ..Default::default()
+                    };
+                    if let Err(e) = timed(provider.update(req)).await {
+                        tracing::warn!(error = %e, leg = leg.id, provider = ?media.provider, "cannot take over a call leg");
+                    }
+                }
+                None
+            }
             LegRequest::Release { media } => {
                 let provider = self.provider(&media)?;
                 let (b, a) = tokio::join!(

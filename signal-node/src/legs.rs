@@ -60,6 +60,14 @@ pub enum LegRequest {
         /// The new address.
         remote: SocketAddr,
     },
+    /// Call `task` was taken over from a failed member: its legs report to
+    /// this member's task from now on.
+    Adopt {
+        /// The call's task id on this member.
+        task: u64,
+        /// The call's media.
+        media: Media,
+    },
     /// The call is over. Answered with [`LegReply::Released`].
     Release {
         /// The call's media.

@@ -13,6 +13,7 @@ pub mod leg_providers;
 pub mod legs;
 pub mod management;
 pub mod registrar;
+pub mod replicas;
 pub mod sdp;
 pub mod task_events;
 #[cfg(feature = "testing")]

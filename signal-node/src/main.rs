@@ -289,12 +289,17 @@ async fn start_backend(
     let (legs, offered) = call_legs(s, args, directory.clone(), member.clone())?;
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
     let events = TaskEventsService::new(member.clone(), events_tx, event_metrics.clone());
-    let peers = Arc::new(Peers::new(
-        member.clone(),
-        args.signal_peers.clone(),
-        directory.clone(),
-        event_metrics,
-    ));
+    // Members are known to the edges by IP and the common SIP port; the
+    // buddy is found the same way.
+    let peers = Arc::new(
+        Peers::new(
+            member.clone(),
+            args.signal_peers.clone(),
+            directory.clone(),
+            event_metrics,
+        )
+        .with_sip_port(s.advertised.port()),
+    );
     let syncing = tokio::spawn(Arc::clone(&peers).keep_synced());
     let rates = RateTable::from_spec(&s.billing).map_err(anyhow::Error::msg)?;
     let bills: SharedBills = Arc::new(Mutex::new(

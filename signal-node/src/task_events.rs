@@ -43,6 +43,8 @@ pub enum Outbound {
     Broadcast(Kind),
     /// To one task.
     To(TaskHandle, Kind),
+    /// To the registrar of this member's buddy (see [`crate::edge::buddy`]).
+    Buddy(Kind),
 }
 
 /// The metric label of an event's kind.
@@ -51,6 +53,10 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::Registrations(_) => "registrations",
         Kind::Sync(_) => "sync",
         Kind::Leg(_) => "leg",
+        Kind::CallReplica(_) => "call_replica",
+        Kind::CallDropped(_) => "call_dropped",
+        Kind::TakenOver(_) => "taken_over",
+        Kind::ReplicaStored(_) => "replica_stored",
     }
 }
 
@@ -184,6 +190,9 @@ impl TaskEvents for TaskEventsService {
 /// The other members, and how to reach them.
 pub struct Peers {
     member: String,
+    /// The SIP port every member serves on: with a member's IP, its
+    /// identity at the edges.
+    sip_port: Option<u16>,
     fixed: Vec<String>,
     directory: Option<DirectoryView>,
     clients: Mutex<HashMap<String, TaskEventsClient<Channel>>>,
@@ -203,12 +212,35 @@ impl Peers {
     ) -> Self {
         Self {
             member,
+            sip_port: None,
             fixed,
             directory,
             clients: Mutex::default(),
             synced: Mutex::default(),
             metrics,
         }
+    }
+
+    /// Members serve SIP on `port` (their buddies are found by it).
+    pub fn with_sip_port(mut self, port: u16) -> Self {
+        self.sip_port = Some(port);
+        self
+    }
+
+    /// This member's buddy: the one the edges send its calls' dialogs to
+    /// when it goes down, by the same rendezvous over the members' SIP
+    /// addresses.
+    pub fn buddy(&self) -> Option<String> {
+        let port = self.sip_port?;
+        let sip = |member: &str| -> Option<SocketAddr> {
+            let addr: SocketAddr = member.parse().ok()?;
+            Some(SocketAddr::new(addr.ip(), port))
+        };
+        let me = sip(&self.member)?;
+        let others = self.current();
+        let sips: Vec<SocketAddr> = others.iter().filter_map(|m| sip(m)).collect();
+        let chosen = crate::edge::buddy(me, &sips)?;
+        others.into_iter().find(|m| sip(m) == Some(chosen))
     }
 
     fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -285,6 +317,20 @@ impl Peers {
     pub fn send(self: &Arc<Self>, out: Outbound, from_task: u64) {
         let targets: Vec<(TaskHandle, Kind)> = match out {
             Outbound::To(to, kind) => vec![(to, kind)],
+            Outbound::Buddy(kind) => match self.buddy() {
+                Some(member) => vec![(
+                    TaskHandle {
+                        member,
+                        task: REGISTRAR_TASK,
+                    },
+                    kind,
+                )],
+                None => {
+                    tracing::debug!(kind = kind_name(&kind), "no buddy to replicate to");
+                    self.metrics.failed(kind_name(&kind));
+                    Vec::new()
+                }
+            },
             Outbound::Broadcast(kind) => self
                 .current()
                 .into_iter()

@@ -68,6 +68,7 @@ pub fn write_audio(dir: &Path) {
 }
 
 /// SIPp pointed at one SIP service address.
+#[derive(Clone, Debug)]
 pub struct Sipp {
     /// Where SIPp sends (a signal node, or an edge).
     pub target: SocketAddr,

@@ -249,6 +249,7 @@ impl Endpoint {
                 reinvite: None,
                 awaiting_ack: Vec::new(),
                 sent_sdp: (None, Some(body.clone())),
+                replicated: 0,
             },
         );
         self.update_call_metrics();
@@ -600,12 +601,16 @@ impl Endpoint {
             }
             to_a = with_body(to_a, "application/sdp", to_a_sdp);
         }
-        self.answer(&a_key, to_a, now);
         if is_success(resp) {
             if let Some(call) = self.calls.get_mut(id) {
                 call.phase = Phase::Answered;
                 call.answered = Some(wall);
             }
+            // The buddy holds the call before A hears it is up.
+            self.replicate(id);
+        }
+        self.answer(&a_key, to_a, now);
+        if is_success(resp) {
             tracing::info!(call = id, "call answered");
         } else if code >= 300 {
             self.end_call(id, &code.to_string(), wall);
@@ -650,6 +655,7 @@ impl Endpoint {
         self.leg_requests.push_back(LegRequest::Release {
             media: call.media.clone(),
         });
+        self.drop_replica(id, call.replicated);
         tracing::info!(call_id = %call.a.call_id, %reason, "call ended");
         self.finished(CallRecord {
             call_id: call.a.call_id,
@@ -665,6 +671,7 @@ impl Endpoint {
 }
 
 mod reinvite;
+mod takeover;
 
 #[cfg(test)]
 mod tests;

@@ -153,6 +153,8 @@ impl Endpoint {
             ok = with_body(ok, "application/sdp", back);
         }
         self.remember_answered(id, from, &relayed.server, &relayed.request);
+        // The buddy learns the new session (and CSeqs) before the answer goes.
+        self.replicate(id);
         self.answer(&relayed.server, ok, now);
     }
 

@@ -19,6 +19,8 @@ struct LegLog {
     remotes: HashMap<u64, SocketAddr>,
     bridged: Vec<(u64, u64)>,
     released: Vec<u64>,
+    /// Calls whose legs were taken over from another member.
+    adopted: Vec<u64>,
     /// Setups fail with this, as when no provider can make legs.
     fail: Option<String>,
     /// Requests held back instead of served, as by a slow provider.
@@ -65,6 +67,10 @@ impl LegLog {
                 remote,
             } => {
                 self.remotes.insert(media.leg(side).id, remote);
+                None
+            }
+            LegRequest::Adopt { task, .. } => {
+                self.adopted.push(task);
                 None
             }
             LegRequest::Release { media } => {

@@ -38,6 +38,11 @@ use crate::wire::{self, Inbound, split_list};
 pub mod heartbeat;
 pub use heartbeat::{Health, HeartbeatConfig, Heartbeats};
 
+/// The header an edge adds to a request it sends to a buddy because the
+/// backend the dialog is pinned to is down; it names that backend, and the
+/// buddy takes the call over only then.
+pub const FAILOVER_HEADER: &str = "X-VC-Failover";
+
 /// The live backends' SIP addresses, asked for each message.
 pub type Backends = Box<dyn Fn() -> Vec<SocketAddr> + Send>;
 
@@ -621,6 +626,9 @@ impl Edge {
                 .and_then(|v| v.parse::<SocketAddr>().ok());
         }
         let call_id = msg.first("Call-ID").unwrap_or_default().to_string();
+        // A device cannot make a member take a call over.
+        msg.headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(FAILOVER_HEADER));
         let backend = match pinned {
             Some(b) if backends.contains(&b) && self.heartbeats.health(&b) != Health::Down => {
                 Some(b)
@@ -636,6 +644,8 @@ impl Edge {
                 if let Some(to) = to {
                     tracing::info!(%call_id, down = %b, buddy = %to, "in-dialog request to the buddy");
                     self.metrics.failovers.inc();
+                    msg.headers
+                        .push((FAILOVER_HEADER.to_string(), b.to_string()));
                 }
                 to
             }

@@ -1,0 +1,126 @@
+//! The buddy side of failover, and the owner's share of it: replicas out
+//! when a call changes, a takeover when a request comes for a call this
+//! member only holds a replica of (the edges send it here because the
+//! call's member stopped answering their heartbeats).
+
+use std::time::Instant;
+
+use rsipstack::sip::Request;
+use voicecluster_api::grpc::task_event::Kind;
+use voicecluster_api::grpc::{
+    CallReplica, CallReplicaDropped, CallTakenOver, ReplicaStored, TaskHandle,
+};
+
+use crate::calls::{Phase, header};
+use crate::edge::FAILOVER_HEADER;
+use crate::endpoint::Endpoint;
+use crate::legs::LegRequest;
+use crate::replicas::{call_from_replica, replica_of};
+use crate::task_events::{Outbound, REGISTRAR_TASK};
+
+impl Endpoint {
+    /// Sends the buddy the state of answered call `id`.
+    pub(crate) fn replicate(&mut self, id: u64) {
+        if self.member.is_none() {
+            return;
+        }
+        let local = self.local;
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        if call.phase != Phase::Answered {
+            return;
+        }
+        call.replicated += 1;
+        let replica = replica_of(call, call.replicated, local);
+        self.events_out
+            .push_back((id, Outbound::Buddy(Kind::CallReplica(replica))));
+    }
+
+    /// Call `id` is over: its replica goes.
+    pub(crate) fn drop_replica(&mut self, id: u64, version: u64) {
+        if self.member.is_none() || version == 0 {
+            return;
+        }
+        self.events_out.push_back((
+            id,
+            Outbound::Buddy(Kind::CallDropped(CallReplicaDropped { version })),
+        ));
+    }
+
+    pub(crate) fn count_replicas(&self) {
+        self.metrics
+            .replicas_held
+            .set(i64::try_from(self.replicas.len()).unwrap_or(i64::MAX));
+    }
+
+    /// A replica from the member whose task `from` handles the call.
+    pub(crate) fn on_replica(&mut self, from: TaskHandle, replica: CallReplica, now: Instant) {
+        let version = replica.version;
+        if self.replicas.store(from.clone(), replica, now) {
+            self.events_out.push_back((
+                REGISTRAR_TASK,
+                Outbound::To(from, Kind::ReplicaStored(ReplicaStored { version })),
+            ));
+        }
+        self.count_replicas();
+    }
+
+    /// Another member took over call `task` of this member.
+    pub(crate) fn on_taken_over(&mut self, task: u64, by: &str) {
+        let Some(call) = self.calls.remove(task) else {
+            return;
+        };
+        // Its legs and its bill are the other member's now.
+        tracing::warn!(call_id = %call.a.call_id, %by, "call taken over by another member");
+        self.metrics.taken_over.inc();
+        self.update_call_metrics();
+    }
+
+    /// When `req` belongs to a call this member holds only a replica of,
+    /// and an edge says the call's member is down, the call becomes this
+    /// member's: its legs report here from now on, its member is told, and
+    /// it gets a buddy of its own.
+    pub(crate) fn take_over_if_replica(&mut self, req: &Request, _now: Instant) {
+        let call_id = header(req, "Call-ID").unwrap_or_default();
+        if self.calls.by_call_id(call_id).is_some() {
+            return;
+        }
+        let Some(held) = self.replicas.find(call_id) else {
+            return;
+        };
+        let down = header(req, FAILOVER_HEADER).map(str::trim);
+        if down != Some(held.replica.owner_sip.as_str()) {
+            tracing::warn!(%call_id, owner = %held.replica.owner_sip, ?down, "a request for a call of a member no edge reported down; not taking it over");
+            return;
+        }
+        let Some(held) = self.replicas.take(call_id) else {
+            return;
+        };
+        self.count_replicas();
+        let Some(call) = call_from_replica(&held.replica) else {
+            tracing::error!(%call_id, owner = %held.owner.member, "a replica that does not make a call; cannot take it over");
+            return;
+        };
+        let id = self.calls.next_id();
+        let media = call.media.clone();
+        tracing::warn!(
+            call_id = %call.a.call_id,
+            owner = %held.replica.owner_sip,
+            caller = %call.caller,
+            callee = %call.callee,
+            "taking over a call of a member that went down"
+        );
+        self.calls.insert(id, call);
+        self.leg_requests
+            .push_back(LegRequest::Adopt { task: id, media });
+        let by = self.member.clone().unwrap_or_default();
+        self.events_out.push_back((
+            id,
+            Outbound::To(held.owner, Kind::TakenOver(CallTakenOver { by })),
+        ));
+        self.metrics.takeovers.inc();
+        self.replicate(id);
+        self.update_call_metrics();
+    }
+}
