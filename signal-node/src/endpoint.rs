@@ -56,6 +56,7 @@ pub struct SipMetrics {
     pub(crate) replicas_held: Gauge,
     pub(crate) takeovers: Counter,
     pub(crate) taken_over: Counter,
+    pub(crate) replica_timeouts: Counter,
 }
 
 impl Default for SipMetrics {
@@ -75,6 +76,7 @@ impl Default for SipMetrics {
             replicas_held: Gauge::default(),
             takeovers: Counter::default(),
             taken_over: Counter::default(),
+            replica_timeouts: Counter::default(),
             leg_fraction_lost: Histogram::new([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             // 1 ms to about half a second.
             leg_jitter: Histogram::new(exponential_buckets(0.001, 2.0, 10)),
@@ -164,6 +166,11 @@ impl SipMetrics {
             m.takeovers.clone(),
         );
         registry.register(
+            "voicecluster_call_replica_timeouts",
+            "Answers sent without the buddy's confirmation that it holds the call's replica",
+            m.replica_timeouts.clone(),
+        );
+        registry.register(
             "voicecluster_calls_taken_over",
             "Calls of this member that another member took over",
             m.taken_over.clone(),
@@ -207,6 +214,15 @@ impl Billing {
     }
 }
 
+/// A response held until the buddy stored the replica it depends on.
+pub(crate) struct HeldAnswer {
+    pub(crate) version: u64,
+    pub(crate) key: TxKey,
+    pub(crate) response: rsipstack::sip::Response,
+    /// Sent anyway then: a slow or dead buddy must not stop calls.
+    pub(crate) until: Instant,
+}
+
 /// A call that waits for its legs before the INVITE goes to B.
 pub(crate) struct Pending {
     pub(crate) key: TxKey,
@@ -240,6 +256,8 @@ pub struct Endpoint {
     pub(crate) events_out: VecDeque<(u64, Outbound)>,
     /// Other members' calls, as their buddy.
     pub(crate) replicas: Replicas,
+    /// Answers that wait until the buddy holds their call's replica.
+    pub(crate) held: HashMap<u64, HeldAnswer>,
     /// This node's SIP address, in Via and Contact.
     pub(crate) local: SocketAddr,
     records: VecDeque<CallRecord>,
@@ -271,6 +289,7 @@ impl Endpoint {
             member: None,
             events_out: VecDeque::new(),
             replicas: Replicas::default(),
+            held: HashMap::new(),
             local,
             records: VecDeque::new(),
             billing: None,
@@ -328,9 +347,7 @@ impl Endpoint {
                 self.count_replicas();
             }
             Some(Kind::TakenOver(t)) => self.on_taken_over(to.task, &t.by),
-            Some(Kind::ReplicaStored(s)) => {
-                tracing::trace!(task = to.task, version = s.version, "replica stored");
-            }
+            Some(Kind::ReplicaStored(s)) => self.on_replica_stored(to.task, s.version, now),
             Some(kind) => {
                 tracing::debug!(
                     task = to.task,
@@ -495,17 +512,22 @@ impl Endpoint {
 
     /// When [`Self::handle_timeout`] is due.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.transactions.poll_timeout()
+        let held = self.held.values().map(|h| h.until).min();
+        match (self.transactions.poll_timeout(), held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs due timers and housekeeping.
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+        self.release_overdue_answers(now);
         self.transactions.handle_timeout(now);
         self.registrar.expire(wall);
         self.pump(now, wall);
     }
 
-    fn pump(&mut self, now: Instant, wall: SystemTime) {
+    pub(crate) fn pump(&mut self, now: Instant, wall: SystemTime) {
         while let Some(o) = self.transactions.poll_output() {
             match o {
                 Output::Transmit { to, bytes } => self.out.push_back((to, bytes)),

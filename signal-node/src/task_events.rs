@@ -313,8 +313,9 @@ impl Peers {
         sent
     }
 
-    /// Sends what the endpoint wants sent, in the background.
-    pub fn send(self: &Arc<Self>, out: Outbound, from_task: u64) {
+    /// Sends what the endpoint wants sent, in the background; false when
+    /// there was nowhere to send it (no buddy).
+    pub fn send(self: &Arc<Self>, out: Outbound, from_task: u64) -> bool {
         let targets: Vec<(TaskHandle, Kind)> = match out {
             Outbound::To(to, kind) => vec![(to, kind)],
             Outbound::Buddy(kind) => match self.buddy() {
@@ -345,12 +346,14 @@ impl Peers {
                 })
                 .collect(),
         };
+        let placed = !targets.is_empty();
         for (to, kind) in targets {
             let peers = Arc::clone(self);
             tokio::spawn(async move {
                 let _ = peers.deliver(to, from_task, kind).await;
             });
         }
+        placed
     }
 
     /// Asks each member not yet in sync for its registrations, now and

@@ -81,6 +81,8 @@ pub trait SipCore: Send {
     }
     /// A task event from another member.
     fn on_task_event(&mut self, _event: TaskEvent, _now: Instant, _wall: SystemTime) {}
+    /// Task `task`'s event for its buddy had nowhere to go.
+    fn on_no_buddy(&mut self, _task: u64, _now: Instant, _wall: SystemTime) {}
 }
 
 impl SipCore for Endpoint {
@@ -110,6 +112,9 @@ impl SipCore for Endpoint {
     }
     fn on_task_event(&mut self, event: TaskEvent, now: Instant, wall: SystemTime) {
         Endpoint::on_task_event(self, event, now, wall);
+    }
+    fn on_no_buddy(&mut self, task: u64, now: Instant, wall: SystemTime) {
+        Endpoint::on_no_buddy(self, task, now, wall);
     }
 }
 
@@ -213,9 +218,16 @@ pub async fn serve(
             () = sleep => endpoint.handle_timeout(Instant::now(), SystemTime::now()),
         }
         while let Some((from_task, out)) = endpoint.poll_task_event() {
-            match &peers {
+            let for_buddy = matches!(out, Outbound::Buddy(_));
+            let placed = match &peers {
                 Some(p) => p.send(out, from_task),
-                None => tracing::debug!(?out, "no other members to tell"),
+                None => {
+                    tracing::debug!(?out, "no other members to tell");
+                    false
+                }
+            };
+            if for_buddy && !placed {
+                endpoint.on_no_buddy(from_task, Instant::now(), SystemTime::now());
             }
         }
         while let Some(request) = endpoint.poll_leg_request() {

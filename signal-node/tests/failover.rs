@@ -124,6 +124,11 @@ async fn the_buddy_takes_over_a_call_whose_member_was_killed_and_bills_it_whole(
     )
     .await;
 
+    // The call was answered once the buddy had confirmed its replica.
+    assert_eq!(
+        metric(admins[owner], "voicecluster_call_replica_timeouts_total").await,
+        0.0
+    );
     // The member handling the call dies without a word.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     backends[owner].bin.signal("KILL").unwrap();

@@ -609,7 +609,7 @@ impl Endpoint {
             // The buddy holds the call before A hears it is up.
             self.replicate(id);
         }
-        self.answer(&a_key, to_a, now);
+        self.answer_when_replicated(id, &a_key, to_a, now);
         if is_success(resp) {
             tracing::info!(call = id, "call answered");
         } else if code >= 300 {

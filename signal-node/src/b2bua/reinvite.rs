@@ -155,7 +155,7 @@ impl Endpoint {
         self.remember_answered(id, from, &relayed.server, &relayed.request);
         // The buddy learns the new session (and CSeqs) before the answer goes.
         self.replicate(id);
-        self.answer(&relayed.server, ok, now);
+        self.answer_when_replicated(id, &relayed.server, ok, now);
     }
 
     /// The other side never answered a relayed re-INVITE.

@@ -3,9 +3,9 @@
 //! member only holds a replica of (the edges send it here because the
 //! call's member stopped answering their heartbeats).
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
-use rsipstack::sip::Request;
+use rsipstack::sip::{Request, Response};
 use voicecluster_api::grpc::task_event::Kind;
 use voicecluster_api::grpc::{
     CallReplica, CallReplicaDropped, CallTakenOver, ReplicaStored, TaskHandle,
@@ -13,12 +13,77 @@ use voicecluster_api::grpc::{
 
 use crate::calls::{Phase, header};
 use crate::edge::FAILOVER_HEADER;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, HeldAnswer};
 use crate::legs::LegRequest;
 use crate::replicas::{call_from_replica, replica_of};
 use crate::task_events::{Outbound, REGISTRAR_TASK};
+use crate::transaction::TxKey;
+
+/// How long an answer waits for the buddy to store its call's replica.
+const REPLICA_WAIT: Duration = Duration::from_millis(250);
 
 impl Endpoint {
+    /// Sends `response` once the buddy holds the current replica of call
+    /// `id` (at once when the call has none).
+    pub(crate) fn answer_when_replicated(
+        &mut self,
+        id: u64,
+        key: &TxKey,
+        response: Response,
+        now: Instant,
+    ) {
+        let version = self.calls.get(id).map_or(0, |c| c.replicated);
+        if version == 0 {
+            return self.answer(key, response, now);
+        }
+        self.held.insert(
+            id,
+            HeldAnswer {
+                version,
+                key: key.clone(),
+                response,
+                until: now + REPLICA_WAIT,
+            },
+        );
+    }
+
+    fn release_answer(&mut self, id: u64, now: Instant) {
+        if let Some(h) = self.held.remove(&id) {
+            self.answer(&h.key, h.response, now);
+        }
+    }
+
+    /// The buddy stored call `task`'s replica at `version`.
+    pub(crate) fn on_replica_stored(&mut self, task: u64, version: u64, now: Instant) {
+        if self.held.get(&task).is_some_and(|h| h.version <= version) {
+            self.release_answer(task, now);
+        }
+    }
+
+    /// Call `task` has no buddy to hold its replica: nothing to wait for.
+    pub fn on_no_buddy(&mut self, task: u64, now: Instant, wall: SystemTime) {
+        self.release_answer(task, now);
+        self.pump(now, wall);
+    }
+
+    /// Answers whose buddy did not confirm in time go out anyway.
+    pub(crate) fn release_overdue_answers(&mut self, now: Instant) {
+        let overdue: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            tracing::warn!(
+                call = id,
+                "the buddy did not confirm the call's replica in time; answering anyway"
+            );
+            self.metrics.replica_timeouts.inc();
+            self.release_answer(id, now);
+        }
+    }
+
     /// Sends the buddy the state of answered call `id`.
     pub(crate) fn replicate(&mut self, id: u64) {
         if self.member.is_none() {

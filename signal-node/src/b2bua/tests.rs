@@ -108,6 +108,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::at("192.0.2.1:5060")
+    }
+
+    /// An endpoint at SIP address `local`.
+    fn at(local: &str) -> Self {
         let wall = SystemTime::now();
         let auth = Authenticator::new(
             "voice.test",
@@ -122,7 +127,7 @@ impl Harness {
         registrar.bind("bob", "sip:bob@10.0.0.2:5070", B, wall);
         let legs = Arc::new(Mutex::new(LegLog::default()));
         let ep = Endpoint::new(
-            "192.0.2.1:5060".parse().unwrap(),
+            local.parse().unwrap(),
             registrar,
             true,
             Timers::default(),
@@ -577,4 +582,141 @@ fn a_refused_reinvite_is_refused_to_the_side_that_sent_it() {
 
 fn tag_in(to: &str) -> String {
     to.split(";tag=").nth(1).unwrap_or_default().to_string()
+}
+
+mod failover {
+    use voicecluster_api::grpc::task_event::Kind;
+    use voicecluster_api::grpc::{ReplicaStored, TaskEvent, TaskHandle};
+
+    use super::*;
+    use crate::task_events::{Outbound, REGISTRAR_TASK};
+
+    const OWNER: &str = "192.0.2.1:9446";
+    const BUDDY: &str = "192.0.2.2:9446";
+
+    fn as_member(h: Harness, member: &str) -> Harness {
+        Harness {
+            ep: h.ep.with_member(member.into()),
+            ..h
+        }
+    }
+
+    fn events(h: &mut Harness) -> Vec<(u64, Outbound)> {
+        std::iter::from_fn(|| h.ep.poll_task_event()).collect()
+    }
+
+    fn deliver(h: &mut Harness, to: TaskHandle, from: TaskHandle, kind: Kind) {
+        h.ep.on_task_event(
+            TaskEvent {
+                to: Some(to),
+                from: Some(from),
+                kind: Some(kind),
+            },
+            h.now,
+            h.wall,
+        );
+    }
+
+    fn out(h: &mut Harness) -> Vec<(Peer, String)> {
+        std::iter::from_fn(|| h.ep.poll_transmit())
+            .map(|(p, b)| (p, String::from_utf8_lossy(&b).into_owned()))
+            .collect()
+    }
+
+    fn alice_bye(extra: &str) -> String {
+        format!(
+            "BYE sip:192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-abye\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@voice.test>;tag=a1\r\nTo: <sip:bob@voice.test>;tag={}\r\n\
+Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
+            "TAG"
+        )
+    }
+
+    #[test]
+    fn the_answer_waits_for_the_buddy_and_the_buddy_takes_the_call_over_only_when_told() {
+        let mut owner = as_member(Harness::new(), OWNER);
+        let to_b = start_call(&mut owner);
+        let sent = owner.feed(&reply_to(&to_b, "200 OK", "b1", ANSWER), B);
+        let lines: Vec<&str> = sent.iter().map(|(_, m)| first_line(m)).collect();
+        assert_eq!(
+            lines,
+            ["ACK sip:bob@10.0.0.2:5070 SIP/2.0"],
+            "A's 200 is held"
+        );
+        let replicated = events(&mut owner);
+        let [(task, Outbound::Buddy(Kind::CallReplica(replica)))] = &replicated[..] else {
+            panic!("one replica for the buddy: {replicated:?}")
+        };
+        assert_eq!(replica.version, 1);
+        assert_eq!(replica.caller, "alice");
+        let owner_task = TaskHandle {
+            member: OWNER.into(),
+            task: *task,
+        };
+
+        // The buddy stores it and says so; then A hears the call is up.
+        let mut buddy = as_member(Harness::at("192.0.2.2:5060"), BUDDY);
+        let registrar = TaskHandle {
+            member: BUDDY.into(),
+            task: REGISTRAR_TASK,
+        };
+        deliver(
+            &mut buddy,
+            registrar,
+            owner_task.clone(),
+            Kind::CallReplica(replica.clone()),
+        );
+        let acked = events(&mut buddy);
+        assert!(
+            matches!(&acked[..], [(_, Outbound::To(to, Kind::ReplicaStored(ReplicaStored { version: 1 })))] if *to == owner_task),
+            "{acked:?}"
+        );
+        deliver(
+            &mut owner,
+            owner_task.clone(),
+            TaskHandle {
+                member: BUDDY.into(),
+                task: REGISTRAR_TASK,
+            },
+            Kind::ReplicaStored(ReplicaStored { version: 1 }),
+        );
+        let released = out(&mut owner);
+        assert_eq!(first_line(&released[0].1), "SIP/2.0 200 OK");
+        assert_eq!(released[0].0, A);
+        let a_tag = tag_in(header(&released[0].1, "To"));
+
+        // A BYE for the call without an edge saying its member is down is
+        // not the buddy's to take.
+        let bye = alice_bye("").replace("TAG", &a_tag);
+        let refused = buddy.feed(&bye, A);
+        assert_eq!(
+            first_line(&refused[0].1),
+            "SIP/2.0 481 Call/Transaction Does Not Exist"
+        );
+        // With it, the buddy takes over: 200 to A, BYE to B, the old member
+        // told, the legs re-owned, and the whole call billed here.
+        let bye = alice_bye("X-VC-Failover: 192.0.2.1:5060\r\n")
+            .replace("TAG", &a_tag)
+            .replace("z9hG4bK-abye", "z9hG4bK-abye2");
+        let done = buddy.feed(&bye, A);
+        let lines: Vec<&str> = done.iter().map(|(_, m)| first_line(m)).collect();
+        assert_eq!(
+            lines,
+            ["SIP/2.0 200 OK", "BYE sip:bob@10.0.0.2:5070 SIP/2.0"]
+        );
+        assert_eq!(done[1].0, B);
+        assert!(header(&done[1].1, "To").ends_with(";tag=b1"));
+        let told = events(&mut buddy);
+        assert!(
+            told.iter().any(
+                |(_, o)| matches!(o, Outbound::To(to, Kind::TakenOver(_)) if *to == owner_task)
+            ),
+            "{told:?}"
+        );
+        assert_eq!(buddy.legs.lock().unwrap().adopted.len(), 1);
+        let records = buddy.ep.take_records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].reason, "caller-bye");
+        assert!(records[0].answered.is_some());
+    }
 }
