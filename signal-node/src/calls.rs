@@ -94,6 +94,9 @@ pub struct Call {
     pub sent_sdp: (Option<String>, Option<String>),
     /// The version of the last replica sent to the buddy; 0: none yet.
     pub replicated: u64,
+    /// The member SIP address the edges pin this call's dialogs to (the
+    /// one that set it up).
+    pub pinned: SocketAddr,
 }
 
 impl Call {
@@ -159,6 +162,13 @@ impl Calls {
     /// Calls in progress.
     pub fn active(&self) -> usize {
         self.calls.len()
+    }
+
+    /// The ids of the calls in progress.
+    pub fn ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.calls.keys().copied().collect();
+        ids.sort();
+        ids
     }
 
     /// A new call id (the call's task id on this member).

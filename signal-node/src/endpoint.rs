@@ -332,6 +332,8 @@ impl Endpoint {
                         Outbound::To(from.clone(), registrations(&user, &bindings)),
                     ));
                 }
+                // A member (re)started: it gets back the replicas it needs.
+                self.on_member_back(&from.member);
             }
             Some(Kind::Leg(leg)) => {
                 let from = event.from.map(|f| f.member).unwrap_or_default();

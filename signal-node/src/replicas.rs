@@ -89,6 +89,7 @@ pub fn replica_of(call: &Call, version: u64, owner_sip: SocketAddr) -> CallRepli
         owner_sip: owner_sip.to_string(),
         a_invite: call.a_invite.1.to_string(),
         b_invite: call.b_invite.1.to_string(),
+        pinned_sip: call.pinned.to_string(),
     }
 }
 
@@ -139,6 +140,7 @@ pub fn call_from_replica(r: &CallReplica) -> Option<Call> {
         awaiting_ack: Vec::new(),
         sent_sdp: (nonempty(&r.sdp_to_a), nonempty(&r.sdp_to_b)),
         replicated: 0,
+        pinned: r.pinned_sip.parse().ok()?,
     })
 }
 
@@ -199,6 +201,13 @@ impl Replicas {
         }
         self.forget(&key);
         for d in [&replica.a, &replica.b].into_iter().flatten() {
+            // The call moved (taken over, or back): the older holder's
+            // replica is superseded.
+            if let Some(other) = self.by_call_id.get(&d.call_id).cloned()
+                && other != key
+            {
+                self.forget(&other);
+            }
             self.by_call_id.insert(d.call_id.clone(), key.clone());
         }
         self.held.insert(key, Held { owner, replica });
@@ -218,6 +227,15 @@ impl Replicas {
         }
         self.dropped.insert(key, (version, now));
         self.expire(now);
+    }
+
+    /// The replicas of calls whose dialogs the edges pin to `sip`.
+    pub fn pinned_to(&self, sip: &str) -> Vec<CallReplica> {
+        self.held
+            .values()
+            .filter(|h| h.replica.pinned_sip == sip)
+            .map(|h| h.replica.clone())
+            .collect()
     }
 
     /// The replica of the call a dialog with `call_id` belongs to.

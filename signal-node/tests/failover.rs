@@ -3,7 +3,7 @@
 //! IP, as pods are), an edge heart-beating them, a media node, and SIPp as
 //! Alice and Bob. The backend handling the call is killed with SIGKILL
 //! mid-call; its buddy takes over from the replica, media goes on, Alice's
-//! BYE ends the call on both sides, and the survivor bills the whole call.
+//! BYE ends the call on both sides, and one member bills the whole call.
 
 // Test set-up: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -45,21 +45,29 @@ async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut check:
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_buddy_takes_over_a_call_whose_member_was_killed_and_bills_it_whole() {
-    let ips: [IpAddr; 2] = [
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
-    ];
-    let media = MediaNode::start();
-    let sip_port = port_free_on(&ips);
-    let grpc = |i: usize| SocketAddr::new(ips[i], port_free_on(&ips[i..=i]));
-    let (g0, g1) = (grpc(0), grpc(1));
-    let member = |me: usize, my_grpc: SocketAddr, peer: SocketAddr| {
+/// Two members, an edge with 100 ms heartbeats, a media node; Alice and Bob
+/// registered.
+struct Cluster {
+    media: MediaNode,
+    ips: [IpAddr; 2],
+    sip_port: u16,
+    grpc: [SocketAddr; 2],
+    backends: [Server; 2],
+    edge: Server,
+}
+
+impl Cluster {
+    fn member(
+        media: &MediaNode,
+        ip: IpAddr,
+        sip_port: u16,
+        me: SocketAddr,
+        peer: SocketAddr,
+    ) -> Server {
         Server::start_member_on(
             "Remotely",
-            SocketAddr::new(ips[me], sip_port),
-            my_grpc,
+            SocketAddr::new(ip, sip_port),
+            me,
             &[
                 "--signal-peers".to_string(),
                 peer.to_string(),
@@ -67,122 +75,265 @@ async fn the_buddy_takes_over_a_call_whose_member_was_killed_and_bills_it_whole(
                 media.grpc.to_string(),
             ],
         )
-    };
-    let backends = [member(0, g0, g1), member(1, g1, g0)];
-    let edge = Server::start_edge_with(
-        &[&backends[0], &backends[1]],
-        &["--heartbeat-interval-ms", "100", "--failure-threshold", "3"],
-    );
-    let admins: Vec<SocketAddr> = backends.iter().map(|b| b.bin.admin_addr()).collect();
+    }
 
-    let ports = (free_port(), free_port());
-    edge.sipp.register(ALICE, ports.0);
-    edge.sipp.register(BOB, ports.1);
-    for admin in &admins {
+    async fn start() -> (Self, (u16, u16)) {
+        let ips: [IpAddr; 2] = [
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+        ];
+        let media = MediaNode::start();
+        let sip_port = port_free_on(&ips);
+        let grpc = [
+            SocketAddr::new(ips[0], port_free_on(&ips[..1])),
+            SocketAddr::new(ips[1], port_free_on(&ips[1..])),
+        ];
+        let backends = [
+            Self::member(&media, ips[0], sip_port, grpc[0], grpc[1]),
+            Self::member(&media, ips[1], sip_port, grpc[1], grpc[0]),
+        ];
+        let edge = Server::start_edge_with(
+            &[&backends[0], &backends[1]],
+            &["--heartbeat-interval-ms", "100", "--failure-threshold", "3"],
+        );
+        let c = Self {
+            media,
+            ips,
+            sip_port,
+            grpc,
+            backends,
+            edge,
+        };
+        let ports = (free_port(), free_port());
+        c.edge.sipp.register(ALICE, ports.0);
+        c.edge.sipp.register(BOB, ports.1);
+        for i in 0..2 {
+            c.registered(i).await;
+        }
+        (c, ports)
+    }
+
+    fn admin(&self, i: usize) -> SocketAddr {
+        self.backends[i].bin.admin_addr()
+    }
+
+    async fn registered(&self, i: usize) {
+        let admin = self.admin(i);
         until(
-            "every backend knows both users",
+            "the member knows both users",
             Duration::from_secs(10),
-            async || metric(*admin, "voicecluster_sip_registered_users").await == 2.0,
+            async || metric(admin, "voicecluster_sip_registered_users").await == 2.0,
         )
         .await;
     }
 
-    // A 6-second call with RTP both ways, in the background.
-    const CALL_MS: u64 = 6000;
-    let sipp = edge.sipp.clone();
-    let call = tokio::spawn(async move {
-        sipp.alice_calls_bob(
-            &sipp,
-            ports,
-            ("caller", "callee"),
-            1,
-            &["-d", &CALL_MS.to_string(), "-timeout", "30s"],
+    /// Alice calls Bob for `ms` with RTP both ways, in the background; the
+    /// task fails unless both sides end the call normally.
+    fn call(&self, ports: (u16, u16), ms: u64) -> tokio::task::JoinHandle<()> {
+        let sipp = self.edge.sipp.clone();
+        tokio::spawn(async move {
+            sipp.alice_calls_bob(
+                &sipp,
+                ports,
+                ("caller", "callee"),
+                1,
+                &["-d", &ms.to_string(), "-timeout", "30s"],
+            )
+            .await;
+        })
+    }
+
+    /// The member that has the call.
+    async fn owner(&self) -> usize {
+        let mut owner = None;
+        until(
+            "one member has the call",
+            Duration::from_secs(10),
+            async || {
+                for i in 0..2 {
+                    if metric(self.admin(i), "voicecluster_calls_active").await == 1.0 {
+                        owner = Some(i);
+                        return true;
+                    }
+                }
+                false
+            },
         )
         .await;
-    });
-    let mut owner = None;
-    until(
-        "one backend has the call",
-        Duration::from_secs(10),
-        async || {
-            for (i, admin) in admins.iter().enumerate() {
-                if metric(*admin, "voicecluster_calls_active").await == 1.0 {
-                    owner = Some(i);
-                    return true;
-                }
-            }
-            false
-        },
-    )
-    .await;
-    let owner = owner.unwrap();
+        owner.unwrap()
+    }
+
+    /// Kills member `i` with SIGKILL; how long the edge took to see it down.
+    async fn kill(&self, i: usize) -> Duration {
+        let before = self.downs().await;
+        self.backends[i].bin.signal("KILL").unwrap();
+        let killed = Instant::now();
+        until(
+            "the edge sees it down",
+            Duration::from_secs(3),
+            async || self.downs().await > before,
+        )
+        .await;
+        killed.elapsed()
+    }
+
+    async fn downs(&self) -> f64 {
+        metric(
+            self.edge.bin.admin_addr(),
+            "voicecluster_edge_backend_changes_total{health=\"down\"}",
+        )
+        .await
+    }
+
+    /// Member `i` again, at its old addresses.
+    async fn restart(&mut self, i: usize) {
+        let before = metric(
+            self.edge.bin.admin_addr(),
+            "voicecluster_edge_backend_changes_total{health=\"up\"}",
+        )
+        .await;
+        self.backends[i] = Self::member(
+            &self.media,
+            self.ips[i],
+            self.sip_port,
+            self.grpc[i],
+            self.grpc[1 - i],
+        );
+        let edge = self.edge.bin.admin_addr();
+        until(
+            "the edge sees it back",
+            Duration::from_secs(10),
+            async || {
+                metric(
+                    edge,
+                    "voicecluster_edge_backend_changes_total{health=\"up\"}",
+                )
+                .await
+                    > before
+            },
+        )
+        .await;
+        self.registered(i).await;
+    }
+
+    async fn rtp_flows(&self) {
+        let admin = self.media.bin.admin_addr();
+        let before = metric(admin, "voicecluster_media_packets_relayed_total").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = metric(admin, "voicecluster_media_packets_relayed_total").await;
+        assert!(after >= before + 20.0, "RTP relayed: {before} then {after}");
+    }
+
+    async fn bills(&self, i: usize) -> Vec<serde_json::Value> {
+        let page = http_get(self.backends[i].management, "/bills")
+            .await
+            .unwrap();
+        serde_json::from_str(&page.body).unwrap()
+    }
+
+    async fn legs_released(&self) {
+        let admin = self.media.bin.admin_addr();
+        until("the legs released", Duration::from_secs(5), async || {
+            metric(admin, "voicecluster_media_legs_active").await == 0.0
+        })
+        .await;
+    }
+}
+
+fn assert_whole_call_billed(bill: &serde_json::Value, call_ms: u64) {
+    assert_eq!(bill["disconnectReason"], "caller-bye");
+    assert_eq!(bill["caller"], "alice");
+    let ms = bill["durationMs"].as_u64().unwrap();
+    assert!(
+        ms.abs_diff(call_ms) < 1000,
+        "billed {ms} ms for a {call_ms} ms call"
+    );
+    assert_eq!(
+        bill["cost"],
+        format!("{:.2}", ms.div_ceil(1000) as f64 * 0.01)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buddy_takes_over_a_call_whose_member_was_killed_and_bills_it_whole() {
+    let (c, ports) = Cluster::start().await;
+    const CALL_MS: u64 = 6000;
+    let call = c.call(ports, CALL_MS);
+    let owner = c.owner().await;
     let buddy = 1 - owner;
     until(
         "the buddy holds the call's replica",
         Duration::from_secs(5),
-        async || metric(admins[buddy], "voicecluster_call_replicas_held").await == 1.0,
+        async || metric(c.admin(buddy), "voicecluster_call_replicas_held").await == 1.0,
     )
     .await;
-
     // The call was answered once the buddy had confirmed its replica.
     assert_eq!(
-        metric(admins[owner], "voicecluster_call_replica_timeouts_total").await,
+        metric(c.admin(owner), "voicecluster_call_replica_timeouts_total").await,
         0.0
     );
+
     // The member handling the call dies without a word.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    backends[owner].bin.signal("KILL").unwrap();
-    let killed = Instant::now();
-    until(
-        "the edge sees it down",
-        Duration::from_secs(3),
-        async || {
-            metric(
-                edge.bin.admin_addr(),
-                "voicecluster_edge_backend_changes_total{health=\"down\"}",
-            )
-            .await
-                >= 1.0
-        },
-    )
-    .await;
-    let detected = killed.elapsed();
+    let detected = c.kill(owner).await;
     // Media never passed the member: it goes on through the media node.
-    let relayed =
-        |m: SocketAddr| async move { metric(m, "voicecluster_media_packets_relayed_total").await };
-    let before = relayed(media.bin.admin_addr()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = relayed(media.bin.admin_addr()).await;
-    assert!(
-        after >= before + 20.0,
-        "RTP after the kill: {before} then {after}"
-    );
+    c.rtp_flows().await;
 
     // Alice hangs up at the end of the call: SIPp fails the task unless her
     // BYE gets its 200 and Bob gets his BYE.
     call.await.expect("the call ends normally on both sides");
-    let survivor = &backends[buddy];
     assert_eq!(
-        metric(admins[buddy], "voicecluster_call_takeovers_total").await,
+        metric(c.admin(buddy), "voicecluster_call_takeovers_total").await,
         1.0
     );
-    assert!(metric(edge.bin.admin_addr(), "voicecluster_edge_failovers_total").await >= 1.0);
-    let bills = http_get(survivor.management, "/bills").await.unwrap();
-    let bills: Vec<serde_json::Value> = serde_json::from_str(&bills.body).unwrap();
+    assert!(metric(c.edge.bin.admin_addr(), "voicecluster_edge_failovers_total").await >= 1.0);
+    let bills = c.bills(buddy).await;
     assert_eq!(bills.len(), 1, "exactly one bill: {bills:?}");
-    let b = &bills[0];
-    assert_eq!(b["disconnectReason"], "caller-bye");
-    assert_eq!(b["caller"], "alice");
-    let ms = b["durationMs"].as_u64().unwrap();
-    assert!(
-        ms.abs_diff(CALL_MS) < 1000,
-        "billed {ms} ms for a {CALL_MS} ms call"
-    );
-    assert_eq!(b["cost"], format!("{:.2}", ms.div_ceil(1000) as f64 * 0.01));
-    // The legs were taken over, then released at the end.
-    until("the legs released", Duration::from_secs(5), async || {
-        metric(media.bin.admin_addr(), "voicecluster_media_legs_active").await == 0.0
-    })
-    .await;
+    assert_whole_call_billed(&bills[0], CALL_MS);
+    c.legs_released().await;
     eprintln!("failover: the edge saw the member down {detected:?} after SIGKILL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_takes_its_calls_back_and_the_call_is_billed_once() {
+    let (mut c, ports) = Cluster::start().await;
+    const CALL_MS: u64 = 8000;
+    let call = c.call(ports, CALL_MS);
+    let owner = c.owner().await;
+    let buddy = 1 - owner;
+    until(
+        "the buddy holds the call's replica",
+        Duration::from_secs(5),
+        async || metric(c.admin(buddy), "voicecluster_call_replicas_held").await == 1.0,
+    )
+    .await;
+    c.kill(owner).await;
+    // The member comes back at its address before the call ends; the edges
+    // route the call's dialogs to it again, and it takes the call back.
+    c.restart(owner).await;
+    c.rtp_flows().await;
+    call.await.expect("the call ends normally on both sides");
+    let owner_bills = c.bills(owner).await;
+    let buddy_bills = c.bills(buddy).await;
+    assert_eq!(
+        owner_bills.len() + buddy_bills.len(),
+        1,
+        "one bill: {owner_bills:?} {buddy_bills:?}"
+    );
+    assert_eq!(owner_bills.len(), 1, "billed where the call ended");
+    assert_whole_call_billed(&owner_bills[0], CALL_MS);
+    until(
+        "no call or replica left anywhere",
+        Duration::from_secs(5),
+        async || {
+            let mut left = 0.0;
+            for i in [owner, buddy] {
+                left += metric(c.admin(i), "voicecluster_calls_active").await;
+                left += metric(c.admin(i), "voicecluster_call_replicas_held").await;
+            }
+            left == 0.0
+        },
+    )
+    .await;
+    c.legs_released().await;
 }

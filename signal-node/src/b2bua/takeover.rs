@@ -102,6 +102,53 @@ impl Endpoint {
             .push_back((id, Outbound::Buddy(Kind::CallReplica(replica))));
     }
 
+    /// Member `member` (its TaskEvents address) started or came back: the
+    /// calls it set up that this member carries go to it as replicas, to
+    /// take back when the edges route their dialogs to it again; and every
+    /// call is replicated again, in case it is this member's buddy and lost
+    /// what it held.
+    pub(crate) fn on_member_back(&mut self, member: &str) {
+        if self.member.is_none() {
+            return;
+        }
+        let Ok(addr) = member.parse::<std::net::SocketAddr>() else {
+            return;
+        };
+        let sip = std::net::SocketAddr::new(addr.ip(), self.local.port());
+        let local = self.local;
+        let registrar = TaskHandle {
+            member: member.to_string(),
+            task: REGISTRAR_TASK,
+        };
+        if sip != local {
+            for replica in self.replicas.pinned_to(&sip.to_string()) {
+                tracing::info!(call_id = ?replica.a.as_ref().map(|d| &d.call_id), %member, "handing a replica back to the member it belongs to");
+                self.events_out.push_back((
+                    REGISTRAR_TASK,
+                    Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
+                ));
+            }
+        }
+        for id in self.calls.ids() {
+            let Some(call) = self.calls.get_mut(id) else {
+                continue;
+            };
+            if call.phase != Phase::Answered {
+                continue;
+            }
+            if call.pinned == sip && sip != local {
+                call.replicated += 1;
+                let replica = replica_of(call, call.replicated, local);
+                tracing::info!(call_id = %call.a.call_id, %member, "handing a call back to the member it belongs to");
+                self.events_out.push_back((
+                    id,
+                    Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
+                ));
+            }
+            self.replicate(id);
+        }
+    }
+
     /// Call `id` is over: its replica goes.
     pub(crate) fn drop_replica(&mut self, id: u64, version: u64) {
         if self.member.is_none() || version == 0 {
@@ -136,8 +183,10 @@ impl Endpoint {
         let Some(call) = self.calls.remove(task) else {
             return;
         };
-        // Its legs and its bill are the other member's now.
+        // Its legs and its bill are the other member's now, and so is the
+        // replica at this member's buddy.
         tracing::warn!(call_id = %call.a.call_id, %by, "call taken over by another member");
+        self.drop_replica(task, call.replicated);
         self.metrics.taken_over.inc();
         self.update_call_metrics();
     }
@@ -155,7 +204,13 @@ impl Endpoint {
             return;
         };
         let down = header(req, FAILOVER_HEADER).map(str::trim);
-        if down != Some(held.replica.owner_sip.as_str()) {
+        // Taken over when an edge says its member is down, or taken back
+        // when the edges route its dialogs here again (this member set it
+        // up, went away, and is back).
+        let failed_over = down == Some(held.replica.owner_sip.as_str());
+        let local = self.local.to_string();
+        let back_home = down.is_none() && held.replica.pinned_sip == local;
+        if !failed_over && !back_home {
             tracing::warn!(%call_id, owner = %held.replica.owner_sip, ?down, "a request for a call of a member no edge reported down; not taking it over");
             return;
         }
@@ -179,11 +234,14 @@ impl Endpoint {
         self.calls.insert(id, call);
         self.leg_requests
             .push_back(LegRequest::Adopt { task: id, media });
-        let by = self.member.clone().unwrap_or_default();
-        self.events_out.push_back((
-            id,
-            Outbound::To(held.owner, Kind::TakenOver(CallTakenOver { by })),
-        ));
+        // A call of this member's own earlier life has nobody to tell.
+        if held.replica.owner_sip != local {
+            let by = self.member.clone().unwrap_or_default();
+            self.events_out.push_back((
+                id,
+                Outbound::To(held.owner, Kind::TakenOver(CallTakenOver { by })),
+            ));
+        }
         self.metrics.takeovers.inc();
         self.replicate(id);
         self.update_call_metrics();
