@@ -17,7 +17,7 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Method, Request};
 
 use crate::billing::{Bill, RateTable, bill};
-use crate::calls::{CallRecord, Calls};
+use crate::calls::{CallRecord, Calls, Phase};
 use crate::legs::{LegReply, LegRequest};
 use crate::management::SharedBills;
 use crate::registrar::{Binding, Registrar};
@@ -214,6 +214,23 @@ impl Billing {
     }
 }
 
+/// Where a member is in its life, as the edges' heartbeats hear it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Takes new calls.
+    #[default]
+    Serving,
+    /// Stopping: no new calls from the edges (heartbeats get 503); the
+    /// calls being set up finish.
+    Draining,
+    /// Its calls are its buddy's from now on: heartbeats say it is gone,
+    /// so the edges send their dialogs to the buddy at once.
+    Gone,
+}
+
+/// The header of a heartbeat answer from a member handing its calls over.
+pub const STATE_HEADER: &str = "X-VC-State";
+
 /// A response held until the buddy stored the replica it depends on.
 pub(crate) struct HeldAnswer {
     pub(crate) version: u64,
@@ -258,6 +275,7 @@ pub struct Endpoint {
     pub(crate) replicas: Replicas,
     /// Answers that wait until the buddy holds their call's replica.
     pub(crate) held: HashMap<u64, HeldAnswer>,
+    lifecycle: Lifecycle,
     /// This node's SIP address, in Via and Contact.
     pub(crate) local: SocketAddr,
     records: VecDeque<CallRecord>,
@@ -290,6 +308,7 @@ impl Endpoint {
             events_out: VecDeque::new(),
             replicas: Replicas::default(),
             held: HashMap::new(),
+            lifecycle: Lifecycle::Serving,
             local,
             records: VecDeque::new(),
             billing: None,
@@ -304,6 +323,26 @@ impl Endpoint {
     pub fn with_member(mut self, member: String) -> Self {
         self.member = Some(member);
         self
+    }
+
+    /// Moves the member along its life (see [`Lifecycle`]).
+    pub fn set_lifecycle(&mut self, to: Lifecycle) {
+        if self.lifecycle != to {
+            tracing::info!(from = ?self.lifecycle, ?to, calls = self.calls.active(), "member lifecycle");
+        }
+        self.lifecycle = to;
+    }
+
+    /// True when no call is being set up or waits for its buddy: handing
+    /// over now loses nothing.
+    pub fn settled(&self) -> bool {
+        self.pending.is_empty()
+            && self.held.is_empty()
+            && self.calls.ids().iter().all(|id| {
+                self.calls
+                    .get(*id)
+                    .is_none_or(|c| c.phase != Phase::Calling)
+            })
     }
 
     /// The next task event for another member, with the sending task.
@@ -570,6 +609,14 @@ impl Endpoint {
         }
         let tag = self.tag();
         let response = match req.method() {
+            Method::Options if self.lifecycle != Lifecycle::Serving => {
+                let mut r = response_to(req, 503, Some(&tag));
+                r.headers.push(make_header("Retry-After", "5".into()));
+                if self.lifecycle == Lifecycle::Gone {
+                    r.headers.push(make_header(STATE_HEADER, "gone".into()));
+                }
+                r
+            }
             Method::Options => {
                 let mut r = response_to(req, 200, Some(&tag));
                 r.headers.push(make_header("Allow", ALLOW.into()));

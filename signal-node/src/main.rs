@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 use voicecluster_api::{TASK_EVENTS_PORT, VoiceClusterSpec};
 
 use voicecluster_api::voicecluster::{BillingSpec, CallLegMode};
@@ -26,7 +28,7 @@ use voicecluster_media_node::service::LegService;
 use voicecluster_signal_node::billing::{BillStore, RateTable};
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
 use voicecluster_signal_node::edge::{Edge, EdgeMetrics, HeartbeatConfig};
-use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
+use voicecluster_signal_node::endpoint::{Endpoint, Lifecycle, SipMetrics};
 use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
 use voicecluster_signal_node::management::{self, SharedBills};
 use voicecluster_signal_node::registrar::Registrar;
@@ -272,6 +274,7 @@ async fn start_backend(
     directory: Option<DirectoryView>,
     sip_metrics: SipMetrics,
     event_metrics: EventMetrics,
+    lifecycle: (watch::Receiver<Lifecycle>, watch::Sender<bool>),
 ) -> anyhow::Result<SipTask> {
     let users = match &args.users_file {
         Some(path) => parse_users(
@@ -330,6 +333,7 @@ async fn start_backend(
         legs: Some(Arc::new(legs)),
         peers: Some(peers),
         events: Some(events_rx),
+        lifecycle: Some(lifecycle),
     };
     let sip = tokio::spawn(async move {
         let served = transport::serve(listeners, endpoint, links).await;
@@ -343,6 +347,35 @@ async fn start_backend(
             r = grpc => r.map_err(std::io::Error::other)?,
         }
     }))
+}
+
+/// How long the edges take to hear a lifecycle step: their heartbeats
+/// (200 ms by default) times the failure threshold, with room to spare.
+const HANDOVER_NOTICE: Duration = Duration::from_secs(1);
+/// How long calls being set up may take to be answered before the member
+/// hands over anyway (the pod's grace period is 30 s).
+const HANDOVER_WAIT: Duration = Duration::from_secs(20);
+
+/// Stopping without dropping a call: no new calls (the edges hear 503),
+/// the calls being set up are answered (and replicated), then the
+/// heartbeats say the member is gone and the edges send its dialogs to its
+/// buddy, which takes them over on their next request.
+async fn hand_over(to: watch::Sender<Lifecycle>, mut settled: watch::Receiver<bool>) {
+    to.send_replace(Lifecycle::Draining);
+    tokio::time::sleep(HANDOVER_NOTICE).await;
+    if tokio::time::timeout(HANDOVER_WAIT, settled.wait_for(|s| *s))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?HANDOVER_WAIT,
+            "calls still being set up; handing over anyway"
+        );
+    }
+    to.send_replace(Lifecycle::Gone);
+    // Requests already on their way are still answered here.
+    tokio::time::sleep(HANDOVER_NOTICE).await;
+    tracing::info!("calls handed over to the buddy");
 }
 
 /// The edge role: the SIP front door, forwarding to the live backends.
@@ -409,6 +442,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::sync::watch::channel(None).1,
     );
 
+    // A backend hands its calls over to its buddy before it stops.
+    let mut handover = None;
     let sip = match (sip_settings(&args)?, &args.role) {
         (
             Some(s),
@@ -427,7 +462,20 @@ async fn main() -> anyhow::Result<()> {
             Some(start_edge(&s, backends.clone(), heartbeat, directory, edge_metrics).await?)
         }
         (Some(s), None) => {
-            Some(start_backend(&args, &s, directory, sip_metrics, event_metrics).await?)
+            let (to, lifecycle) = watch::channel(Lifecycle::Serving);
+            let (settled_tx, settled) = watch::channel(true);
+            handover = Some((to, settled));
+            Some(
+                start_backend(
+                    &args,
+                    &s,
+                    directory,
+                    sip_metrics,
+                    event_metrics,
+                    (lifecycle, settled_tx),
+                )
+                .await?,
+            )
         }
         (None, _) => {
             tracing::info!("no VC_CONFIG or --sip-addr: SIP not served");
@@ -459,6 +507,9 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => anyhow::Error::new(e).context("the SIP server panicked"),
         }),
     };
+    if let (None, Some((to, settled))) = (&failure, handover) {
+        hand_over(to, settled).await;
+    }
     telemetry.shutdown().await?;
     match failure {
         Some(e) => Err(e),

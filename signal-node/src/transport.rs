@@ -9,10 +9,10 @@ use std::time::{Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::edge::Edge;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Lifecycle};
 use crate::framing::{Frame, Framer};
 use crate::leg_providers::Legs;
 use crate::legs::{LegReply, LegRequest};
@@ -20,6 +20,9 @@ use crate::task_events::{Outbound, Peers};
 use crate::transaction::Peer;
 use crate::wire::MAX_MESSAGE;
 use voicecluster_api::grpc::TaskEvent;
+
+/// How often the member checks whether its buddy changed.
+const BUDDY_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What connection tasks tell the endpoint loop.
 enum Event {
@@ -83,6 +86,14 @@ pub trait SipCore: Send {
     fn on_task_event(&mut self, _event: TaskEvent, _now: Instant, _wall: SystemTime) {}
     /// Task `task`'s event for its buddy had nowhere to go.
     fn on_no_buddy(&mut self, _task: u64, _now: Instant, _wall: SystemTime) {}
+    /// Moves the core along its life.
+    fn set_lifecycle(&mut self, _to: Lifecycle) {}
+    /// The member's buddy is another member now.
+    fn on_buddy_changed(&mut self, _now: Instant, _wall: SystemTime) {}
+    /// Nothing would be lost by handing over now.
+    fn settled(&self) -> bool {
+        true
+    }
 }
 
 impl SipCore for Endpoint {
@@ -116,6 +127,15 @@ impl SipCore for Endpoint {
     fn on_no_buddy(&mut self, task: u64, now: Instant, wall: SystemTime) {
         Endpoint::on_no_buddy(self, task, now, wall);
     }
+    fn set_lifecycle(&mut self, to: Lifecycle) {
+        Endpoint::set_lifecycle(self, to);
+    }
+    fn on_buddy_changed(&mut self, now: Instant, wall: SystemTime) {
+        Endpoint::on_buddy_changed(self, now, wall);
+    }
+    fn settled(&self) -> bool {
+        Endpoint::settled(self)
+    }
 }
 
 impl SipCore for Edge {
@@ -145,6 +165,9 @@ pub struct Links {
     pub peers: Option<Arc<Peers>>,
     /// Task events for it, from the TaskEvents service.
     pub events: Option<mpsc::Receiver<TaskEvent>>,
+    /// Where in its life it should be, and where it says whether it is
+    /// settled (see [`SipCore::settled`]).
+    pub lifecycle: Option<(watch::Receiver<Lifecycle>, watch::Sender<bool>)>,
 }
 
 /// Serves SIP until the future is dropped.
@@ -158,7 +181,19 @@ pub async fn serve(
         legs,
         peers,
         events: mut task_events,
+        lifecycle,
     } = links;
+    let (mut lifecycle, settled) = match lifecycle {
+        Some((rx, tx)) => (Some(rx), Some(tx)),
+        None => (None, None),
+    };
+    let next_lifecycle = async |rx: &mut Option<watch::Receiver<Lifecycle>>| match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    };
     let next_task_event = async |rx: &mut Option<mpsc::Receiver<TaskEvent>>| match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -169,6 +204,10 @@ pub async fn serve(
     let accept = tokio::spawn(accept_loop(tcp, events_tx));
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    // The buddy follows the member list; when it changes, every call is
+    // replicated to the new one.
+    let mut buddy_check = tokio::time::interval(BUDDY_CHECK);
+    let mut buddy = peers.as_ref().and_then(|p| p.buddy());
     let result = loop {
         let deadline = endpoint.poll_timeout();
         let sleep = async {
@@ -215,6 +254,15 @@ pub async fn serve(
             Some(reply) = replies.recv() => {
                 endpoint.on_leg_reply(reply, Instant::now(), SystemTime::now());
             }
+            Some(to) = next_lifecycle(&mut lifecycle) => endpoint.set_lifecycle(to),
+            _ = buddy_check.tick(), if peers.is_some() => {
+                let now_buddy = peers.as_ref().and_then(|p| p.buddy());
+                if now_buddy != buddy {
+                    tracing::info!(from = ?buddy, to = ?now_buddy, "the buddy changed");
+                    buddy = now_buddy;
+                    endpoint.on_buddy_changed(Instant::now(), SystemTime::now());
+                }
+            }
             () = sleep => endpoint.handle_timeout(Instant::now(), SystemTime::now()),
         }
         while let Some((from_task, out)) = endpoint.poll_task_event() {
@@ -240,6 +288,12 @@ pub async fn serve(
                 if let Some(reply) = legs.run(request).await {
                     let _ = replies.send(reply);
                 }
+            });
+        }
+        if let Some(s) = &settled {
+            s.send_if_modified(|was| {
+                let now = endpoint.settled();
+                std::mem::replace(was, now) != now
             });
         }
         while let Some((to, bytes)) = endpoint.poll_transmit() {

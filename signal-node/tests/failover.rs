@@ -337,3 +337,54 @@ async fn a_restarted_member_takes_its_calls_back_and_the_call_is_billed_once() {
     .await;
     c.legs_released().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_member_hands_its_calls_over_and_the_call_goes_on() {
+    let (mut c, ports) = Cluster::start().await;
+    const CALL_MS: u64 = 7000;
+    let call = c.call(ports, CALL_MS);
+    let owner = c.owner().await;
+    let buddy = 1 - owner;
+    until(
+        "the buddy holds the call's replica",
+        Duration::from_secs(5),
+        async || metric(c.admin(buddy), "voicecluster_call_replicas_held").await == 1.0,
+    )
+    .await;
+    // SIGTERM, as Kubernetes sends in a rolling upgrade.
+    c.backends[owner].bin.signal("TERM").unwrap();
+    let edge = c.edge.bin.admin_addr();
+    until(
+        "the edge hears it draining",
+        Duration::from_secs(3),
+        async || {
+            metric(
+                edge,
+                "voicecluster_edge_backend_changes_total{health=\"draining\"}",
+            )
+            .await
+                >= 1.0
+        },
+    )
+    .await;
+    until("then gone", Duration::from_secs(5), async || {
+        metric(
+            edge,
+            "voicecluster_edge_backend_changes_total{health=\"down\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    let status = c.backends[owner]
+        .bin
+        .wait_exit(Duration::from_secs(10))
+        .unwrap();
+    assert!(status.expect("it exits after handing over").success());
+    c.rtp_flows().await;
+    call.await.expect("the call ends normally on both sides");
+    let bills = c.bills(buddy).await;
+    assert_eq!(bills.len(), 1, "{bills:?}");
+    assert_whole_call_billed(&bills[0], CALL_MS);
+    c.legs_released().await;
+}

@@ -149,6 +149,15 @@ impl Endpoint {
         }
     }
 
+    /// The buddy changed (a member left or joined): the new one gets every
+    /// answered call.
+    pub fn on_buddy_changed(&mut self, now: Instant, wall: SystemTime) {
+        for id in self.calls.ids() {
+            self.replicate(id);
+        }
+        self.pump(now, wall);
+    }
+
     /// Call `id` is over: its replica goes.
     pub(crate) fn drop_replica(&mut self, id: u64, version: u64) {
         if self.member.is_none() || version == 0 {

@@ -131,11 +131,20 @@ impl Heartbeats {
         (probes, changes)
     }
 
-    /// A backend answered a probe with `code`.
-    pub fn on_answer(&mut self, from: SocketAddr, code: u16, now: Instant) -> Option<Change> {
+    /// A backend answered a probe with `code`; `gone` when it said it
+    /// handed its calls over (it is down for the edge, though it answers).
+    pub fn on_answer(
+        &mut self,
+        from: SocketAddr,
+        code: u16,
+        gone: bool,
+        now: Instant,
+    ) -> Option<Change> {
         let b = self.backends.get_mut(&from)?;
         b.missed = 0;
-        let health = if (200..300).contains(&code) {
+        let health = if gone {
+            Health::Down
+        } else if (200..300).contains(&code) {
             Health::Up
         } else {
             Health::Draining
@@ -221,7 +230,7 @@ mod tests {
             assert!(text.starts_with("OPTIONS sip:"), "{text}");
             assert!(text.contains(BRANCH_PREFIX));
             // a answers every probe; b never does.
-            h.on_answer(a, 200, tick(i) + Duration::from_millis(1));
+            h.on_answer(a, 200, false, tick(i) + Duration::from_millis(1));
             if changes.contains(&Change {
                 backend: b,
                 health: Health::Down,
@@ -236,7 +245,7 @@ mod tests {
         // b restarted: one answer brings it back, ramping.
         let back = tick(7);
         assert_eq!(
-            h.on_answer(b, 200, back),
+            h.on_answer(b, 200, false, back),
             Some(Change {
                 backend: b,
                 health: Health::Up
@@ -256,12 +265,18 @@ mod tests {
         let t0 = Instant::now();
         h.probe(&[a], addr("10.0.9.9:5060"), t0);
         assert_eq!(
-            h.on_answer(a, 503, t0).map(|c| c.health),
+            h.on_answer(a, 503, false, t0).map(|c| c.health),
             Some(Health::Draining)
         );
         assert_eq!(h.share(&a, t0), 0.0);
         h.probe(&[], addr("10.0.9.9:5060"), t0 + Duration::from_millis(200));
         assert_eq!(h.health(&a), Health::Up, "forgotten: never probed");
-        assert_eq!(h.on_answer(a, 200, t0), None);
+        assert_eq!(h.on_answer(a, 200, false, t0), None);
+        h.probe(&[a], addr("10.0.9.9:5060"), t0 + Duration::from_millis(400));
+        assert_eq!(
+            h.on_answer(a, 503, true, t0).map(|c| c.health),
+            Some(Health::Down),
+            "handed over: down at once"
+        );
     }
 }

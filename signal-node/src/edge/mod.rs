@@ -514,7 +514,10 @@ impl Edge {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(500);
-        if let Some(c) = self.heartbeats.on_answer(from, code, now) {
+        let gone = msg
+            .first(crate::endpoint::STATE_HEADER)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gone"));
+        if let Some(c) = self.heartbeats.on_answer(from, code, gone, now) {
             self.changed(c);
             let candidates = (self.backends)();
             self.count_up(&candidates);
