@@ -223,7 +223,8 @@ impl Server {
     /// releasing its legs, ends a moment after SIPp does).
     pub async fn metric_reaching(&self, name: &str, at_least: f64) -> f64 {
         let mut last = 0.0;
-        for _ in 0..50 {
+        // Up to 10 s: a member syncs every 2 s, slower on a loaded machine.
+        for _ in 0..100 {
             last = self.metric(name).await.unwrap_or(0.0);
             if last >= at_least {
                 break;
