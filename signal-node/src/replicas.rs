@@ -139,7 +139,8 @@ pub fn call_from_replica(r: &CallReplica) -> Option<Call> {
         reinvite: None,
         awaiting_ack: Vec::new(),
         sent_sdp: (nonempty(&r.sdp_to_a), nonempty(&r.sdp_to_b)),
-        replicated: 0,
+        // Its replicas go on numbering from here, wherever they are held.
+        replicated: r.version,
         pinned: r.pinned_sip.parse().ok()?,
     })
 }
@@ -156,13 +157,21 @@ pub struct Held {
 /// (member, task) of the call's handler.
 type OwnerKey = (String, u64);
 
-/// The replicas this member holds as a buddy.
+/// The replicas this member holds, by the caller's Call-ID (a call keeps
+/// it whoever carries the call, and its versions go on across takeovers).
 #[derive(Default)]
 pub struct Replicas {
-    held: HashMap<OwnerKey, Held>,
-    by_call_id: HashMap<String, OwnerKey>,
+    held: HashMap<String, Held>,
+    /// Either dialog's Call-ID to the call's key.
+    by_call_id: HashMap<String, String>,
+    /// The handling task to the call's key, for its drop.
+    by_owner: HashMap<OwnerKey, String>,
     /// Dropped calls' last versions, and when they were dropped.
-    dropped: HashMap<OwnerKey, (u64, Instant)>,
+    dropped: HashMap<String, (u64, Instant)>,
+}
+
+fn key_of_replica(r: &CallReplica) -> Option<String> {
+    Some(r.a.as_ref()?.call_id.clone())
 }
 
 impl Replicas {
@@ -176,18 +185,22 @@ impl Replicas {
         self.held.is_empty()
     }
 
-    fn forget(&mut self, key: &OwnerKey) -> Option<Held> {
+    fn forget(&mut self, key: &str) -> Option<Held> {
         let held = self.held.remove(key)?;
         for d in [&held.replica.a, &held.replica.b].into_iter().flatten() {
             self.by_call_id.remove(&d.call_id);
         }
+        self.by_owner.retain(|_, k| k != key);
         Some(held)
     }
 
-    /// Keeps `replica` of `owner`'s call unless a newer one (or its drop)
-    /// is already here; true when kept.
-    pub fn store(&mut self, owner: TaskHandle, replica: CallReplica, now: Instant) -> bool {
-        let key = (owner.member.clone(), owner.task);
+    /// Keeps `replica`, sent by `from` (the call's task, or a member
+    /// passing on what it holds), unless a newer one of the call (or its
+    /// drop) is already here; true when kept.
+    pub fn store(&mut self, from: TaskHandle, replica: CallReplica, now: Instant) -> bool {
+        let Some(key) = key_of_replica(&replica) else {
+            return false;
+        };
         let newer_here = self
             .held
             .get(&key)
@@ -201,23 +214,30 @@ impl Replicas {
         }
         self.forget(&key);
         for d in [&replica.a, &replica.b].into_iter().flatten() {
-            // The call moved (taken over, or back): the older holder's
-            // replica is superseded.
-            if let Some(other) = self.by_call_id.get(&d.call_id).cloned()
-                && other != key
-            {
-                self.forget(&other);
-            }
             self.by_call_id.insert(d.call_id.clone(), key.clone());
         }
-        self.held.insert(key, Held { owner, replica });
+        self.by_owner
+            .insert((from.member.clone(), from.task), key.clone());
+        self.held.insert(
+            key,
+            Held {
+                owner: from,
+                replica,
+            },
+        );
         self.expire(now);
         true
     }
 
-    /// `owner`'s call ended at `version`.
+    /// The call `owner` handles ended at `version`.
     pub fn drop_call(&mut self, owner: &TaskHandle, version: u64, now: Instant) {
-        let key = (owner.member.clone(), owner.task);
+        let Some(key) = self
+            .by_owner
+            .get(&(owner.member.clone(), owner.task))
+            .cloned()
+        else {
+            return;
+        };
         if self
             .held
             .get(&key)
@@ -229,13 +249,9 @@ impl Replicas {
         self.expire(now);
     }
 
-    /// The replicas of calls whose dialogs the edges pin to `sip`.
-    pub fn pinned_to(&self, sip: &str) -> Vec<CallReplica> {
-        self.held
-            .values()
-            .filter(|h| h.replica.pinned_sip == sip)
-            .map(|h| h.replica.clone())
-            .collect()
+    /// Every replica held.
+    pub fn all(&self) -> Vec<CallReplica> {
+        self.held.values().map(|h| h.replica.clone()).collect()
     }
 
     /// The replica of the call a dialog with `call_id` belongs to.
@@ -294,6 +310,29 @@ mod tests {
         // The replica sent before the drop arrives after it.
         assert!(!r.store(owner(1), replica(3, "a1", "b1"), t));
         assert!(r.take("a1").is_none());
+    }
+
+    #[test]
+    fn a_call_keeps_its_replica_across_holders_and_versions_go_on() {
+        let mut r = Replicas::default();
+        let t = Instant::now();
+        assert!(r.store(owner(1), replica(3, "a1", "b1"), t));
+        // Passed on by another member (its registrar): the same version is
+        // no news; the new carrier's next version replaces it.
+        let passer = TaskHandle {
+            member: "10.0.0.2:9446".into(),
+            task: 0,
+        };
+        assert!(!r.store(passer, replica(3, "a1", "b1"), t));
+        let carrier = TaskHandle {
+            member: "10.0.0.3:9446".into(),
+            task: 9,
+        };
+        assert!(r.store(carrier.clone(), replica(4, "a1", "b1"), t));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.find("b1").unwrap().owner, carrier);
+        r.drop_call(&carrier, 4, t);
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -79,7 +79,10 @@ impl Member {
             .args(["--sip-domain", "voice.test"])
             .args(["--users-file", &users.display().to_string()])
             .args(["--config", &config.display().to_string()])
-            .args(["--bills-file", &self.dir.join("bills").display().to_string()])
+            .args([
+                "--bills-file",
+                &self.dir.join("bills").display().to_string(),
+            ])
             .args(["--management-addr", &management.to_string()])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--call-leg-providers", "127.0.0.1:1"])

@@ -102,32 +102,26 @@ impl Endpoint {
             .push_back((id, Outbound::Buddy(Kind::CallReplica(replica))));
     }
 
-    /// Member `member` (its TaskEvents address) started or came back: the
-    /// calls it set up that this member carries go to it as replicas, to
-    /// take back when the edges route their dialogs to it again; and every
-    /// call is replicated again, in case it is this member's buddy and lost
-    /// what it held.
+    /// Member `member` (its TaskEvents address) started or came back. The
+    /// edges may now pick it to carry the dialogs of a member that is down
+    /// (the buddy of a down member is chosen among the live ones), or route
+    /// to it the dialogs it set up before a restart: so it gets every
+    /// replica this member holds and a replica of every call this member
+    /// carries. It takes a call over only when a request for it comes.
     pub(crate) fn on_member_back(&mut self, member: &str) {
         if self.member.is_none() {
             return;
         }
-        let Ok(addr) = member.parse::<std::net::SocketAddr>() else {
-            return;
-        };
-        let sip = std::net::SocketAddr::new(addr.ip(), self.local.port());
-        let local = self.local;
         let registrar = TaskHandle {
             member: member.to_string(),
             task: REGISTRAR_TASK,
         };
-        if sip != local {
-            for replica in self.replicas.pinned_to(&sip.to_string()) {
-                tracing::info!(call_id = ?replica.a.as_ref().map(|d| &d.call_id), %member, "handing a replica back to the member it belongs to");
-                self.events_out.push_back((
-                    REGISTRAR_TASK,
-                    Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
-                ));
-            }
+        let local = self.local;
+        for replica in self.replicas.all() {
+            self.events_out.push_back((
+                REGISTRAR_TASK,
+                Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
+            ));
         }
         for id in self.calls.ids() {
             let Some(call) = self.calls.get_mut(id) else {
@@ -136,17 +130,15 @@ impl Endpoint {
             if call.phase != Phase::Answered {
                 continue;
             }
-            if call.pinned == sip && sip != local {
-                call.replicated += 1;
-                let replica = replica_of(call, call.replicated, local);
-                tracing::info!(call_id = %call.a.call_id, %member, "handing a call back to the member it belongs to");
-                self.events_out.push_back((
-                    id,
-                    Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
-                ));
-            }
+            call.replicated += 1;
+            let replica = replica_of(call, call.replicated, local);
+            self.events_out.push_back((
+                id,
+                Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
+            ));
             self.replicate(id);
         }
+        tracing::info!(%member, calls = self.calls.active(), replicas = self.replicas.len(), "a member (re)joined: replicas sent to it");
     }
 
     /// The buddy changed (a member left or joined): the new one gets every
