@@ -94,6 +94,8 @@ pub struct Call {
     pub sent_sdp: (Option<String>, Option<String>),
     /// The version of the last replica sent to the buddy; 0: none yet.
     pub replicated: u64,
+    /// The newest version a buddy confirmed holding.
+    pub confirmed: u64,
     /// The member SIP address the edges pin this call's dialogs to (the
     /// one that set it up).
     pub pinned: SocketAddr,

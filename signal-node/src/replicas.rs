@@ -141,6 +141,7 @@ pub fn call_from_replica(r: &CallReplica) -> Option<Call> {
         sent_sdp: (nonempty(&r.sdp_to_a), nonempty(&r.sdp_to_b)),
         // Its replicas go on numbering from here, wherever they are held.
         replicated: r.version,
+        confirmed: 0,
         pinned: r.pinned_sip.parse().ok()?,
     })
 }

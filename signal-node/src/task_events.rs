@@ -327,8 +327,7 @@ impl Peers {
                     kind,
                 )],
                 None => {
-                    tracing::debug!(kind = kind_name(&kind), "no buddy to replicate to");
-                    self.metrics.failed(kind_name(&kind));
+                    tracing::info!(kind = kind_name(&kind), members = ?self.current(), "no buddy to replicate to");
                     Vec::new()
                 }
             },

@@ -90,6 +90,8 @@ pub trait SipCore: Send {
     fn set_lifecycle(&mut self, _to: Lifecycle) {}
     /// The member's buddy is another member now.
     fn on_buddy_changed(&mut self, _now: Instant, _wall: SystemTime) {}
+    /// Replicas no buddy confirmed go again.
+    fn retry_unconfirmed(&mut self, _now: Instant, _wall: SystemTime) {}
     /// Nothing would be lost by handing over now.
     fn settled(&self) -> bool {
         true
@@ -132,6 +134,9 @@ impl SipCore for Endpoint {
     }
     fn on_buddy_changed(&mut self, now: Instant, wall: SystemTime) {
         Endpoint::on_buddy_changed(self, now, wall);
+    }
+    fn retry_unconfirmed(&mut self, now: Instant, wall: SystemTime) {
+        Endpoint::retry_unconfirmed(self, now, wall);
     }
     fn settled(&self) -> bool {
         Endpoint::settled(self)
@@ -261,6 +266,8 @@ pub async fn serve(
                     tracing::info!(from = ?buddy, to = ?now_buddy, "the buddy changed");
                     buddy = now_buddy;
                     endpoint.on_buddy_changed(Instant::now(), SystemTime::now());
+                } else {
+                    endpoint.retry_unconfirmed(Instant::now(), SystemTime::now());
                 }
             }
             () = sleep => endpoint.handle_timeout(Instant::now(), SystemTime::now()),

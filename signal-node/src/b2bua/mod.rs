@@ -250,6 +250,7 @@ impl Endpoint {
                 awaiting_ack: Vec::new(),
                 sent_sdp: (None, Some(body.clone())),
                 replicated: 0,
+                confirmed: 0,
                 pinned: self.local,
             },
         );

@@ -55,6 +55,9 @@ impl Endpoint {
 
     /// The buddy stored call `task`'s replica at `version`.
     pub(crate) fn on_replica_stored(&mut self, task: u64, version: u64, now: Instant) {
+        if let Some(call) = self.calls.get_mut(task) {
+            call.confirmed = call.confirmed.max(version);
+        }
         if self.held.get(&task).is_some_and(|h| h.version <= version) {
             self.release_answer(task, now);
         }
@@ -139,6 +142,27 @@ impl Endpoint {
             self.replicate(id);
         }
         tracing::info!(%member, calls = self.calls.active(), replicas = self.replicas.len(), "a member (re)joined: replicas sent to it");
+    }
+
+    /// Calls whose latest replica no buddy confirmed (it had none then, or
+    /// the delivery failed) are replicated again.
+    pub fn retry_unconfirmed(&mut self, now: Instant, wall: SystemTime) {
+        let due: Vec<u64> = self
+            .calls
+            .ids()
+            .into_iter()
+            .filter(|id| {
+                self.calls.get(*id).is_some_and(|c| {
+                    c.phase == Phase::Answered
+                        && c.confirmed < c.replicated
+                        && !self.held.contains_key(id)
+                })
+            })
+            .collect();
+        for id in due {
+            self.replicate(id);
+        }
+        self.pump(now, wall);
     }
 
     /// The buddy changed (a member left or joined): the new one gets every

@@ -174,10 +174,27 @@ async fn failover_in(client: &Client, ns: &TestNamespace) -> Result<()> {
         || async {
             let n = metric(&survivor, "voicecluster_call_replicas_held").await;
             if n == 1.0 {
-                Ok(())
-            } else {
-                Err(format!("{n}"))
+                return Ok(());
             }
+            // What the call's pod says of its replicas, for a failure.
+            let owner_admin = signal
+                .iter()
+                .find(|(name, _)| *name == owner)
+                .map(|(_, ip)| format!("{ip}:{SIGNAL_ADMIN}"))
+                .unwrap_or_default();
+            let mut seen = format!("held {n}");
+            for name in [
+                "voicecluster_task_events_total{direction=\"sent\",kind=\"call_replica\"}",
+                "voicecluster_task_event_failures_total{kind=\"call_replica\"}",
+                "voicecluster_call_replica_timeouts_total",
+                "voicecluster_calls_active",
+            ] {
+                seen.push_str(&format!(
+                    "; owner {name} {}",
+                    metric(&owner_admin, name).await
+                ));
+            }
+            Err(seen)
         },
     )
     .await?;
