@@ -90,6 +90,7 @@ async fn run_controller(
         nodes,
         metrics,
         acks: Arc::clone(&acks),
+        directory_versions: Default::default(),
     });
 
     let controller = Controller::new(

@@ -172,6 +172,53 @@ pub fn next_directory_version(
     }
 }
 
+/// The Directory versions this replica wrote, per VoiceCluster, so a
+/// reconcile that reads a status older than its own last write (the watch
+/// cache lags the write) does not hand out a version twice: a pod that has
+/// a version is never sent it again, so one number must never carry two
+/// different lists.
+#[derive(Default)]
+pub struct DirectoryVersions {
+    written: std::sync::Mutex<HashMap<(String, String), Written>>,
+}
+
+/// A version and the lists it carries.
+type Written = (i64, Vec<CallLegProvider>, Vec<SignalMember>);
+
+impl DirectoryVersions {
+    /// The version for these lists of cluster `key`, given the status the
+    /// reconcile read.
+    pub fn next(
+        &self,
+        key: (String, String),
+        previous: Option<&VoiceClusterStatus>,
+        providers: &[CallLegProvider],
+        members: &[SignalMember],
+    ) -> i64 {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let from_status = next_directory_version(previous, providers, members);
+        let read = previous
+            .and_then(|s| s.directory.as_ref())
+            .map_or(0, |d| d.version);
+        let version = match written.get(&key) {
+            // What this replica wrote last is newer than what it read.
+            Some((v, p, m)) if *v >= read => {
+                if p.as_slice() == providers && m.as_slice() == members {
+                    *v
+                } else {
+                    v + 1
+                }
+            }
+            _ => from_status,
+        };
+        written.insert(key, (version, providers.to_vec(), members.to_vec()));
+        version
+    }
+}
+
 /// Whether a pod is meant to be running a Directory client now: scheduled,
 /// not finished and not on its way out.
 fn should_watch(pod: &Pod) -> bool {
@@ -447,5 +494,58 @@ mod tests {
             .unwrap(),
         ];
         assert!(is_eligible_media_node(&media, &tainted));
+    }
+
+    #[test]
+    fn a_stale_status_never_gets_a_version_reused_for_other_lists() {
+        let versions = DirectoryVersions::default();
+        let key = ("voice".to_string(), "demo".to_string());
+        let member = |ready| SignalMember {
+            pod: "s-1".into(),
+            address: "10.0.0.2".into(),
+            ready,
+        };
+        let stale = VoiceClusterStatus {
+            directory: Some(DirectoryStatus {
+                version: 4,
+                ..Default::default()
+            }),
+            signal_members: vec![member(false)],
+            ..Default::default()
+        };
+        // The write of version 4 is not in the cache yet; the reconcile
+        // reads version 3 with the member not ready, then the member turns
+        // ready: a new version, not 4 again.
+        let older = VoiceClusterStatus {
+            directory: Some(DirectoryStatus {
+                version: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            versions.next(key.clone(), Some(&stale), &[], &[member(false)]),
+            4
+        );
+        assert_eq!(
+            versions.next(key.clone(), Some(&older), &[], &[member(true)]),
+            5
+        );
+        assert_eq!(
+            versions.next(key.clone(), Some(&older), &[], &[member(true)]),
+            5,
+            "same lists, same version"
+        );
+        // A newer status than anything this replica wrote (another leader)
+        // is followed.
+        let newer = VoiceClusterStatus {
+            directory: Some(DirectoryStatus {
+                version: 9,
+                ..Default::default()
+            }),
+            signal_members: vec![member(true)],
+            ..Default::default()
+        };
+        assert_eq!(versions.next(key, Some(&newer), &[], &[member(true)]), 9);
     }
 }

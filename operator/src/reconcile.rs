@@ -24,8 +24,7 @@ use crate::acks::AckBook;
 use crate::conditions::{self, Facts};
 use crate::metrics::Metrics;
 use crate::providers::{
-    directory_status, draining_media, is_eligible_media_node, is_ready, next_directory_version,
-    providers, signal_members,
+    directory_status, draining_media, is_eligible_media_node, is_ready, providers, signal_members,
 };
 use crate::resources::{self, MediaWorkload, Settings, child_name};
 
@@ -45,6 +44,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Which Directory version each pod applied.
     pub acks: Arc<AckBook>,
+    /// The Directory versions this replica wrote.
+    pub directory_versions: crate::providers::DirectoryVersions,
 }
 
 /// A failed reconcile; retried with back-off.
@@ -247,7 +248,12 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conditions = conditions::conditions(&facts, &previous, &now);
     let members = signal_members(component_pods(vc, &pods, COMPONENT_SIGNAL));
-    let version = next_directory_version(vc.status.as_ref(), &view.providers, &members);
+    let version = ctx.directory_versions.next(
+        (ns.clone(), name.clone()),
+        vc.status.as_ref(),
+        &view.providers,
+        &members,
+    );
     let directory = directory_status(
         version,
         component_pods(vc, &pods, COMPONENT_SIGNAL).chain(media_pods(vc, &pods)),
