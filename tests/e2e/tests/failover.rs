@@ -86,11 +86,6 @@ async fn signal_pods(pods: &Api<Pod>) -> Result<Vec<(String, String)>> {
     .await
 }
 
-// Passes about five runs in six here; in the others the call's pod sends
-// no replica for 10 s (no buddy in its member list, though both pods are
-// ready). Kept out of the CI run until that is found; run it with
-// `cargo test -p voicecluster-e2e --test failover -- --ignored`.
-#[ignore = "the call's pod sometimes has no buddy for 10 s; see the comment above"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_the_deletion_of_its_signal_pod_and_is_billed_whole() -> Result<()> {
     let client = client().await?;
