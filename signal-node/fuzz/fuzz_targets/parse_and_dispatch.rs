@@ -33,7 +33,7 @@ fn serve_legs(ep: &mut Endpoint, next: &mut u64, now: Instant, wall: SystemTime)
                     }),
                 }
             }
-            LegRequest::Update { .. } => continue,
+            LegRequest::Update { .. } | LegRequest::Adopt { .. } => continue,
             LegRequest::Release { .. } => LegReply::Released {
                 to_callee: 0,
                 to_caller: 0,
