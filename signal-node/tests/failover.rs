@@ -163,6 +163,21 @@ impl Cluster {
         owner.unwrap()
     }
 
+    /// The member with the call, and the other once it holds the call's
+    /// replica.
+    async fn owner_and_replica(&self) -> (usize, usize) {
+        let owner = self.owner().await;
+        let buddy = 1 - owner;
+        let admin = self.admin(buddy);
+        until(
+            "the buddy holds the call's replica",
+            Duration::from_secs(5),
+            async || metric(admin, "voicecluster_call_replicas_held").await == 1.0,
+        )
+        .await;
+        (owner, buddy)
+    }
+
     /// Kills member `i` with SIGKILL; how long the edge took to see it down.
     async fn kill(&self, i: usize) -> Duration {
         let before = self.downs().await;
@@ -259,14 +274,7 @@ async fn the_buddy_takes_over_a_call_whose_member_was_killed_and_bills_it_whole(
     let (c, ports) = Cluster::start().await;
     const CALL_MS: u64 = 6000;
     let call = c.call(ports, CALL_MS);
-    let owner = c.owner().await;
-    let buddy = 1 - owner;
-    until(
-        "the buddy holds the call's replica",
-        Duration::from_secs(5),
-        async || metric(c.admin(buddy), "voicecluster_call_replicas_held").await == 1.0,
-    )
-    .await;
+    let (owner, buddy) = c.owner_and_replica().await;
     // The call was answered once the buddy had confirmed its replica.
     assert_eq!(
         metric(c.admin(owner), "voicecluster_call_replica_timeouts_total").await,
@@ -299,14 +307,7 @@ async fn a_restarted_member_takes_its_calls_back_and_the_call_is_billed_once() {
     let (mut c, ports) = Cluster::start().await;
     const CALL_MS: u64 = 8000;
     let call = c.call(ports, CALL_MS);
-    let owner = c.owner().await;
-    let buddy = 1 - owner;
-    until(
-        "the buddy holds the call's replica",
-        Duration::from_secs(5),
-        async || metric(c.admin(buddy), "voicecluster_call_replicas_held").await == 1.0,
-    )
-    .await;
+    let (owner, buddy) = c.owner_and_replica().await;
     c.kill(owner).await;
     // The member comes back at its address before the call ends; the edges
     // route the call's dialogs to it again, and it takes the call back.
@@ -343,14 +344,7 @@ async fn a_stopping_member_hands_its_calls_over_and_the_call_goes_on() {
     let (mut c, ports) = Cluster::start().await;
     const CALL_MS: u64 = 7000;
     let call = c.call(ports, CALL_MS);
-    let owner = c.owner().await;
-    let buddy = 1 - owner;
-    until(
-        "the buddy holds the call's replica",
-        Duration::from_secs(5),
-        async || metric(c.admin(buddy), "voicecluster_call_replicas_held").await == 1.0,
-    )
-    .await;
+    let (owner, buddy) = c.owner_and_replica().await;
     // SIGTERM, as Kubernetes sends in a rolling upgrade.
     c.backends[owner].bin.signal("TERM").unwrap();
     let edge = c.edge.bin.admin_addr();
