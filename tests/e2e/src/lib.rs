@@ -244,3 +244,37 @@ pub async fn users_secret(client: &Client, namespace: &str, users: &[(&str, &str
         .await?;
     Ok(())
 }
+
+/// A metric of the process whose admin server is at `addr`; 0 when it has
+/// none or does not answer (a pod on its way, a counter not yet counted).
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    match http_get(addr, "/metrics").await {
+        Ok((_, page)) => metric_value(&page, name).unwrap_or(0.0),
+        Err(_) => 0.0,
+    }
+}
+
+/// Waits until VoiceCluster `name` lists a call-leg provider and all of its
+/// `pods` running pods applied the current Directory version: every pod
+/// knows its providers and the signal members.
+pub async fn directory_settled(
+    vcs: &Api<voicecluster_api::VoiceCluster>,
+    name: &str,
+    pods: i32,
+) -> Result<()> {
+    eventually(
+        "every pod on the current Directory version",
+        Duration::from_secs(90),
+        || async {
+            let vc = vcs.get(name).await.map_err(|e| e.to_string())?;
+            let status = vc.status.unwrap_or_default();
+            let d = status.directory.unwrap_or_default();
+            if !status.call_leg_providers.is_empty() && d.pods == pods && d.current_pods == pods {
+                Ok(())
+            } else {
+                Err(format!("providers {:?}, {d:?}", status.call_leg_providers))
+            }
+        },
+    )
+    .await
+}

@@ -15,8 +15,8 @@ use kube::{Api, Client, ResourceExt};
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
 use voicecluster_e2e::operator::{install_operator, wait_condition};
 use voicecluster_e2e::{
-    REAL_NODE_IP, TestNamespace, client, eventually, http_get, is_pod_ready, metric_value,
-    users_secret,
+    REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, is_pod_ready,
+    metric, users_secret,
 };
 use voicecluster_signal_node::testing::{ALICE, BOB, Sipp, free_port};
 
@@ -50,13 +50,6 @@ fn voicecluster(namespace: &str) -> Result<VoiceCluster> {
             ]},
         },
     }))?)
-}
-
-async fn metric(addr: &str, name: &str) -> f64 {
-    match http_get(addr, "/metrics").await {
-        Ok((_, page)) => metric_value(&page, name).unwrap_or(0.0),
-        Err(_) => 0.0,
-    }
 }
 
 /// The ready signal pods: (name, IP).
@@ -104,21 +97,7 @@ async fn failover_in(client: &Client, ns: &TestNamespace) -> Result<()> {
     wait_condition(&vcs, NAME, "Ready", "True").await?;
     let pods: Api<Pod> = ns.api();
     let signal = signal_pods(&pods).await?;
-    eventually(
-        "every pod on the current Directory version",
-        Duration::from_secs(90),
-        || async {
-            let vc = vcs.get(NAME).await.map_err(|e| e.to_string())?;
-            let status = vc.status.unwrap_or_default();
-            let d = status.directory.unwrap_or_default();
-            if !status.call_leg_providers.is_empty() && d.pods == 3 && d.current_pods == 3 {
-                Ok(())
-            } else {
-                Err(format!("providers {:?}, {d:?}", status.call_leg_providers))
-            }
-        },
-    )
-    .await?;
+    directory_settled(&vcs, NAME, 3).await?;
 
     let node: IpAddr = REAL_NODE_IP.parse()?;
     let sipp = Sipp::new(SocketAddr::new(node, SIP_PORT), node);
