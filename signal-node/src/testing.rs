@@ -153,9 +153,14 @@ impl Sipp {
     ) {
         let scenario = caller;
         let calls = calls.to_string();
+        // Bob waits as long as Alice's run may take.
+        let timeout = caller_args
+            .windows(2)
+            .find(|w| w[0] == "-timeout")
+            .map_or("15s", |w| w[1]);
         let callee = bobs
             .command(callee, "u1", "bob;", bob_port)
-            .args(["-rtp_echo", "-m", &calls])
+            .args(["-rtp_echo", "-m", &calls, "-timeout", timeout])
             .args(["-mp", &free_port(bobs.local_ip).to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

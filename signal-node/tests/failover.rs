@@ -130,17 +130,38 @@ impl Cluster {
     /// Alice calls Bob for `ms` with RTP both ways, in the background; the
     /// task fails unless both sides end the call normally.
     fn call(&self, ports: (u16, u16), ms: u64) -> tokio::task::JoinHandle<()> {
+        self.calls(ports, 1, 1, ms)
+    }
+
+    /// Alice places `n` calls to Bob, `rate` a second, each `ms` long with
+    /// RTP both ways, in the background; the task fails unless every call
+    /// ends normally on both sides (SIPp exits 0 only then).
+    fn calls(&self, ports: (u16, u16), n: u32, rate: u32, ms: u64) -> tokio::task::JoinHandle<()> {
         let sipp = self.edge.sipp.clone();
+        let timeout = format!("{}s", 30 + n / rate + ms as u32 / 1000);
         tokio::spawn(async move {
             sipp.alice_calls_bob(
                 &sipp,
                 ports,
                 ("caller", "callee"),
-                1,
-                &["-d", &ms.to_string(), "-timeout", "30s"],
+                n,
+                &[
+                    "-d",
+                    &ms.to_string(),
+                    "-r",
+                    &rate.to_string(),
+                    "-l",
+                    &n.to_string(),
+                    "-timeout",
+                    &timeout,
+                ],
             )
             .await;
         })
+    }
+
+    async fn sum(&self, name: &str) -> f64 {
+        metric(self.admin(0), name).await + metric(self.admin(1), name).await
     }
 
     /// The member that has the call.
@@ -381,4 +402,51 @@ async fn a_stopping_member_hands_its_calls_over_and_the_call_goes_on() {
     assert_eq!(bills.len(), 1, "{bills:?}");
     assert_whole_call_billed(&bills[0], CALL_MS);
     c.legs_released().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_calls_of_thirty_seconds_survive_the_kill_of_a_member_and_each_is_billed_once() {
+    let (c, ports) = Cluster::start().await;
+    const CALLS: u32 = 60;
+    const CALL_MS: u64 = 30_000;
+    let calls = c.calls(ports, CALLS, 10, CALL_MS);
+    let all = f64::from(CALLS);
+    until(
+        "every call up and replicated to its buddy",
+        Duration::from_secs(20),
+        async || {
+            c.sum("voicecluster_calls_active").await == all
+                && c.sum("voicecluster_call_replicas_held").await == all
+        },
+    )
+    .await;
+    let victim = if metric(c.admin(0), "voicecluster_calls_active").await > 0.0 {
+        0
+    } else {
+        1
+    };
+    let survivor = 1 - victim;
+    let orphaned = metric(c.admin(victim), "voicecluster_calls_active").await;
+    c.kill(victim).await;
+    c.rtp_flows().await;
+
+    // SIPp fails the task if a single call failed on either side.
+    calls.await.expect("every call ends normally on both sides");
+    let bills = c.bills(survivor).await;
+    let ids: std::collections::HashSet<&str> =
+        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
+    assert_eq!(bills.len(), CALLS as usize, "one bill per call");
+    assert_eq!(ids.len(), CALLS as usize, "no call billed twice");
+    for bill in &bills {
+        assert_whole_call_billed(bill, CALL_MS);
+    }
+    assert_eq!(
+        metric(c.admin(survivor), "voicecluster_call_takeovers_total").await,
+        orphaned,
+        "the survivor took over every call of the killed member"
+    );
+    c.legs_released().await;
+    eprintln!(
+        "{CALLS} calls, {orphaned} of them on the killed member: all ended normally, {CALLS} bills"
+    );
 }

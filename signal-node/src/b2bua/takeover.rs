@@ -194,6 +194,15 @@ impl Endpoint {
     /// A replica from the member whose task `from` handles the call.
     pub(crate) fn on_replica(&mut self, from: TaskHandle, replica: CallReplica, now: Instant) {
         let version = replica.version;
+        // A member passing on what it holds after this member lost touch
+        // with it sends back the replicas of this member's own calls.
+        let ours = replica
+            .a
+            .as_ref()
+            .is_some_and(|a| self.calls.by_call_id(&a.call_id).is_some());
+        if ours {
+            return;
+        }
         if self.replicas.store(from.clone(), replica, now) {
             self.events_out.push_back((
                 REGISTRAR_TASK,

@@ -684,6 +684,24 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
         assert_eq!(first_line(&released[0].1), "SIP/2.0 200 OK");
         assert_eq!(released[0].0, A);
         let a_tag = tag_in(header(&released[0].1, "To"));
+        // The buddy passing the replica back (after losing touch with the
+        // owner) gives the owner no replica of its own call.
+        deliver(
+            &mut owner,
+            TaskHandle {
+                member: OWNER.into(),
+                task: REGISTRAR_TASK,
+            },
+            TaskHandle {
+                member: BUDDY.into(),
+                task: REGISTRAR_TASK,
+            },
+            Kind::CallReplica(replica.clone()),
+        );
+        assert!(
+            events(&mut owner).is_empty(),
+            "nothing stored, nothing acked"
+        );
 
         // A BYE for the call without an edge saying its member is down is
         // not the buddy's to take.
