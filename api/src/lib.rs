@@ -88,6 +88,11 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Annotation a media pod sets while it drains: it takes no new call legs.
 pub const ANNOTATION_DRAINING: &str = "voicecluster.io/draining";
 
+/// On a VoiceCluster in `failover.mode: Manual`: the failed members
+/// (addresses, or pod names, comma-separated; `*` for all) whose calls the
+/// other members may take over.
+pub const ANNOTATION_APPROVE_FAILOVER: &str = "voicecluster.io/approve-failover";
+
 /// Annotation a media pod keeps current with its number of active legs.
 pub const ANNOTATION_ACTIVE_LEGS: &str = "voicecluster.io/active-legs";
 

@@ -518,6 +518,91 @@ pub struct SignalMember {
     pub ready: bool,
 }
 
+/// A signal member's heartbeat state, as the SIP edges see it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Heartbeat {
+    /// Answering heartbeats.
+    Up,
+    /// Answering, but taking no new calls (stopping).
+    Draining,
+    /// Not answering (or gone): its dialogs go to its buddy.
+    Down,
+    /// No edge reported it yet.
+    #[default]
+    Unknown,
+}
+
+/// A signal member and its heartbeat state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberHealth {
+    /// Pod name.
+    pub pod: String,
+    /// Pod IP.
+    pub address: String,
+    /// Worst state any edge reports (`Down` over `Draining` over `Up`).
+    pub heartbeat: Heartbeat,
+}
+
+/// A member that failed while other members hold replicas of its calls.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedMember {
+    /// Its address (pod IP).
+    pub address: String,
+    /// Its pod, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Its calls the other members hold and have not taken over yet.
+    pub calls: i32,
+    /// In `Manual` mode: whether an administrator approved the takeover.
+    pub approved: bool,
+}
+
+/// Calls one member took over from a failed one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PerformedFailover {
+    /// The failed member's address.
+    pub member: String,
+    /// The pod that took its calls.
+    pub taken_over_by: String,
+    /// How many.
+    pub calls: i32,
+}
+
+/// Failover as observed: members, failures, takeovers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// The mode in effect.
+    #[serde(default)]
+    pub mode: FailoverMode,
+    /// Every signal member and its heartbeat state.
+    #[serde(default)]
+    pub members: Vec<MemberHealth>,
+    /// Failed members whose calls wait to be taken over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedMember>,
+    /// Takeovers performed (most recent members last, at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub performed: Vec<PerformedFailover>,
+    /// Calls taken over in all, as far as `performed` goes.
+    #[serde(default)]
+    pub calls_taken_over: i64,
+}
+
+impl FailoverStatus {
+    /// The failed members the Directory lets the others take over.
+    pub fn approved(&self) -> Vec<String> {
+        self.failed
+            .iter()
+            .filter(|f| f.approved)
+            .map(|f| f.address.clone())
+            .collect()
+    }
+}
+
 /// The Directory's current version.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -564,6 +649,9 @@ pub struct VoiceClusterStatus {
     /// The Directory's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirectoryStatus>,
+    /// Members' heartbeats, failed members, takeovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
 use voicecluster_api::grpc::{
-    Ack, DirectorySnapshot, Load, WatchMessage, WatchRequest, watch_message,
+    Ack, DirectorySnapshot, FailoverReport, Load, WatchMessage, WatchRequest, watch_message,
 };
 
 /// Back-off between reconnects: from this ...
@@ -133,14 +133,34 @@ pub struct Follower {
     applied: watch::Sender<i64>,
 }
 
-/// What a pod says of its load; sent on the Directory stream whenever it
-/// changes (and again after a reconnect). None: nothing to say.
-pub type LoadReports = watch::Receiver<Option<Load>>;
+/// What a pod says of itself on the Directory stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// A media pod's legs and drain.
+    Load(Load),
+    /// A signal pod's or edge's failover view.
+    Failover(FailoverReport),
+}
+
+impl Report {
+    fn message(self) -> WatchMessage {
+        WatchMessage {
+            kind: Some(match self {
+                Report::Load(l) => watch_message::Kind::Load(l),
+                Report::Failover(f) => watch_message::Kind::Failover(f),
+            }),
+        }
+    }
+}
+
+/// A pod's reports; each is sent whenever it changes (and again after a
+/// reconnect). None: nothing to say.
+pub type Reports = watch::Receiver<Option<Report>>;
 
 impl Follower {
     /// Subscribes in the background, reconnecting for as long as the
     /// follower lives, and passing on the pod's `load` reports.
-    pub fn spawn(target: Target, metrics: ClientMetrics, load: LoadReports) -> Self {
+    pub fn spawn(target: Target, metrics: ClientMetrics, load: Reports) -> Self {
         let (received_tx, received) = watch::channel(None);
         let (applied, applied_rx) = watch::channel(0);
         tokio::spawn(keep_subscribed(
@@ -175,7 +195,7 @@ impl Follower {
 pub fn follow(
     target: Target,
     metrics: ClientMetrics,
-    load: LoadReports,
+    load: Reports,
 ) -> watch::Receiver<Option<Arc<DirectorySnapshot>>> {
     let (view_tx, view) = watch::channel(None);
     let mut follower = Follower::spawn(target, metrics.clone(), load);
@@ -203,7 +223,7 @@ pub fn follow(
 pub fn follow_target(
     target: Option<Target>,
     metrics: ClientMetrics,
-    load: LoadReports,
+    load: Reports,
 ) -> Option<watch::Receiver<Option<Arc<DirectorySnapshot>>>> {
     match target {
         Some(target) => {
@@ -225,7 +245,7 @@ async fn keep_subscribed(
     target: Target,
     received: watch::Sender<Option<Arc<DirectorySnapshot>>>,
     mut applied: watch::Receiver<i64>,
-    mut load: LoadReports,
+    mut load: Reports,
     metrics: ClientMetrics,
 ) {
     let mut retry = RETRY_MIN;
@@ -273,7 +293,7 @@ async fn session(
     target: &Target,
     received: &watch::Sender<Option<Arc<DirectorySnapshot>>>,
     applied: &mut watch::Receiver<i64>,
-    load: &mut LoadReports,
+    load: &mut Reports,
     got_any: &mut bool,
 ) -> Result<End, BoxError> {
     let channel = Endpoint::from_shared(target.url.clone())?
@@ -298,13 +318,10 @@ async fn session(
     let ack = |version| WatchMessage {
         kind: Some(watch_message::Kind::Ack(Ack { version })),
     };
-    let report = |l: Load| WatchMessage {
-        kind: Some(watch_message::Kind::Load(l)),
-    };
     // A new stream may reach another replica: it hears the load again.
-    let now = *load.borrow_and_update();
+    let now = load.borrow_and_update().clone();
     if let Some(l) = now {
-        out.send(report(l)).await?;
+        out.send(l.message()).await?;
     }
     // A pod that never reports drops its sender; stop watching then.
     let mut load_open = true;
@@ -334,9 +351,9 @@ async fn session(
                     load_open = false;
                     continue;
                 }
-                let now = *load.borrow_and_update();
+                let now = load.borrow_and_update().clone();
                 if let Some(l) = now {
-                    out.send(report(l)).await?;
+                    out.send(l.message()).await?;
                 }
             }
             changed = applied.changed() => {

@@ -14,7 +14,7 @@ struct Session {
     request: WatchRequest,
     push: mpsc::Sender<Result<DirectorySnapshot, Status>>,
     acks: mpsc::Receiver<i64>,
-    loads: mpsc::Receiver<Load>,
+    loads: mpsc::Receiver<Report>,
 }
 
 struct Scripted {
@@ -48,7 +48,10 @@ impl Directory for Scripted {
                         let _ = ack_tx.send(version).await;
                     }
                     Some(watch_message::Kind::Load(l)) => {
-                        let _ = load_tx.send(l).await;
+                        let _ = load_tx.send(Report::Load(l)).await;
+                    }
+                    Some(watch_message::Kind::Failover(f)) => {
+                        let _ = load_tx.send(Report::Failover(f)).await;
                     }
                     _ => {}
                 }
@@ -96,6 +99,7 @@ fn snapshot(version: i64, providers: usize) -> DirectorySnapshot {
             })
             .collect(),
         signal_members: vec![],
+        failover: None,
     }
 }
 
@@ -178,12 +182,12 @@ async fn an_error_from_the_server_reconnects_too() {
 }
 
 /// A pod with nothing to say of its load.
-fn silent() -> LoadReports {
+fn silent() -> Reports {
     watch::channel(None).1
 }
 
 #[tokio::test]
-async fn load_reports_go_out_when_they_change_and_again_after_a_reconnect() {
+async fn reports_go_out_when_they_change_and_again_after_a_reconnect() {
     let (url, mut sessions) = scripted_server().await;
     let target = Target {
         url,
@@ -194,19 +198,30 @@ async fn load_reports_go_out_when_they_change_and_again_after_a_reconnect() {
     let (report, load) = watch::channel(None);
     let _view = follow(target, ClientMetrics::default(), load);
     let mut s1 = recv(&mut sessions).await;
-    let draining = |active_legs| Load {
-        active_legs,
-        draining: true,
+    let draining = |active_legs| {
+        Report::Load(Load {
+            active_legs,
+            draining: true,
+        })
     };
     report.send_replace(Some(draining(4)));
     assert_eq!(recv(&mut s1.loads).await, draining(4));
     report.send_replace(Some(draining(1)));
     assert_eq!(recv(&mut s1.loads).await, draining(1));
+    let failover = Report::Failover(FailoverReport {
+        held: vec![voicecluster_api::grpc::MemberCalls {
+            member: "10.0.0.7".into(),
+            calls: 3,
+        }],
+        ..Default::default()
+    });
+    report.send_replace(Some(failover.clone()));
+    assert_eq!(recv(&mut s1.loads).await, failover);
     drop(s1);
     let mut s2 = recv(&mut sessions).await;
     assert_eq!(
         recv(&mut s2.loads).await,
-        draining(1),
+        failover,
         "told the new replica"
     );
 }

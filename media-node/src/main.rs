@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use voicecluster_api::grpc::Load;
-use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow_target};
+use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, Report, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::leg_events::Notifier;
 use voicecluster_media_node::metrics::MediaMetrics;
@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // The providers and members in use; what this pod applied and acked.
     // While draining, the legs left go to the operator on the same stream.
-    let (load, load_reports) = tokio::sync::watch::channel(None);
+    let (load, load_reports) = tokio::sync::watch::channel(None::<Report>);
     let _directory = follow_target(target, directory_metrics, load_reports);
 
     // The server keeps running through a drain: the legs still need it.
@@ -185,10 +185,10 @@ async fn main() -> anyhow::Result<()> {
         let timeout = Duration::from_secs(args.drain_timeout_seconds);
         let left = tokio::select! {
             left = service.drained(timeout, |legs| {
-                load.send_replace(Some(Load {
+                load.send_replace(Some(Report::Load(Load {
                     active_legs: i32::try_from(legs).unwrap_or(i32::MAX),
                     draining: true,
-                }));
+                })));
             }) => left,
             e = &mut serving => return Err(e),
         };

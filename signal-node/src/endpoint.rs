@@ -5,7 +5,7 @@
 //! 481, a method it does not serve 501.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +17,9 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Method, Request};
 
 use crate::billing::{Bill, RateTable, bill};
+use crate::b2bua::takeover::Takeover;
 use crate::calls::{CallRecord, Calls, Phase};
+use crate::failover_policy::FailoverPolicy;
 use crate::legs::{LegReply, LegRequest};
 use crate::management::SharedBills;
 use crate::registrar::{Binding, Registrar};
@@ -25,7 +27,7 @@ use crate::replicas::Replicas;
 use crate::task_events::{Outbound, REGISTRAR_TASK, binding_from_proto, kind_name, registrations};
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
 use crate::wire::{self, Inbound};
-use voicecluster_api::grpc::TaskEvent;
+use voicecluster_api::grpc::{self, TaskEvent};
 use voicecluster_api::grpc::task_event::Kind;
 
 /// The methods this endpoint serves.
@@ -55,6 +57,7 @@ pub struct SipMetrics {
     leg_jitter: Histogram,
     pub(crate) replicas_held: Gauge,
     pub(crate) takeovers: Counter,
+    pub(crate) takeovers_waiting: Counter,
     pub(crate) taken_over: Counter,
     pub(crate) replica_timeouts: Counter,
 }
@@ -75,6 +78,7 @@ impl Default for SipMetrics {
             leg_reports: Counter::default(),
             replicas_held: Gauge::default(),
             takeovers: Counter::default(),
+            takeovers_waiting: Counter::default(),
             taken_over: Counter::default(),
             replica_timeouts: Counter::default(),
             leg_fraction_lost: Histogram::new([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
@@ -166,6 +170,11 @@ impl SipMetrics {
             m.takeovers.clone(),
         );
         registry.register(
+            "voicecluster_call_takeovers_awaiting_approval",
+            "Requests for calls of a failed member refused (503) because the takeover awaits approval (Manual failover)",
+            m.takeovers_waiting.clone(),
+        );
+        registry.register(
             "voicecluster_call_replica_timeouts",
             "Answers sent without the buddy's confirmation that it holds the call's replica",
             m.replica_timeouts.clone(),
@@ -226,6 +235,8 @@ pub enum Lifecycle {
     /// Its calls are its buddy's from now on: heartbeats say it is gone,
     /// so the edges send their dialogs to the buddy at once.
     Gone,
+    /// Gone, and the buddy told to take every call over now.
+    Left,
 }
 
 /// The header of a heartbeat answer from a member handing its calls over.
@@ -276,6 +287,10 @@ pub struct Endpoint {
     /// Answers that wait until the buddy holds their call's replica.
     pub(crate) held: HashMap<u64, HeldAnswer>,
     lifecycle: Lifecycle,
+    /// Whose calls may be taken over, from the Directory.
+    pub(crate) policy: FailoverPolicy,
+    /// Calls taken over since start, by the member they came from.
+    pub(crate) taken_from: HashMap<IpAddr, i32>,
     /// This node's SIP address, in Via and Contact.
     pub(crate) local: SocketAddr,
     records: VecDeque<CallRecord>,
@@ -309,6 +324,8 @@ impl Endpoint {
             replicas: Replicas::default(),
             held: HashMap::new(),
             lifecycle: Lifecycle::Serving,
+            policy: FailoverPolicy::default(),
+            taken_from: HashMap::new(),
             local,
             records: VecDeque::new(),
             billing: None,
@@ -329,6 +346,12 @@ impl Endpoint {
     pub fn set_lifecycle(&mut self, to: Lifecycle) {
         if self.lifecycle != to {
             tracing::info!(from = ?self.lifecycle, ?to, calls = self.calls.active(), "member lifecycle");
+            if to == Lifecycle::Left && self.member.is_some() {
+                self.events_out.push_back((
+                    REGISTRAR_TASK,
+                    Outbound::Buddy(Kind::HandOver(grpc::HandOver {})),
+                ));
+            }
         }
         self.lifecycle = to;
     }
@@ -389,6 +412,10 @@ impl Endpoint {
             }
             Some(Kind::TakenOver(t)) => self.on_taken_over(to.task, &t.by),
             Some(Kind::ReplicaStored(s)) => self.on_replica_stored(to.task, s.version, now),
+            Some(Kind::HandOver(_)) if to.task == REGISTRAR_TASK => {
+                let Some(from) = event.from else { return };
+                self.take_over_calls_of(|held| held.owner.member == from.member);
+            }
             Some(kind) => {
                 tracing::debug!(
                     task = to.task,
@@ -573,8 +600,11 @@ impl Endpoint {
             match o {
                 Output::Transmit { to, bytes } => self.out.push_back((to, bytes)),
                 Output::Request { key, request, from } => {
-                    self.take_over_if_replica(&request, now);
-                    self.serve(&key, &request, from, now, wall)
+                    if self.take_over_if_replica(&request, now) == Takeover::Waiting {
+                        self.refuse_until_approved(&key, &request, now);
+                    } else {
+                        self.serve(&key, &request, from, now, wall)
+                    }
                 }
                 Output::Ack { request, .. } => {
                     self.take_over_if_replica(&request, now);
@@ -612,7 +642,7 @@ impl Endpoint {
             Method::Options if self.lifecycle != Lifecycle::Serving => {
                 let mut r = response_to(req, 503, Some(&tag));
                 r.headers.push(make_header("Retry-After", "5".into()));
-                if self.lifecycle == Lifecycle::Gone {
+                if matches!(self.lifecycle, Lifecycle::Gone | Lifecycle::Left) {
                     r.headers.push(make_header(STATE_HEADER, "gone".into()));
                 }
                 r

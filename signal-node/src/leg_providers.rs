@@ -388,6 +388,7 @@ mod tests {
                 provider("half", 500, 1000),
             ],
             signal_members: Vec::new(),
+            failover: None,
         };
         let (_tx, view) = watch::channel(Some(Arc::new(snapshot)));
         let legs = Legs::remote(

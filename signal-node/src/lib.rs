@@ -8,6 +8,7 @@ pub mod calls;
 pub mod digest;
 pub mod edge;
 pub mod endpoint;
+pub mod failover_policy;
 pub mod framing;
 pub mod leg_providers;
 pub mod legs;

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use voicecluster_api::{TASK_EVENTS_PORT, VoiceClusterSpec};
 
 use voicecluster_api::voicecluster::{BillingSpec, CallLegMode};
-use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, follow_target};
+use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, Report, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
@@ -271,7 +271,7 @@ type SipTask = tokio::task::JoinHandle<std::io::Result<()>>;
 async fn start_backend(
     args: &Args,
     s: &SipSettings,
-    directory: Option<DirectoryView>,
+    (directory, reports): (Option<DirectoryView>, watch::Sender<Option<Report>>),
     sip_metrics: SipMetrics,
     event_metrics: EventMetrics,
     lifecycle: (watch::Receiver<Lifecycle>, watch::Sender<bool>),
@@ -334,6 +334,8 @@ async fn start_backend(
         peers: Some(peers),
         events: Some(events_rx),
         lifecycle: Some(lifecycle),
+        directory,
+        reports: Some(reports),
     };
     let sip = tokio::spawn(async move {
         let served = transport::serve(listeners, endpoint, links).await;
@@ -352,6 +354,8 @@ async fn start_backend(
 /// How long the edges take to hear a lifecycle step: their heartbeats
 /// (200 ms by default) times the failure threshold, with room to spare.
 const HANDOVER_NOTICE: Duration = Duration::from_secs(1);
+/// Time for the hand-over event to reach the buddy.
+const HANDOVER_TELL: Duration = Duration::from_millis(300);
 /// How long calls being set up may take to be answered before the member
 /// hands over anyway (the pod's grace period is 30 s).
 const HANDOVER_WAIT: Duration = Duration::from_secs(20);
@@ -375,6 +379,10 @@ async fn hand_over(to: watch::Sender<Lifecycle>, mut settled: watch::Receiver<bo
     to.send_replace(Lifecycle::Gone);
     // Requests already on their way are still answered here.
     tokio::time::sleep(HANDOVER_NOTICE).await;
+    // The edges send the dialogs to the buddy now: it takes every call
+    // over at once, even those that have no request for a while.
+    to.send_replace(Lifecycle::Left);
+    tokio::time::sleep(HANDOVER_TELL).await;
     tracing::info!("calls handed over to the buddy");
 }
 
@@ -383,9 +391,13 @@ async fn start_edge(
     s: &SipSettings,
     fixed: Vec<SocketAddr>,
     heartbeat: HeartbeatConfig,
-    directory: Option<DirectoryView>,
+    (directory, reports): (Option<DirectoryView>, watch::Sender<Option<Report>>),
     metrics: EdgeMetrics,
 ) -> anyhow::Result<SipTask> {
+    let links = Links {
+        reports: Some(reports),
+        ..Links::default()
+    };
     // Backends serve SIP on the same port as the edge (the spec's).
     let port = s.addr.port();
     let backends = move || {
@@ -414,11 +426,7 @@ async fn start_edge(
         advertised = %s.advertised,
         "serving SIP as the edge"
     );
-    Ok(tokio::spawn(transport::serve(
-        listeners,
-        edge,
-        Links::default(),
-    )))
+    Ok(tokio::spawn(transport::serve(listeners, edge, links)))
 }
 
 #[tokio::main]
@@ -435,12 +443,9 @@ async fn main() -> anyhow::Result<()> {
     let edge_metrics = EdgeMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     // The providers and members in use; what this pod applied and acked.
-    // Signal members have no load to report on the Directory stream.
-    let directory = follow_target(
-        target,
-        directory_metrics,
-        tokio::sync::watch::channel(None).1,
-    );
+    // Members and edges report their failover view on the same stream.
+    let (reports, reports_rx) = watch::channel(None::<Report>);
+    let directory = follow_target(target, directory_metrics, reports_rx);
 
     // A backend hands its calls over to its buddy before it stops.
     let mut handover = None;
@@ -459,7 +464,16 @@ async fn main() -> anyhow::Result<()> {
                 threshold: (*failure_threshold).max(1),
                 ramp: Duration::from_secs(*ramp_seconds),
             };
-            Some(start_edge(&s, backends.clone(), heartbeat, directory, edge_metrics).await?)
+            Some(
+                start_edge(
+                    &s,
+                    backends.clone(),
+                    heartbeat,
+                    (directory, reports),
+                    edge_metrics,
+                )
+                .await?,
+            )
         }
         (Some(s), None) => {
             let (to, lifecycle) = watch::channel(Lifecycle::Serving);
@@ -469,7 +483,7 @@ async fn main() -> anyhow::Result<()> {
                 start_backend(
                     &args,
                     &s,
-                    directory,
+                    (directory, reports),
                     sip_metrics,
                     event_metrics,
                     (lifecycle, settled_tx),

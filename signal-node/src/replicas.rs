@@ -250,6 +250,11 @@ impl Replicas {
         self.expire(now);
     }
 
+    /// Every replica held, with its owner.
+    pub fn held(&self) -> impl Iterator<Item = &Held> {
+        self.held.values()
+    }
+
     /// Every replica held.
     pub fn all(&self) -> Vec<CallReplica> {
         self.held.values().map(|h| h.replica.clone()).collect()

@@ -57,6 +57,7 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::CallDropped(_) => "call_dropped",
         Kind::TakenOver(_) => "taken_over",
         Kind::ReplicaStored(_) => "replica_stored",
+        Kind::HandOver(_) => "hand_over",
     }
 }
 

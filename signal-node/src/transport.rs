@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -19,7 +19,8 @@ use crate::legs::{LegReply, LegRequest};
 use crate::task_events::{Outbound, Peers};
 use crate::transaction::Peer;
 use crate::wire::MAX_MESSAGE;
-use voicecluster_api::grpc::TaskEvent;
+use voicecluster_api::grpc::{DirectorySnapshot, FailoverReport, TaskEvent};
+use voicecluster_directory_client::Report;
 
 /// How often the member checks whether its buddy changed.
 const BUDDY_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
@@ -96,6 +97,12 @@ pub trait SipCore: Send {
     fn settled(&self) -> bool {
         true
     }
+    /// A new Directory version is in use.
+    fn on_directory(&mut self, _snapshot: &DirectorySnapshot, _now: Instant, _wall: SystemTime) {}
+    /// What the operator should know of failover here.
+    fn failover_report(&self) -> Option<FailoverReport> {
+        None
+    }
 }
 
 impl SipCore for Endpoint {
@@ -141,6 +148,12 @@ impl SipCore for Endpoint {
     fn settled(&self) -> bool {
         Endpoint::settled(self)
     }
+    fn on_directory(&mut self, snapshot: &DirectorySnapshot, now: Instant, wall: SystemTime) {
+        Endpoint::on_directory(self, snapshot, now, wall);
+    }
+    fn failover_report(&self) -> Option<FailoverReport> {
+        Some(Endpoint::failover_report(self))
+    }
 }
 
 impl SipCore for Edge {
@@ -159,6 +172,9 @@ impl SipCore for Edge {
     fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
         Edge::poll_transmit(self)
     }
+    fn failover_report(&self) -> Option<FailoverReport> {
+        Some(Edge::failover_report(self))
+    }
 }
 
 /// What the endpoint works with besides SIP.
@@ -173,7 +189,14 @@ pub struct Links {
     /// Where in its life it should be, and where it says whether it is
     /// settled (see [`SipCore::settled`]).
     pub lifecycle: Option<(watch::Receiver<Lifecycle>, watch::Sender<bool>)>,
+    /// The Directory version in use.
+    pub directory: Option<watch::Receiver<Option<Arc<DirectorySnapshot>>>>,
+    /// Where its failover reports go (the Directory stream).
+    pub reports: Option<watch::Sender<Option<Report>>>,
 }
+
+/// How often the failover report is looked at (and sent when it changed).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Serves SIP until the future is dropped.
 pub async fn serve(
@@ -187,7 +210,22 @@ pub async fn serve(
         peers,
         events: mut task_events,
         lifecycle,
+        mut directory,
+        reports,
     } = links;
+    let next_directory =
+        async |rx: &mut Option<watch::Receiver<Option<Arc<DirectorySnapshot>>>>| match rx {
+            Some(rx) => match rx.changed().await {
+                Ok(()) => rx.borrow_and_update().clone(),
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        };
+    // The version already in use when SIP starts applies too.
+    if let Some(s) = directory.as_mut().and_then(|d| d.borrow_and_update().clone()) {
+        endpoint.on_directory(&s, Instant::now(), SystemTime::now());
+    }
+    let mut report_tick = tokio::time::interval(REPORT_EVERY);
     let (mut lifecycle, settled) = match lifecycle {
         Some((rx, tx)) => (Some(rx), Some(tx)),
         None => (None, None),
@@ -268,6 +306,21 @@ pub async fn serve(
                     endpoint.on_buddy_changed(Instant::now(), SystemTime::now());
                 } else {
                     endpoint.retry_unconfirmed(Instant::now(), SystemTime::now());
+                }
+            }
+            Some(snapshot) = next_directory(&mut directory) => {
+                endpoint.on_directory(&snapshot, Instant::now(), SystemTime::now());
+            }
+            _ = report_tick.tick(), if reports.is_some() => {
+                if let (Some(tx), Some(report)) = (&reports, endpoint.failover_report()) {
+                    let report = Report::Failover(report);
+                    tx.send_if_modified(|was| {
+                        let changed = was.as_ref() != Some(&report);
+                        if changed {
+                            *was = Some(report);
+                        }
+                        changed
+                    });
                 }
             }
             () = sleep => endpoint.handle_timeout(Instant::now(), SystemTime::now()),

@@ -673,7 +673,7 @@ impl Endpoint {
 }
 
 mod reinvite;
-mod takeover;
+pub(crate) mod takeover;
 
 #[cfg(test)]
 mod tests;

@@ -3,21 +3,26 @@
 //! member only holds a replica of (the edges send it here because the
 //! call's member stopped answering their heartbeats).
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
+use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Request, Response};
 use voicecluster_api::grpc::task_event::Kind;
 use voicecluster_api::grpc::{
-    CallReplica, CallReplicaDropped, CallTakenOver, ReplicaStored, TaskHandle,
+    CallReplica, CallReplicaDropped, CallTakenOver, DirectorySnapshot, FailoverReport,
+    MemberCalls, ReplicaStored, TaskHandle,
 };
 
 use crate::calls::{Phase, header};
-use crate::edge::FAILOVER_HEADER;
+use crate::edge::{FAILOVER_HEADER, HANDOVER_PARAM};
 use crate::endpoint::{Endpoint, HeldAnswer};
+use crate::failover_policy::FailoverPolicy;
 use crate::legs::LegRequest;
-use crate::replicas::{call_from_replica, replica_of};
+use crate::replicas::{Held, call_from_replica, replica_of};
 use crate::task_events::{Outbound, REGISTRAR_TASK};
-use crate::transaction::TxKey;
+use crate::transaction::{TxKey, response_to};
 
 /// How long an answer waits for the buddy to store its call's replica.
 const REPLICA_WAIT: Duration = Duration::from_millis(250);
@@ -227,34 +232,73 @@ impl Endpoint {
 
     /// When `req` belongs to a call this member holds only a replica of,
     /// and an edge says the call's member is down, the call becomes this
-    /// member's: its legs report here from now on, its member is told, and
-    /// it gets a buddy of its own.
-    pub(crate) fn take_over_if_replica(&mut self, req: &Request, _now: Instant) {
+    /// member's (if the failover policy lets it): its legs report here from
+    /// now on, its member is told, and it gets a buddy of its own.
+    pub(crate) fn take_over_if_replica(&mut self, req: &Request, _now: Instant) -> Takeover {
         let call_id = header(req, "Call-ID").unwrap_or_default();
         if self.calls.by_call_id(call_id).is_some() {
-            return;
+            return Takeover::NotHeld;
         }
         let Some(held) = self.replicas.find(call_id) else {
-            return;
+            return Takeover::NotHeld;
         };
-        let down = header(req, FAILOVER_HEADER).map(str::trim);
+        // "<member's SIP address>[;handover]"
+        let mut said = header(req, FAILOVER_HEADER).unwrap_or_default().split(';');
+        let down = said.next().map(str::trim).filter(|d| !d.is_empty());
+        let handover = said.any(|p| p.trim() == HANDOVER_PARAM);
         // Taken over when an edge says its member is down, or taken back
         // when the edges route its dialogs here again (this member set it
         // up, went away, and is back).
-        let failed_over = down == Some(held.replica.owner_sip.as_str());
-        let local = self.local.to_string();
-        let back_home = down.is_none() && held.replica.pinned_sip == local;
+        let owner = held.replica.owner_sip.clone();
+        let failed_over = down == Some(owner.as_str());
+        let back_home = down.is_none() && held.replica.pinned_sip == self.local.to_string();
         if !failed_over && !back_home {
-            tracing::warn!(%call_id, owner = %held.replica.owner_sip, ?down, "a request for a call of a member no edge reported down; not taking it over");
+            tracing::warn!(%call_id, %owner, ?down, "a request for a call of a member no edge reported down; not taking it over");
+            return Takeover::NotHeld;
+        }
+        let allowed = back_home
+            || owner
+                .parse::<SocketAddr>()
+                .is_ok_and(|o| self.policy.allows(o.ip(), handover));
+        if !allowed {
+            tracing::info!(%call_id, %owner, "a call of a failed member waits for the takeover's approval");
+            self.metrics.takeovers_waiting.inc();
+            return Takeover::Waiting;
+        }
+        let call_id = call_id.to_string();
+        if self.take_over(&call_id) {
+            Takeover::Taken
+        } else {
+            Takeover::NotHeld
+        }
+    }
+
+    /// Answers a request for a call whose takeover waits for approval:
+    /// the call is not lost, so the device should try again later.
+    pub(crate) fn refuse_until_approved(&mut self, key: &TxKey, req: &Request, now: Instant) {
+        if req.method() == &rsipstack::sip::Method::Ack {
             return;
         }
+        let tag = self.tag();
+        let mut r = response_to(req, 503, Some(&tag));
+        r.headers.push(make_header("Retry-After", "5".into()));
+        r.headers.push(make_header(
+            "Warning",
+            "399 voicecluster \"the call's member failed; its takeover awaits approval\"".into(),
+        ));
+        self.answer(key, r, now);
+    }
+
+    /// Takes over the call a dialog with `call_id` belongs to from its
+    /// replica; false when there is none (or it makes no call).
+    fn take_over(&mut self, call_id: &str) -> bool {
         let Some(held) = self.replicas.take(call_id) else {
-            return;
+            return false;
         };
         self.count_replicas();
         let Some(call) = call_from_replica(&held.replica) else {
             tracing::error!(%call_id, owner = %held.owner.member, "a replica that does not make a call; cannot take it over");
-            return;
+            return false;
         };
         let id = self.calls.next_id();
         let media = call.media.clone();
@@ -269,15 +313,86 @@ impl Endpoint {
         self.leg_requests
             .push_back(LegRequest::Adopt { task: id, media });
         // A call of this member's own earlier life has nobody to tell.
-        if held.replica.owner_sip != local {
+        if held.replica.owner_sip != self.local.to_string() {
             let by = self.member.clone().unwrap_or_default();
             self.events_out.push_back((
                 id,
                 Outbound::To(held.owner, Kind::TakenOver(CallTakenOver { by })),
             ));
+            if let Ok(owner) = held.replica.owner_sip.parse::<SocketAddr>() {
+                *self.taken_from.entry(owner.ip()).or_default() += 1;
+            }
         }
         self.metrics.takeovers.inc();
         self.replicate(id);
         self.update_call_metrics();
+        true
     }
+
+    /// Takes over at once every call whose replica `pick` picks.
+    pub(crate) fn take_over_calls_of(&mut self, pick: impl Fn(&Held) -> bool) {
+        let ids: Vec<String> = self
+            .replicas
+            .held()
+            .filter(|h| pick(h))
+            .filter_map(|h| h.replica.a.as_ref().map(|a| a.call_id.clone()))
+            .collect();
+        for call_id in ids {
+            self.take_over(&call_id);
+        }
+    }
+
+    /// A new Directory version: its failover policy applies from now on,
+    /// and calls it lets go (approved, or of a member gone for good) are
+    /// taken over now rather than at their next request.
+    pub fn on_directory(&mut self, snapshot: &DirectorySnapshot, now: Instant, wall: SystemTime) {
+        let policy = FailoverPolicy::from_snapshot(snapshot);
+        if policy == self.policy {
+            return;
+        }
+        self.policy = policy;
+        let local = self.local.ip();
+        let policy = self.policy.clone();
+        self.take_over_calls_of(|h| {
+            h.replica
+                .owner_sip
+                .parse::<SocketAddr>()
+                .is_ok_and(|o| o.ip() != local && policy.take_at_once(o.ip()))
+        });
+        self.pump(now, wall);
+    }
+
+    /// What the operator should know of this member's failover work.
+    pub fn failover_report(&self) -> FailoverReport {
+        let mut held: BTreeMap<IpAddr, i32> = BTreeMap::new();
+        for h in self.replicas.held() {
+            if let Ok(owner) = h.replica.owner_sip.parse::<SocketAddr>() {
+                *held.entry(owner.ip()).or_default() += 1;
+            }
+        }
+        let list = |m: BTreeMap<IpAddr, i32>| {
+            m.into_iter()
+                .map(|(member, calls)| MemberCalls {
+                    member: member.to_string(),
+                    calls,
+                })
+                .collect()
+        };
+        FailoverReport {
+            backends: Vec::new(),
+            held: list(held),
+            taken_over: list(self.taken_from.iter().map(|(k, v)| (*k, *v)).collect()),
+        }
+    }
+}
+
+/// What became of a request for a call this member may hold a replica of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// Not a call to take over: served as usual.
+    NotHeld,
+    /// The call is this member's now.
+    Taken,
+    /// The call's member failed, and the takeover waits for approval.
+    Waiting,
 }

@@ -141,15 +141,20 @@ impl Harness {
         }
     }
 
-    /// Feeds `text` from `from`; returns what went out, as (peer, text).
-    fn feed(&mut self, text: &str, from: Peer) -> Vec<(Peer, String)> {
-        self.ep.on_bytes(text.as_bytes(), from, self.now, self.wall);
+    /// Does the leg work the endpoint asked for.
+    fn run_legs(&mut self) {
         while let Some(request) = self.ep.poll_leg_request() {
             let reply = self.legs.lock().unwrap().serve(request);
             if let Some(reply) = reply {
                 self.ep.on_leg_reply(reply, self.now, self.wall);
             }
         }
+    }
+
+    /// Feeds `text` from `from`; returns what went out, as (peer, text).
+    fn feed(&mut self, text: &str, from: Peer) -> Vec<(Peer, String)> {
+        self.ep.on_bytes(text.as_bytes(), from, self.now, self.wall);
+        self.run_legs();
         std::iter::from_fn(|| self.ep.poll_transmit())
             .map(|(p, b)| (p, String::from_utf8_lossy(&b).into_owned()))
             .collect()
@@ -586,9 +591,12 @@ fn tag_in(to: &str) -> String {
 
 mod failover {
     use voicecluster_api::grpc::task_event::Kind;
-    use voicecluster_api::grpc::{ReplicaStored, TaskEvent, TaskHandle};
+    use voicecluster_api::grpc::{
+        DirectorySnapshot, FailoverPolicy, ReplicaStored, SignalMember, TaskEvent, TaskHandle,
+    };
 
     use super::*;
+    use crate::endpoint::Lifecycle;
     use crate::task_events::{Outbound, REGISTRAR_TASK};
 
     const OWNER: &str = "192.0.2.1:9446";
@@ -632,8 +640,9 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
         )
     }
 
-    #[test]
-    fn the_answer_waits_for_the_buddy_and_the_buddy_takes_the_call_over_only_when_told() {
+    /// A call answered at the owner once its replica was stored at a new
+    /// buddy: (owner, buddy, the owner's task, A's To tag).
+    fn replicated_call() -> (Harness, Harness, TaskHandle, String) {
         let mut owner = as_member(Harness::new(), OWNER);
         let to_b = start_call(&mut owner);
         let sent = owner.feed(&reply_to(&to_b, "200 OK", "b1", ANSWER), B);
@@ -698,10 +707,43 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
             },
             Kind::CallReplica(replica.clone()),
         );
+        assert!(events(&mut owner).is_empty(), "nothing stored, nothing acked");
+        (owner, buddy, owner_task, a_tag)
+    }
+
+    /// The buddy took the call: the owner was told, the legs re-owned.
+    fn assert_taken_over(buddy: &mut Harness, owner_task: &TaskHandle) {
+        let told = events(buddy);
         assert!(
-            events(&mut owner).is_empty(),
-            "nothing stored, nothing acked"
+            told.iter().any(
+                |(_, o)| matches!(o, Outbound::To(to, Kind::TakenOver(_)) if to == owner_task)
+            ),
+            "{told:?}"
         );
+        buddy.run_legs();
+        assert_eq!(buddy.legs.lock().unwrap().adopted.len(), 1);
+    }
+
+    fn policy(manual: bool, approved: &[&str]) -> DirectorySnapshot {
+        DirectorySnapshot {
+            signal_members: ["192.0.2.1", "192.0.2.2"]
+                .iter()
+                .map(|a| SignalMember {
+                    address: (*a).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            failover: Some(FailoverPolicy {
+                manual,
+                approved: approved.iter().map(|a| (*a).into()).collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_answer_waits_for_the_buddy_and_the_buddy_takes_the_call_over_only_when_told() {
+        let (_owner, mut buddy, owner_task, a_tag) = replicated_call();
 
         // A BYE for the call without an edge saying its member is down is
         // not the buddy's to take.
@@ -724,17 +766,64 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
         );
         assert_eq!(done[1].0, B);
         assert!(header(&done[1].1, "To").ends_with(";tag=b1"));
-        let told = events(&mut buddy);
-        assert!(
-            told.iter().any(
-                |(_, o)| matches!(o, Outbound::To(to, Kind::TakenOver(_)) if *to == owner_task)
-            ),
-            "{told:?}"
-        );
-        assert_eq!(buddy.legs.lock().unwrap().adopted.len(), 1);
+        assert_taken_over(&mut buddy, &owner_task);
         let records = buddy.ep.take_records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].reason, "caller-bye");
         assert!(records[0].answered.is_some());
+    }
+
+    #[test]
+    fn in_manual_mode_the_buddy_waits_for_approval_then_takes_the_calls_at_once() {
+        let (_owner, mut buddy, owner_task, a_tag) = replicated_call();
+        let (now, wall) = (buddy.now, buddy.wall);
+        buddy.ep.on_directory(&policy(true, &[]), now, wall);
+        let bye = alice_bye("X-VC-Failover: 192.0.2.1:5060\r\n").replace("TAG", &a_tag);
+        let refused = buddy.feed(&bye, A);
+        assert_eq!(first_line(&refused[0].1), "SIP/2.0 503 Service Unavailable");
+        assert!(header(&refused[0].1, "Retry-After").starts_with('5'));
+        assert_eq!(buddy.ep.replicas.len(), 1, "the call waits, not lost");
+        assert!(buddy.legs.lock().unwrap().adopted.is_empty());
+        let report = buddy.ep.failover_report();
+        assert_eq!(report.held[0].member, "192.0.2.1");
+        assert_eq!(report.held[0].calls, 1);
+
+        // Approved through the Directory: taken over before any request.
+        buddy.ep.on_directory(&policy(true, &["192.0.2.1"]), now, wall);
+        assert_taken_over(&mut buddy, &owner_task);
+        let report = buddy.ep.failover_report();
+        assert!(report.held.is_empty());
+        assert_eq!(report.taken_over[0].calls, 1);
+        let bye = alice_bye("X-VC-Failover: 192.0.2.1:5060\r\n")
+            .replace("TAG", &a_tag)
+            .replace("z9hG4bK-abye", "z9hG4bK-abye2");
+        let done = buddy.feed(&bye, A);
+        assert_eq!(first_line(&done[0].1), "SIP/2.0 200 OK");
+        assert_eq!(buddy.ep.take_records().len(), 1);
+    }
+
+    #[test]
+    fn a_member_handing_over_needs_no_approval() {
+        let (mut owner, mut buddy, owner_task, _) = replicated_call();
+        let (now, wall) = (buddy.now, buddy.wall);
+        buddy.ep.on_directory(&policy(true, &[]), now, wall);
+        owner.ep.set_lifecycle(Lifecycle::Left);
+        let told = events(&mut owner);
+        let [(task, Outbound::Buddy(Kind::HandOver(h)))] = &told[..] else {
+            panic!("the buddy is told: {told:?}")
+        };
+        deliver(
+            &mut buddy,
+            TaskHandle {
+                member: BUDDY.into(),
+                task: REGISTRAR_TASK,
+            },
+            TaskHandle {
+                member: OWNER.into(),
+                task: *task,
+            },
+            Kind::HandOver(h.clone()),
+        );
+        assert_taken_over(&mut buddy, &owner_task);
     }
 }

@@ -54,6 +54,9 @@ struct Backend {
     missed: u32,
     /// When it came back up, for the ramp; None: up from the start.
     up_since: Option<Instant>,
+    /// Its last answer said it handed its calls over; it stays so when
+    /// it then stops answering (it left on purpose).
+    gone: bool,
 }
 
 /// A state change worth telling about.
@@ -115,6 +118,7 @@ impl Heartbeats {
                 missed: 0,
                 // A member that appears later is new: it ramps.
                 up_since: (!fresh).then_some(now),
+                gone: false,
             });
             if entry.missed >= threshold && entry.health != Health::Down {
                 entry.health = Health::Down;
@@ -142,6 +146,7 @@ impl Heartbeats {
     ) -> Option<Change> {
         let b = self.backends.get_mut(&from)?;
         b.missed = 0;
+        b.gone = gone;
         let health = if gone {
             Health::Down
         } else if (200..300).contains(&code) {
@@ -160,6 +165,11 @@ impl Heartbeats {
             backend: from,
             health,
         })
+    }
+
+    /// Whether `b` said it handed its calls over (rather than failing).
+    pub fn said_gone(&self, b: &SocketAddr) -> bool {
+        self.backends.get(b).is_some_and(|s| s.gone)
     }
 
     /// The health of `b`; a backend never probed is taken as up.

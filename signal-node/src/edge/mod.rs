@@ -31,6 +31,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use voicecluster_api::grpc::{BackendHealth, FailoverReport};
+
 use crate::calls::{tag_of, target_addr, uri_of};
 use crate::transaction::Peer;
 use crate::wire::{self, Inbound, split_list};
@@ -42,6 +44,10 @@ pub use heartbeat::{Health, HeartbeatConfig, Heartbeats};
 /// backend the dialog is pinned to is down; it names that backend, and the
 /// buddy takes the call over only then.
 pub const FAILOVER_HEADER: &str = "X-VC-Failover";
+
+/// The parameter of [`FAILOVER_HEADER`] saying the backend left on purpose
+/// (it answered its heartbeats "gone"): its calls need no approval.
+pub const HANDOVER_PARAM: &str = "handover";
 
 /// The live backends' SIP addresses, asked for each message.
 pub type Backends = Box<dyn Fn() -> Vec<SocketAddr> + Send>;
@@ -387,6 +393,26 @@ impl Edge {
         }
     }
 
+    /// Each backend's health, for the operator's status.
+    pub fn failover_report(&self) -> FailoverReport {
+        let backends = (self.backends)()
+            .into_iter()
+            .map(|b| BackendHealth {
+                address: b.ip().to_string(),
+                state: match self.heartbeats.health(&b) {
+                    Health::Up => "Up",
+                    Health::Draining => "Draining",
+                    Health::Down => "Down",
+                }
+                .to_string(),
+            })
+            .collect();
+        FailoverReport {
+            backends,
+            ..Default::default()
+        }
+    }
+
     /// When [`Self::handle_timeout`] is due (the next heartbeat).
     pub fn poll_timeout(&self) -> Option<Instant> {
         // Before the first round, at once.
@@ -647,8 +673,12 @@ impl Edge {
                 if let Some(to) = to {
                     tracing::info!(%call_id, down = %b, buddy = %to, "in-dialog request to the buddy");
                     self.metrics.failovers.inc();
-                    msg.headers
-                        .push((FAILOVER_HEADER.to_string(), b.to_string()));
+                    let said = if self.heartbeats.said_gone(&b) {
+                        format!("{b};{HANDOVER_PARAM}")
+                    } else {
+                        b.to_string()
+                    };
+                    msg.headers.push((FAILOVER_HEADER.to_string(), said));
                 }
                 to
             }
