@@ -219,11 +219,7 @@ async fn reports_go_out_when_they_change_and_again_after_a_reconnect() {
     assert_eq!(recv(&mut s1.loads).await, failover);
     drop(s1);
     let mut s2 = recv(&mut sessions).await;
-    assert_eq!(
-        recv(&mut s2.loads).await,
-        failover,
-        "told the new replica"
-    );
+    assert_eq!(recv(&mut s2.loads).await, failover, "told the new replica");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 use voicecluster_api::VoiceCluster;
-use voicecluster_api::grpc::{Load, PodAck};
+use voicecluster_api::grpc::{FailoverReport, Load, PodAck};
 
 /// A follower's report is dropped when it is older than this: the follower
 /// refreshes it well within, so only a dead follower's report ages out.
@@ -33,6 +33,8 @@ struct StreamAck {
     version: Option<i64>,
     /// The pod's last load report on this stream.
     load: Option<Load>,
+    /// The pod's last failover report on this stream.
+    failover: Option<FailoverReport>,
 }
 
 #[derive(Debug)]
@@ -98,6 +100,7 @@ impl AckBook {
                 pod: pod.to_string(),
                 version: None,
                 load: None,
+                failover: None,
             },
         );
         StreamEntry {
@@ -116,7 +119,7 @@ impl AckBook {
         let mut best: HashMap<(&ClusterKey, &str), PodAck> = HashMap::new();
         for id in ids {
             let s = &inner.streams[id];
-            if s.version.is_none() && s.load.is_none() {
+            if s.version.is_none() && s.load.is_none() && s.failover.is_none() {
                 continue;
             }
             let e = best
@@ -127,10 +130,14 @@ impl AckBook {
                     pod: s.pod.clone(),
                     version: 0,
                     load: None,
+                    failover: None,
                 });
             e.version = e.version.max(s.version.unwrap_or(0));
             if s.load.is_some() {
                 e.load = s.load;
+            }
+            if s.failover.is_some() {
+                e.failover.clone_from(&s.failover);
             }
         }
         let mut acks: Vec<PodAck> = best.into_values().collect();
@@ -220,24 +227,44 @@ impl AckBook {
     /// streams and the live reports. A pod reports to one replica at a
     /// time, so there is one report per pod but for a reconnect's moment.
     pub fn loads(&self, namespace: &str, cluster: &str) -> HashMap<String, Load> {
+        self.per_pod(namespace, cluster, |a| a.load, |s| s.load)
+    }
+
+    /// Every pod's last failover report for one cluster, as [`Self::loads`].
+    pub fn failovers(&self, namespace: &str, cluster: &str) -> HashMap<String, FailoverReport> {
+        self.per_pod(
+            namespace,
+            cluster,
+            |a| a.failover.clone(),
+            |s| s.failover.clone(),
+        )
+    }
+
+    fn per_pod<T>(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        reported: impl Fn(&PodAck) -> Option<T>,
+        streamed: impl Fn(&StreamAck) -> Option<T>,
+    ) -> HashMap<String, T> {
         let inner = self.lock();
         let mut out = HashMap::new();
         for r in inner.reports.values() {
             for a in &r.acks {
-                if let Some(load) = a.load
-                    && a.namespace == namespace
+                if a.namespace == namespace
                     && a.cluster == cluster
+                    && let Some(v) = reported(a)
                 {
-                    out.insert(a.pod.clone(), load);
+                    out.insert(a.pod.clone(), v);
                 }
             }
         }
         for s in inner.streams.values() {
-            if let Some(load) = s.load
-                && s.cluster.0 == namespace
+            if s.cluster.0 == namespace
                 && s.cluster.1 == cluster
+                && let Some(v) = streamed(s)
             {
-                out.insert(s.pod.clone(), load);
+                out.insert(s.pod.clone(), v);
             }
         }
         out
@@ -270,15 +297,29 @@ impl AckBook {
 impl StreamEntry {
     /// Records the pod's load report.
     pub fn load(&self, load: Load) {
+        self.update(|s| s.load.replace(load) != Some(load));
+    }
+
+    /// Records the pod's failover report.
+    pub fn failover(&self, report: FailoverReport) {
+        self.update(|s| {
+            let changed = s.failover.as_ref() != Some(&report);
+            s.failover = Some(report);
+            changed
+        });
+    }
+
+    /// Applies `change` to the stream's entry; when it says something
+    /// changed, the cluster's status and this replica's report follow.
+    fn update(&self, change: impl FnOnce(&mut StreamAck) -> bool) {
         let book = &self.book;
         let mut inner = book.lock();
         let Some(s) = inner.streams.get_mut(&self.id) else {
             return;
         };
-        if s.load == Some(load) {
+        if !change(s) {
             return;
         }
-        s.load = Some(load);
         let cluster = s.cluster.clone();
         book.mark(&mut inner, cluster);
         book.local_changed.notify_one();
@@ -286,18 +327,7 @@ impl StreamEntry {
 
     /// Records that the pod applied `version`.
     pub fn ack(&self, version: i64) {
-        let book = &self.book;
-        let mut inner = book.lock();
-        let Some(s) = inner.streams.get_mut(&self.id) else {
-            return;
-        };
-        if s.version == Some(version) {
-            return;
-        }
-        s.version = Some(version);
-        let cluster = s.cluster.clone();
-        book.mark(&mut inner, cluster);
-        book.local_changed.notify_one();
+        self.update(|s| s.version.replace(version) != Some(version));
     }
 }
 
@@ -306,7 +336,7 @@ impl Drop for StreamEntry {
         let book = &self.book;
         let mut inner = book.lock();
         if let Some(s) = inner.streams.remove(&self.id)
-            && (s.version.is_some() || s.load.is_some())
+            && (s.version.is_some() || s.load.is_some() || s.failover.is_some())
         {
             book.mark(&mut inner, s.cluster);
             book.local_changed.notify_one();
@@ -325,6 +355,7 @@ mod tests {
             pod: pod.into(),
             version,
             load: None,
+            failover: None,
         }
     }
 
@@ -360,6 +391,37 @@ mod tests {
         );
         drop(s);
         assert!(!book.loads("voice", "demo").contains_key("media-x"));
+    }
+
+    #[test]
+    fn a_pods_edge_and_media_streams_report_side_by_side() {
+        let book = AckBook::new();
+        let media = book.open("voice", "demo", "media-x");
+        let edge = book.open("voice", "demo", "media-x");
+        media.load(draining(3));
+        let report = FailoverReport {
+            backends: vec![voicecluster_api::grpc::BackendHealth {
+                address: "10.0.0.2".into(),
+                state: "Down".into(),
+            }],
+            ..Default::default()
+        };
+        edge.failover(report.clone());
+        let local = book.local();
+        assert_eq!(local.len(), 1);
+        assert_eq!(
+            local[0].load,
+            Some(draining(3)),
+            "the edge's report keeps the load"
+        );
+        assert_eq!(local[0].failover.as_ref(), Some(&report));
+        assert_eq!(
+            book.failovers("voice", "demo").get("media-x"),
+            Some(&report)
+        );
+        drop(edge);
+        assert!(book.failovers("voice", "demo").is_empty());
+        assert!(book.loads("voice", "demo").contains_key("media-x"));
     }
 
     #[test]

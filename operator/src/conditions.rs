@@ -23,6 +23,11 @@ pub struct Facts {
     pub without_address: Vec<String>,
     /// The signal pods' call-leg mode.
     pub call_leg_mode: CallLegMode,
+    /// The VoiceCluster's name, for commands in messages.
+    pub name: String,
+    /// Failed members whose calls wait for approval (Manual failover), as
+    /// "address (pod): n calls".
+    pub awaiting_approval: Vec<String>,
 }
 
 /// A condition's status, reason and message, before timestamps.
@@ -128,6 +133,28 @@ pub fn ready(f: &Facts, degraded: &Verdict) -> Verdict {
     )
 }
 
+/// Whether calls of a failed member wait for an administrator.
+pub fn failover_pending(f: &Facts) -> Verdict {
+    if f.awaiting_approval.is_empty() {
+        return Verdict::new(
+            false,
+            "NoneWaiting",
+            "no failed member's calls wait for approval",
+        );
+    }
+    Verdict::new(
+        true,
+        "AwaitingApproval",
+        format!(
+            "failed members whose calls wait for takeover: {}; approve with \
+             kubectl annotate voicecluster {} {}=<address or pod>[,...] --overwrite",
+            f.awaiting_approval.join("; "),
+            f.name,
+            voicecluster_api::ANNOTATION_APPROVE_FAILOVER
+        ),
+    )
+}
+
 fn condition(type_: &str, v: &Verdict, f: &Facts, previous: &[Condition], now: &Time) -> Condition {
     let status = if v.status { "True" } else { "False" };
     // The transition time moves only when the status does.
@@ -145,7 +172,7 @@ fn condition(type_: &str, v: &Verdict, f: &Facts, previous: &[Condition], now: &
     }
 }
 
-/// The three conditions, keeping transition times of unchanged ones.
+/// The conditions, keeping transition times of unchanged ones.
 pub fn conditions(f: &Facts, previous: &[Condition], now: &Time) -> Vec<Condition> {
     let d = degraded(f);
     let p = progressing(f, &d);
@@ -154,6 +181,7 @@ pub fn conditions(f: &Facts, previous: &[Condition], now: &Time) -> Vec<Conditio
         condition("Ready", &r, f, previous, now),
         condition("Progressing", &p, f, previous, now),
         condition("Degraded", &d, f, previous, now),
+        condition("FailoverPending", &failover_pending(f), f, previous, now),
     ]
 }
 
@@ -172,7 +200,30 @@ mod tests {
             providers: 2,
             without_address: vec![],
             call_leg_mode: CallLegMode::Remotely,
+            name: "demo".into(),
+            awaiting_approval: vec![],
         }
+    }
+
+    #[test]
+    fn waiting_calls_make_failover_pending_with_the_command_to_approve() {
+        let mut f = healthy();
+        assert!(!failover_pending(&f).status);
+        f.awaiting_approval = vec!["10.0.0.2 (pod demo-signal-1): 3 calls".into()];
+        let v = failover_pending(&f);
+        assert!(v.status);
+        assert_eq!(v.reason, "AwaitingApproval");
+        assert!(
+            v.message.contains("demo-signal-1): 3 calls"),
+            "{}",
+            v.message
+        );
+        assert!(
+            v.message
+                .contains("kubectl annotate voicecluster demo voicecluster.io/approve-failover="),
+            "{}",
+            v.message
+        );
     }
 
     #[test]

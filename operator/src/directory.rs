@@ -24,9 +24,10 @@ use tonic::{Request, Response, Status, Streaming};
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::grpc::directory_server::{Directory, DirectoryServer};
 use voicecluster_api::grpc::{
-    Ack, CallLegProvider, DirectorySnapshot, ReplicaAcks, ReportAcksReply, SignalMember,
-    WatchMessage, WatchRequest, watch_message,
+    Ack, CallLegProvider, DirectorySnapshot, FailoverPolicy, ReplicaAcks, ReportAcksReply,
+    SignalMember, WatchMessage, WatchRequest, watch_message,
 };
+use voicecluster_api::voicecluster::{FailoverMode, VoiceClusterStatus};
 
 use crate::acks::{AckBook, StreamEntry};
 
@@ -164,7 +165,17 @@ impl Cache {
                     ready: m.ready,
                 })
                 .collect(),
+            failover: Some(policy_of(status)),
         })
+    }
+}
+
+/// The failover policy a status carries to the members.
+fn policy_of(status: &VoiceClusterStatus) -> FailoverPolicy {
+    let (mode, approved) = crate::failover::policy(status.failover.as_ref());
+    FailoverPolicy {
+        manual: mode == FailoverMode::Manual,
+        approved,
     }
 }
 
@@ -217,6 +228,10 @@ impl Subscription {
             Some(watch_message::Kind::Load(load)) => {
                 tracing::debug!(pod = %self.req.pod, active_legs = load.active_legs, draining = load.draining, "load report");
                 self.entry.load(load);
+            }
+            Some(watch_message::Kind::Failover(report)) => {
+                tracing::debug!(pod = %self.req.pod, ?report, "failover report");
+                self.entry.failover(report);
             }
             Some(watch_message::Kind::Subscribe(_)) | None => {
                 tracing::warn!(pod = %self.req.pod, "ignoring a message that is not an ack after the subscription");
@@ -562,6 +577,7 @@ mod tests {
             pod: "media-x".into(),
             version: 1,
             load: None,
+            failover: None,
         };
         f.client
             .report_acks(ReplicaAcks {

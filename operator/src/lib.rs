@@ -7,6 +7,7 @@ pub mod acks;
 pub mod conditions;
 pub mod controller;
 pub mod directory;
+pub mod failover;
 pub mod metrics;
 pub mod providers;
 pub mod reconcile;

@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use kube::ResourceExt;
 use voicecluster_api::grpc::Load;
 use voicecluster_api::voicecluster::{
-    CallLegProvider, DirectoryStatus, DrainingPod, MediaSpec, ProviderState, PublicAddressSource,
-    SignalMember, VoiceClusterStatus,
+    CallLegProvider, DirectoryStatus, DrainingPod, FailoverMode, MediaSpec, ProviderState,
+    PublicAddressSource, SignalMember, VoiceClusterStatus,
 };
 use voicecluster_api::{ANNOTATION_ACTIVE_LEGS, ANNOTATION_DRAINING, MEDIA_GRPC_PORT};
 
@@ -154,18 +154,36 @@ pub fn signal_members<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Signal
     members
 }
 
+/// What a Directory version carries: equal versions carry equal lists.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lists {
+    /// The call-leg providers.
+    pub providers: Vec<CallLegProvider>,
+    /// The signal members.
+    pub members: Vec<SignalMember>,
+    /// The failover mode and the approved failed members.
+    pub policy: (FailoverMode, Vec<String>),
+}
+
+impl Lists {
+    /// What a written status carries.
+    pub fn of_status(s: &VoiceClusterStatus) -> Self {
+        Self {
+            providers: s.call_leg_providers.clone(),
+            members: s.signal_members.clone(),
+            policy: crate::failover::policy(s.failover.as_ref()),
+        }
+    }
+}
+
 /// The Directory version for these lists: the previous one when nothing
 /// changed, the next one otherwise, so equal versions mean equal lists.
-pub fn next_directory_version(
-    previous: Option<&VoiceClusterStatus>,
-    providers: &[CallLegProvider],
-    members: &[SignalMember],
-) -> i64 {
+pub fn next_directory_version(previous: Option<&VoiceClusterStatus>, lists: &Lists) -> i64 {
     let Some(prev) = previous else {
         return 1;
     };
     let version = prev.directory.as_ref().map_or(0, |d| d.version);
-    if version > 0 && prev.call_leg_providers == providers && prev.signal_members == members {
+    if version > 0 && Lists::of_status(prev) == *lists {
         version
     } else {
         version + 1
@@ -179,11 +197,8 @@ pub fn next_directory_version(
 /// different lists.
 #[derive(Default)]
 pub struct DirectoryVersions {
-    written: std::sync::Mutex<HashMap<(String, String), Written>>,
+    written: std::sync::Mutex<HashMap<(String, String), (i64, Lists)>>,
 }
-
-/// A version and the lists it carries.
-type Written = (i64, Vec<CallLegProvider>, Vec<SignalMember>);
 
 impl DirectoryVersions {
     /// The version for these lists of cluster `key`, given the status the
@@ -192,21 +207,20 @@ impl DirectoryVersions {
         &self,
         key: (String, String),
         previous: Option<&VoiceClusterStatus>,
-        providers: &[CallLegProvider],
-        members: &[SignalMember],
+        lists: &Lists,
     ) -> i64 {
         let mut written = self
             .written
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let from_status = next_directory_version(previous, providers, members);
+        let from_status = next_directory_version(previous, lists);
         let read = previous
             .and_then(|s| s.directory.as_ref())
             .map_or(0, |d| d.version);
         let version = match written.get(&key) {
             // What this replica wrote last is newer than what it read.
-            Some((v, p, m)) if *v >= read => {
-                if p.as_slice() == providers && m.as_slice() == members {
+            Some((v, l)) if *v >= read => {
+                if l == lists {
                     *v
                 } else {
                     v + 1
@@ -214,7 +228,7 @@ impl DirectoryVersions {
             }
             _ => from_status,
         };
-        written.insert(key, (version, providers.to_vec(), members.to_vec()));
+        written.insert(key, (version, lists.clone()));
         version
     }
 }
@@ -413,7 +427,7 @@ mod tests {
 
     #[test]
     fn directory_version_moves_only_when_the_lists_change() {
-        let first = next_directory_version(None, &[], &[]);
+        let first = next_directory_version(None, &Lists::default());
         assert_eq!(first, 1);
         let status = VoiceClusterStatus {
             directory: Some(DirectoryStatus {
@@ -422,13 +436,26 @@ mod tests {
             }),
             ..VoiceClusterStatus::default()
         };
-        assert_eq!(next_directory_version(Some(&status), &[], &[]), 1);
+        assert_eq!(next_directory_version(Some(&status), &Lists::default()), 1);
         let member = SignalMember {
             pod: "s-0".into(),
             address: "10.0.0.1".into(),
             ready: true,
         };
-        assert_eq!(next_directory_version(Some(&status), &[], &[member]), 2);
+        let with_member = Lists {
+            members: vec![member],
+            ..Lists::default()
+        };
+        assert_eq!(next_directory_version(Some(&status), &with_member), 2);
+        let approved = Lists {
+            policy: (FailoverMode::Manual, vec!["10.0.0.2".into()]),
+            ..Lists::default()
+        };
+        assert_eq!(
+            next_directory_version(Some(&status), &approved),
+            2,
+            "an approval is news for the members"
+        );
     }
 
     #[test]
@@ -505,6 +532,10 @@ mod tests {
             address: "10.0.0.2".into(),
             ready,
         };
+        let lists = |ready| Lists {
+            members: vec![member(ready)],
+            ..Lists::default()
+        };
         let stale = VoiceClusterStatus {
             directory: Some(DirectoryStatus {
                 version: 4,
@@ -523,16 +554,10 @@ mod tests {
             }),
             ..Default::default()
         };
+        assert_eq!(versions.next(key.clone(), Some(&stale), &lists(false)), 4);
+        assert_eq!(versions.next(key.clone(), Some(&older), &lists(true)), 5);
         assert_eq!(
-            versions.next(key.clone(), Some(&stale), &[], &[member(false)]),
-            4
-        );
-        assert_eq!(
-            versions.next(key.clone(), Some(&older), &[], &[member(true)]),
-            5
-        );
-        assert_eq!(
-            versions.next(key.clone(), Some(&older), &[], &[member(true)]),
+            versions.next(key.clone(), Some(&older), &lists(true)),
             5,
             "same lists, same version"
         );
@@ -546,6 +571,6 @@ mod tests {
             signal_members: vec![member(true)],
             ..Default::default()
         };
-        assert_eq!(versions.next(key, Some(&newer), &[], &[member(true)]), 9);
+        assert_eq!(versions.next(key, Some(&newer), &lists(true)), 9);
     }
 }

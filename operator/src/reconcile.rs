@@ -17,14 +17,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use voicecluster_api::voicecluster::{PodCounts, VoiceClusterStatus};
 use voicecluster_api::{
-    COMPONENT_MEDIA, COMPONENT_SIGNAL, LABEL_CLUSTER, LABEL_COMPONENT, MANAGER_NAME, VoiceCluster,
+    ANNOTATION_APPROVE_FAILOVER, COMPONENT_MEDIA, COMPONENT_SIGNAL, LABEL_CLUSTER, LABEL_COMPONENT,
+    MANAGER_NAME, VoiceCluster,
 };
 
 use crate::acks::AckBook;
 use crate::conditions::{self, Facts};
+use crate::failover::{Observed, awaiting_approval, failover_status, policy};
 use crate::metrics::Metrics;
 use crate::providers::{
-    directory_status, draining_media, is_eligible_media_node, is_ready, providers, signal_members,
+    Lists, directory_status, draining_media, is_eligible_media_node, is_ready, providers,
+    signal_members,
 };
 use crate::resources::{self, MediaWorkload, Settings, child_name};
 
@@ -230,6 +233,17 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         media.desired,
     );
 
+    let members = signal_members(component_pods(vc, &pods, COMPONENT_SIGNAL));
+    let failover = failover_status(&Observed {
+        mode: vc.spec.failover.mode,
+        members: &members,
+        reports: &ctx.acks.failovers(&ns, &name),
+        approvals: vc
+            .annotations()
+            .get(ANNOTATION_APPROVE_FAILOVER)
+            .map(String::as_str),
+        previous: vc.status.as_ref().and_then(|s| s.failover.as_ref()),
+    });
     let facts = Facts {
         generation: vc.metadata.generation,
         eligible_media_nodes: eligible,
@@ -239,6 +253,8 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         providers: view.providers.len(),
         without_address: view.without_address.clone(),
         call_leg_mode: vc.spec.signal.call_leg_mode,
+        name: name.clone(),
+        awaiting_approval: awaiting_approval(&failover),
     };
     let previous: Vec<Condition> = vc
         .status
@@ -247,12 +263,14 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         .unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conditions = conditions::conditions(&facts, &previous, &now);
-    let members = signal_members(component_pods(vc, &pods, COMPONENT_SIGNAL));
     let version = ctx.directory_versions.next(
         (ns.clone(), name.clone()),
         vc.status.as_ref(),
-        &view.providers,
-        &members,
+        &Lists {
+            providers: view.providers.clone(),
+            members: members.clone(),
+            policy: policy(Some(&failover)),
+        },
     );
     let directory = directory_status(
         version,
@@ -269,6 +287,7 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         draining_media_pods: draining_media(media_pods(vc, &pods), &ctx.acks.loads(&ns, &name)),
         signal_members: members,
         directory: Some(directory),
+        failover: Some(failover),
     };
     if vc.status.as_ref() != Some(&status) {
         let api: Api<VoiceCluster> = Api::namespaced(ctx.client.clone(), &ns);
@@ -307,7 +326,11 @@ async fn publish_transitions(
         if c.type_ == "Ready" && c.status == "False" && !was_ready {
             continue;
         }
-        let bad = (c.type_ == "Degraded" && c.status == "True")
+        // Nothing pending from the start is no news either.
+        if c.type_ == "FailoverPending" && c.status == "False" && before.is_none() {
+            continue;
+        }
+        let bad = ((c.type_ == "Degraded" || c.type_ == "FailoverPending") && c.status == "True")
             || (c.type_ == "Ready" && c.status == "False" && was_ready);
         if c.type_ == "Progressing" {
             continue;

@@ -16,8 +16,8 @@ use prometheus_client::registry::Registry;
 use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Method, Request};
 
-use crate::billing::{Bill, RateTable, bill};
 use crate::b2bua::takeover::Takeover;
+use crate::billing::{Bill, RateTable, bill};
 use crate::calls::{CallRecord, Calls, Phase};
 use crate::failover_policy::FailoverPolicy;
 use crate::legs::{LegReply, LegRequest};
@@ -27,8 +27,8 @@ use crate::replicas::Replicas;
 use crate::task_events::{Outbound, REGISTRAR_TASK, binding_from_proto, kind_name, registrations};
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
 use crate::wire::{self, Inbound};
-use voicecluster_api::grpc::{self, TaskEvent};
 use voicecluster_api::grpc::task_event::Kind;
+use voicecluster_api::grpc::{self, TaskEvent};
 
 /// The methods this endpoint serves.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER";

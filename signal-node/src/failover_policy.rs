@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn manual_waits_for_approval_except_for_a_hand_over() {
-        let p = FailoverPolicy::from_snapshot(&snapshot(true, &["10.0.0.2", "junk"], &["10.0.0.1"]));
+        let p =
+            FailoverPolicy::from_snapshot(&snapshot(true, &["10.0.0.2", "junk"], &["10.0.0.1"]));
         assert!(!p.allows(ip("10.0.0.3"), false));
         assert!(!p.take_at_once(ip("10.0.0.3")), "unlisted is not approved");
         assert!(p.allows(ip("10.0.0.3"), true), "it left on purpose");

@@ -222,7 +222,10 @@ pub async fn serve(
             None => std::future::pending().await,
         };
     // The version already in use when SIP starts applies too.
-    if let Some(s) = directory.as_mut().and_then(|d| d.borrow_and_update().clone()) {
+    if let Some(s) = directory
+        .as_mut()
+        .and_then(|d| d.borrow_and_update().clone())
+    {
         endpoint.on_directory(&s, Instant::now(), SystemTime::now());
     }
     let mut report_tick = tokio::time::interval(REPORT_EVERY);

@@ -11,8 +11,8 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Request, Response};
 use voicecluster_api::grpc::task_event::Kind;
 use voicecluster_api::grpc::{
-    CallReplica, CallReplicaDropped, CallTakenOver, DirectorySnapshot, FailoverReport,
-    MemberCalls, ReplicaStored, TaskHandle,
+    CallReplica, CallReplicaDropped, CallTakenOver, DirectorySnapshot, FailoverReport, MemberCalls,
+    ReplicaStored, TaskHandle,
 };
 
 use crate::calls::{Phase, header};

@@ -707,7 +707,10 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
             },
             Kind::CallReplica(replica.clone()),
         );
-        assert!(events(&mut owner).is_empty(), "nothing stored, nothing acked");
+        assert!(
+            events(&mut owner).is_empty(),
+            "nothing stored, nothing acked"
+        );
         (owner, buddy, owner_task, a_tag)
     }
 
@@ -789,7 +792,9 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
         assert_eq!(report.held[0].calls, 1);
 
         // Approved through the Directory: taken over before any request.
-        buddy.ep.on_directory(&policy(true, &["192.0.2.1"]), now, wall);
+        buddy
+            .ep
+            .on_directory(&policy(true, &["192.0.2.1"]), now, wall);
         assert_taken_over(&mut buddy, &owner_task);
         let report = buddy.ep.failover_report();
         assert!(report.held.is_empty());
@@ -822,7 +827,7 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
                 member: OWNER.into(),
                 task: *task,
             },
-            Kind::HandOver(h.clone()),
+            Kind::HandOver(*h),
         );
         assert_taken_over(&mut buddy, &owner_task);
     }
