@@ -65,8 +65,11 @@ pub fn failover_status(o: &Observed) -> FailoverStatus {
             let h = heartbeats.entry(b.address.as_str()).or_default();
             *h = worse(*h, parse_heartbeat(&b.state));
         }
+        // A member's buddy holds its calls; a member that joined since
+        // may hold copies of them: the largest count is the calls'.
         for m in r.held.iter().filter(|m| m.calls > 0) {
-            *held.entry(m.member.as_str()).or_default() += m.calls;
+            let n = held.entry(m.member.as_str()).or_default();
+            *n = (*n).max(m.calls);
         }
     }
     let heartbeat = |a: &str| heartbeats.get(a).copied().unwrap_or_default();

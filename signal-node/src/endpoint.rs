@@ -407,7 +407,11 @@ impl Endpoint {
             }
             Some(Kind::CallDropped(d)) if to.task == REGISTRAR_TASK => {
                 let Some(from) = event.from else { return };
-                self.replicas.drop_call(&from, d.version, now);
+                if d.call_id.is_empty() {
+                    self.replicas.drop_call(&from, d.version, now);
+                } else {
+                    self.replicas.drop_taken(&d.call_id, d.version, now);
+                }
                 self.count_replicas();
             }
             Some(Kind::TakenOver(t)) => self.on_taken_over(to.task, &t.by),

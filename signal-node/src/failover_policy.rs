@@ -17,6 +17,9 @@ pub struct FailoverPolicy {
     pub approved: HashSet<IpAddr>,
     /// The members the Directory lists; `None` without a Directory.
     pub listed: Option<HashSet<IpAddr>>,
+    /// The ready ones, whose first in rendezvous order for a failed
+    /// member takes its calls (as the edges route them).
+    pub live: Vec<IpAddr>,
 }
 
 impl FailoverPolicy {
@@ -36,6 +39,12 @@ impl FailoverPolicy {
                     .filter_map(|m| m.address.parse().ok())
                     .collect(),
             ),
+            live: s
+                .signal_members
+                .iter()
+                .filter(|m| m.ready)
+                .filter_map(|m| m.address.parse().ok())
+                .collect(),
         }
     }
 

@@ -250,6 +250,24 @@ impl Replicas {
         self.expire(now);
     }
 
+    /// Call `key` (the caller's Call-ID) was taken over at `version`:
+    /// copies of it at that version or older go, whoever sent them.
+    pub fn drop_taken(&mut self, key: &str, version: u64, now: Instant) {
+        if self
+            .held
+            .get(key)
+            .is_some_and(|h| h.replica.version <= version)
+        {
+            self.forget(key);
+        }
+        let last = self
+            .dropped
+            .entry(key.to_string())
+            .or_insert((version, now));
+        last.0 = last.0.max(version);
+        self.expire(now);
+    }
+
     /// Every replica held, with its owner.
     pub fn held(&self) -> impl Iterator<Item = &Held> {
         self.held.values()
@@ -339,6 +357,24 @@ mod tests {
         assert_eq!(r.find("b1").unwrap().owner, carrier);
         r.drop_call(&carrier, 4, t);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_taken_over_call_drops_every_copy_but_newer_ones() {
+        let mut r = Replicas::default();
+        let t = Instant::now();
+        let passer = TaskHandle {
+            member: "10.0.0.2:9446".into(),
+            task: 0,
+        };
+        assert!(r.store(passer, replica(3, "a1", "b1"), t));
+        r.drop_taken("a1", 3, t);
+        assert!(r.is_empty());
+        assert!(!r.store(owner(1), replica(3, "a1", "b1"), t), "late copy");
+        // The taker's own next replica is newer: kept.
+        assert!(r.store(owner(2), replica(4, "a1", "b1"), t));
+        r.drop_taken("a1", 3, t);
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use voicecluster_api::grpc::{
 };
 
 use crate::calls::{Phase, header};
-use crate::edge::{FAILOVER_HEADER, HANDOVER_PARAM};
+use crate::edge::{FAILOVER_HEADER, HANDOVER_PARAM, buddy};
 use crate::endpoint::{Endpoint, HeldAnswer};
 use crate::failover_policy::FailoverPolicy;
 use crate::legs::LegRequest;
@@ -186,7 +186,10 @@ impl Endpoint {
         }
         self.events_out.push_back((
             id,
-            Outbound::Buddy(Kind::CallDropped(CallReplicaDropped { version })),
+            Outbound::Buddy(Kind::CallDropped(CallReplicaDropped {
+                version,
+                call_id: String::new(),
+            })),
         ));
     }
 
@@ -323,6 +326,15 @@ impl Endpoint {
                 *self.taken_from.entry(owner.ip()).or_default() += 1;
             }
         }
+        // Other members may hold copies (passed on when they joined):
+        // they go, so nobody else takes the call or counts it as waiting.
+        self.events_out.push_back((
+            id,
+            Outbound::Broadcast(Kind::CallDropped(CallReplicaDropped {
+                version: held.replica.version,
+                call_id: call_id.to_string(),
+            })),
+        ));
         self.metrics.takeovers.inc();
         self.replicate(id);
         self.update_call_metrics();
@@ -351,13 +363,22 @@ impl Endpoint {
             return;
         }
         self.policy = policy;
-        let local = self.local.ip();
+        let local = self.local;
+        let live: Vec<SocketAddr> = self
+            .policy
+            .live
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, local.port()))
+            .collect();
         let policy = self.policy.clone();
+        // Of the members holding a copy, only the one the edges send the
+        // call's dialogs to takes it.
         self.take_over_calls_of(|h| {
-            h.replica
-                .owner_sip
-                .parse::<SocketAddr>()
-                .is_ok_and(|o| o.ip() != local && policy.take_at_once(o.ip()))
+            h.replica.owner_sip.parse::<SocketAddr>().is_ok_and(|o| {
+                o.ip() != local.ip()
+                    && policy.take_at_once(o.ip())
+                    && buddy(o, &live) == Some(local)
+            })
         });
         self.pump(now, wall);
     }

@@ -723,6 +723,10 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
             ),
             "{told:?}"
         );
+        assert!(
+            told.iter().any(|(_, o)| matches!(o, Outbound::Broadcast(Kind::CallDropped(d)) if d.call_id == "call-a")),
+            "every copy of the replica elsewhere goes: {told:?}"
+        );
         buddy.run_legs();
         assert_eq!(buddy.legs.lock().unwrap().adopted.len(), 1);
     }
@@ -733,6 +737,7 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
                 .iter()
                 .map(|a| SignalMember {
                     address: (*a).into(),
+                    ready: true,
                     ..Default::default()
                 })
                 .collect(),
