@@ -226,6 +226,10 @@ impl Billing {
 /// Where a member is in its life, as the edges' heartbeats hear it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Lifecycle {
+    /// Getting the registrations and replicas from the other members: no
+    /// new calls, and its dialogs go to their buddies (heartbeats get 503,
+    /// "starting"), so nothing reaches it that it cannot know yet.
+    Starting,
     /// Takes new calls.
     #[default]
     Serving,
@@ -646,8 +650,14 @@ impl Endpoint {
             Method::Options if self.lifecycle != Lifecycle::Serving => {
                 let mut r = response_to(req, 503, Some(&tag));
                 r.headers.push(make_header("Retry-After", "5".into()));
-                if matches!(self.lifecycle, Lifecycle::Gone | Lifecycle::Left) {
-                    r.headers.push(make_header(STATE_HEADER, "gone".into()));
+                match self.lifecycle {
+                    Lifecycle::Gone | Lifecycle::Left => {
+                        r.headers.push(make_header(STATE_HEADER, "gone".into()));
+                    }
+                    Lifecycle::Starting => {
+                        r.headers.push(make_header(STATE_HEADER, "starting".into()));
+                    }
+                    Lifecycle::Serving | Lifecycle::Draining => {}
                 }
                 r
             }

@@ -35,7 +35,7 @@ use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::task_events::{EventMetrics, Peers, TaskEventsService};
 use voicecluster_signal_node::transaction::Timers;
 use voicecluster_signal_node::transport::{self, Links, Listeners};
-use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
+use voicecluster_telemetry::{BuildInfo, CommonArgs, Readiness, Telemetry, shutdown_signal};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
 
@@ -275,6 +275,7 @@ async fn start_backend(
     sip_metrics: SipMetrics,
     event_metrics: EventMetrics,
     lifecycle: (watch::Receiver<Lifecycle>, watch::Sender<bool>),
+    started: (watch::Sender<Lifecycle>, Readiness),
 ) -> anyhow::Result<SipTask> {
     let users = match &args.users_file {
         Some(path) => parse_users(
@@ -303,7 +304,27 @@ async fn start_backend(
         )
         .with_sip_port(s.advertised.port()),
     );
-    let syncing = tokio::spawn(Arc::clone(&peers).keep_synced());
+    let (first_sync, synced) = tokio::sync::oneshot::channel();
+    let syncing = tokio::spawn(Arc::clone(&peers).keep_synced(first_sync));
+    // Serving (and ready) once the other members told this one their
+    // registrations and replicas, or after SYNC_LIMIT in any case.
+    let (serving, readiness) = started;
+    tokio::spawn(async move {
+        if tokio::time::timeout(SYNC_LIMIT, synced).await.is_err() {
+            tracing::warn!(
+                ?SYNC_LIMIT,
+                "not every member answered the first sync; serving anyway"
+            );
+        }
+        serving.send_if_modified(|l| {
+            let starting = *l == Lifecycle::Starting;
+            if starting {
+                *l = Lifecycle::Serving;
+            }
+            starting
+        });
+        readiness.set_ready();
+    });
     let rates = RateTable::from_spec(&s.billing).map_err(anyhow::Error::msg)?;
     let bills: SharedBills = Arc::new(Mutex::new(
         BillStore::open(&args.bills_file)
@@ -351,6 +372,9 @@ async fn start_backend(
     }))
 }
 
+/// How long a starting member waits for the others' registrations and
+/// replicas before it serves anyway.
+const SYNC_LIMIT: Duration = Duration::from_secs(10);
 /// How long the edges take to hear a lifecycle step: their heartbeats
 /// (200 ms by default) times the failure threshold, with room to spare.
 const HANDOVER_NOTICE: Duration = Duration::from_secs(1);
@@ -476,8 +500,15 @@ async fn main() -> anyhow::Result<()> {
             )
         }
         (Some(s), None) => {
-            let (to, lifecycle) = watch::channel(Lifecycle::Serving);
+            // A member alone (no peers, no Directory) has nobody to wait for.
+            let alone = args.signal_peers.is_empty() && directory.is_none();
+            let (to, lifecycle) = watch::channel(if alone {
+                Lifecycle::Serving
+            } else {
+                Lifecycle::Starting
+            });
             let (settled_tx, settled) = watch::channel(true);
+            let serving = to.clone();
             handover = Some((to, settled));
             Some(
                 start_backend(
@@ -487,6 +518,7 @@ async fn main() -> anyhow::Result<()> {
                     sip_metrics,
                     event_metrics,
                     (lifecycle, settled_tx),
+                    (serving, telemetry.readiness().clone()),
                 )
                 .await?,
             )
@@ -497,7 +529,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    telemetry.readiness().set_ready();
+    // A backend is ready once it synced with the other members.
+    if handover.is_none() {
+        telemetry.readiness().set_ready();
+    }
     tracing::info!(
         version = BUILD.version,
         admin_addr = %telemetry.admin_addr(),

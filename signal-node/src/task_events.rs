@@ -34,6 +34,10 @@ pub const REGISTRAR_TASK: u64 = 0;
 
 /// How often members not yet in sync are asked for their registrations.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
+/// How often a starting member asks the members that did not answer yet.
+const SYNC_RETRY_STARTING: Duration = Duration::from_millis(200);
+/// How long the other members' answers to a first sync may take.
+const SYNC_ANSWERS: Duration = Duration::from_millis(500);
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An event this member's endpoint wants sent.
@@ -357,8 +361,16 @@ impl Peers {
     }
 
     /// Asks each member not yet in sync for its registrations, now and
-    /// whenever one appears or comes back; runs until dropped.
-    pub async fn keep_synced(self: Arc<Self>) {
+    /// whenever one appears or comes back; runs until dropped. `synced`
+    /// hears once every member known then was asked (after the Directory's
+    /// first version, when there is a Directory) and had a moment to answer.
+    pub async fn keep_synced(self: Arc<Self>, synced: tokio::sync::oneshot::Sender<()>) {
+        let mut synced = Some(synced);
+        if let Some(d) = &self.directory {
+            let mut d = d.clone();
+            // Without the first version the other members are not known.
+            let _ = d.wait_for(Option::is_some).await;
+        }
         loop {
             let due: Vec<String> = {
                 let synced = Self::lock(&self.synced);
@@ -379,7 +391,24 @@ impl Peers {
                     Self::lock(&self.synced).insert(member);
                 }
             }
-            tokio::time::sleep(SYNC_EVERY).await;
+            let all_asked = {
+                let done = Self::lock(&self.synced);
+                self.current().iter().all(|m| done.contains(m))
+            };
+            if all_asked && let Some(tell) = synced.take() {
+                // Their answers are on their way.
+                if !self.current().is_empty() {
+                    tokio::time::sleep(SYNC_ANSWERS).await;
+                }
+                let _ = tell.send(());
+            }
+            // A starting member asks again soon: it serves nobody until then.
+            let pause = if synced.is_some() {
+                SYNC_RETRY_STARTING
+            } else {
+                SYNC_EVERY
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 }

@@ -233,6 +233,9 @@ pub async fn serve(
         Some((rx, tx)) => (Some(rx), Some(tx)),
         None => (None, None),
     };
+    if let Some(rx) = lifecycle.as_mut() {
+        endpoint.set_lifecycle(*rx.borrow_and_update());
+    }
     let next_lifecycle = async |rx: &mut Option<watch::Receiver<Lifecycle>>| match rx {
         Some(rx) => match rx.changed().await {
             Ok(()) => Some(*rx.borrow_and_update()),

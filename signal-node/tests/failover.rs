@@ -96,6 +96,7 @@ impl Cluster {
             &[&backends[0], &backends[1]],
             &["--heartbeat-interval-ms", "100", "--failure-threshold", "3"],
         );
+        edge.backends_up().await;
         let c = Self {
             media,
             ips,

@@ -402,7 +402,7 @@ async fn a_remotely_member_without_a_live_provider_refuses_calls_with_503() {
 
 #[tokio::test]
 async fn a_calls_b_through_edge_backend_and_media_node_with_rtp_both_ways() {
-    let c = EdgeCluster::start();
+    let c = EdgeCluster::start().await;
     c.edge.alice_calls_bob_of(&c.edge, "caller", 1, &[]).await;
     // RTP went both ways through the media node's legs.
     for direction in ["to_callee", "to_caller"] {
@@ -450,7 +450,7 @@ async fn a_calls_b_through_edge_backend_and_media_node_with_rtp_both_ways() {
 
 #[tokio::test]
 async fn a_hold_reinvite_reaches_the_other_side_through_the_edge_and_its_answer_comes_back() {
-    let c = EdgeCluster::start();
+    let c = EdgeCluster::start().await;
     // The SIPp scenarios check a=sendonly and the new codec at Bob, and
     // a=recvonly back at Alice; either fails the run otherwise.
     c.edge
@@ -463,7 +463,7 @@ async fn a_hold_reinvite_reaches_the_other_side_through_the_edge_and_its_answer_
 
 #[tokio::test]
 async fn two_hundred_calls_through_the_edge_all_succeed_and_spread_over_backends() {
-    let c = EdgeCluster::start();
+    let c = EdgeCluster::start().await;
     // SIPp exits 0 only when every call succeeded.
     c.edge
         .alice_calls_bob_of(&c.edge, "short-call", 200, &["-r", "20", "-timeout", "60s"])

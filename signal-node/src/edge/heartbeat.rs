@@ -135,19 +135,21 @@ impl Heartbeats {
         (probes, changes)
     }
 
-    /// A backend answered a probe with `code`; `gone` when it said it
-    /// handed its calls over (it is down for the edge, though it answers).
+    /// A backend answered a probe with `code`, saying `state` of itself
+    /// (`gone`: it handed its calls over; `starting`: it has not got the
+    /// registrations and replicas yet). Either way it is down for the edge,
+    /// though it answers.
     pub fn on_answer(
         &mut self,
         from: SocketAddr,
         code: u16,
-        gone: bool,
+        state: &str,
         now: Instant,
     ) -> Option<Change> {
         let b = self.backends.get_mut(&from)?;
         b.missed = 0;
-        b.gone = gone;
-        let health = if gone {
+        b.gone = state.eq_ignore_ascii_case("gone");
+        let health = if b.gone || state.eq_ignore_ascii_case("starting") {
             Health::Down
         } else if (200..300).contains(&code) {
             Health::Up
@@ -157,7 +159,7 @@ impl Heartbeats {
         if b.health == health {
             return None;
         }
-        if b.health == Health::Down && health == Health::Up {
+        if b.health != Health::Up && health == Health::Up {
             b.up_since = Some(now);
         }
         b.health = health;
@@ -240,7 +242,7 @@ mod tests {
             assert!(text.starts_with("OPTIONS sip:"), "{text}");
             assert!(text.contains(BRANCH_PREFIX));
             // a answers every probe; b never does.
-            h.on_answer(a, 200, false, tick(i) + Duration::from_millis(1));
+            h.on_answer(a, 200, "", tick(i) + Duration::from_millis(1));
             if changes.contains(&Change {
                 backend: b,
                 health: Health::Down,
@@ -255,7 +257,7 @@ mod tests {
         // b restarted: one answer brings it back, ramping.
         let back = tick(7);
         assert_eq!(
-            h.on_answer(b, 200, false, back),
+            h.on_answer(b, 200, "", back),
             Some(Change {
                 backend: b,
                 health: Health::Up
@@ -275,18 +277,30 @@ mod tests {
         let t0 = Instant::now();
         h.probe(&[a], addr("10.0.9.9:5060"), t0);
         assert_eq!(
-            h.on_answer(a, 503, false, t0).map(|c| c.health),
+            h.on_answer(a, 503, "", t0).map(|c| c.health),
             Some(Health::Draining)
         );
         assert_eq!(h.share(&a, t0), 0.0);
         h.probe(&[], addr("10.0.9.9:5060"), t0 + Duration::from_millis(200));
         assert_eq!(h.health(&a), Health::Up, "forgotten: never probed");
-        assert_eq!(h.on_answer(a, 200, false, t0), None);
+        assert_eq!(h.on_answer(a, 200, "", t0), None);
         h.probe(&[a], addr("10.0.9.9:5060"), t0 + Duration::from_millis(400));
         assert_eq!(
-            h.on_answer(a, 503, true, t0).map(|c| c.health),
+            h.on_answer(a, 503, "gone", t0).map(|c| c.health),
             Some(Health::Down),
             "handed over: down at once"
         );
+        assert!(h.said_gone(&a));
+        assert_eq!(
+            h.on_answer(a, 503, "starting", t0).map(|c| c.health),
+            None,
+            "back, but not ready for its dialogs: still down"
+        );
+        assert!(!h.said_gone(&a));
+        assert_eq!(
+            h.on_answer(a, 200, "", t0).map(|c| c.health),
+            Some(Health::Up)
+        );
+        assert!(h.share(&a, t0) < 0.1, "it ramps up");
     }
 }

@@ -540,10 +540,12 @@ impl Edge {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(500);
-        let gone = msg
+        let state = msg
             .first(crate::endpoint::STATE_HEADER)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gone"));
-        if let Some(c) = self.heartbeats.on_answer(from, code, gone, now) {
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if let Some(c) = self.heartbeats.on_answer(from, code, &state, now) {
             self.changed(c);
             let candidates = (self.backends)();
             self.count_up(&candidates);

@@ -219,6 +219,19 @@ impl Server {
             .await;
     }
 
+    /// For an edge: waits until it sees every backend up (members serve
+    /// once they synced with the others).
+    pub async fn backends_up(&self) {
+        let want = self.backends.len() as f64;
+        for _ in 0..200 {
+            if metric_at(self.bin.admin_addr(), "voicecluster_edge_backends").await == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the edge did not see its {want} backends up within 10 s");
+    }
+
     /// A metric once it reached `at_least` (work after a call, like
     /// releasing its legs, ends a moment after SIPp does).
     pub async fn metric_reaching(&self, name: &str, at_least: f64) -> f64 {
@@ -288,7 +301,7 @@ pub struct EdgeCluster {
 }
 
 impl EdgeCluster {
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         // Statistics every second: a two-second call hears of them.
         let media = MediaNode::start_with(&["--leg-stats-seconds", "1"]);
         let (g0, g1) = (free_port(), free_port());
@@ -307,6 +320,7 @@ impl EdgeCluster {
         };
         let backends = [member(g0, g1), member(g1, g0)];
         let edge = Server::start_edge(&[&backends[0], &backends[1]]);
+        edge.backends_up().await;
         Self {
             edge,
             backends,

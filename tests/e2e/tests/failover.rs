@@ -4,16 +4,20 @@
 //! RTP keeps flowing through the media pod, the other signal pod takes the
 //! call over from its replica, Alice's BYE gets its 200 and Bob his BYE,
 //! and the surviving pod's management API shows the whole call's bill.
+//! In `Manual` mode the takeover waits for the administrator's approval,
+//! which the VoiceCluster's condition asks for.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
-use voicecluster_e2e::operator::{install_operator, wait_condition};
+use tokio::task::JoinHandle;
+use voicecluster_api::voicecluster::FailoverStatus;
+use voicecluster_api::{ANNOTATION_APPROVE_FAILOVER, LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
+use voicecluster_e2e::operator::{condition, install_operator, wait_condition};
 use voicecluster_e2e::{
     REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, is_pod_ready,
     metric, users_secret,
@@ -26,9 +30,8 @@ const MANAGEMENT: u16 = 8080;
 const MEDIA_ADMIN: u16 = 9091;
 const EDGE_ADMIN: u16 = 9092;
 const NAME: &str = "failover";
-const CALL_MS: u64 = 10_000;
 
-fn voicecluster(namespace: &str) -> Result<VoiceCluster> {
+fn voicecluster(namespace: &str, mode: &str) -> Result<VoiceCluster> {
     let real = serde_json::json!({"voicecluster.io/real-node": "true"});
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "voicecluster.io/v1alpha1",
@@ -44,7 +47,7 @@ fn voicecluster(namespace: &str) -> Result<VoiceCluster> {
                                   "annotation": "voicecluster.io/public-address"},
                 "drainTimeoutSeconds": 5,
             },
-            "failover": {"mode": "Automatic", "heartbeatIntervalMs": 200, "failureThreshold": 3},
+            "failover": {"mode": mode, "heartbeatIntervalMs": 200, "failureThreshold": 3},
             "billing": {"currency": "EUR", "rates": [
                 {"prefix": "", "pricePerMinute": "0.60", "incrementSeconds": 1}
             ]},
@@ -79,119 +82,255 @@ async fn signal_pods(pods: &Api<Pod>) -> Result<Vec<(String, String)>> {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_survives_the_deletion_of_its_signal_pod_and_is_billed_whole() -> Result<()> {
+fn admin(ip: &str) -> String {
+    format!("{ip}:{SIGNAL_ADMIN}")
+}
+
+/// A VoiceCluster in failover `mode` with Alice and Bob registered.
+struct Scene {
+    vcs: Api<VoiceCluster>,
+    pods: Api<Pod>,
+    events: Api<Event>,
+    signal: Vec<(String, String)>,
+    sipp: Sipp,
+    ports: (u16, u16),
+}
+
+/// The call's pod, as (name, IP), and the other pod's IP.
+struct Roles {
+    owner: String,
+    owner_ip: String,
+    survivor_ip: String,
+}
+
+impl Scene {
+    async fn new(client: &Client, ns: &TestNamespace, mode: &str) -> Result<Self> {
+        users_secret(client, &ns.name, &[ALICE, BOB]).await?;
+        let vcs: Api<VoiceCluster> = ns.api();
+        vcs.create(&PostParams::default(), &voicecluster(&ns.name, mode)?)
+            .await?;
+        wait_condition(&vcs, NAME, "Ready", "True").await?;
+        let pods: Api<Pod> = ns.api();
+        let signal = signal_pods(&pods).await?;
+        directory_settled(&vcs, NAME, 3).await?;
+
+        let node: IpAddr = REAL_NODE_IP.parse()?;
+        let sipp = Sipp::new(SocketAddr::new(node, SIP_PORT), node);
+        let ports = (free_port(node), free_port(node));
+        sipp.register(ALICE, ports.0);
+        sipp.register(BOB, ports.1);
+        for (_, ip) in &signal {
+            let admin = admin(ip);
+            eventually("both users known", Duration::from_secs(20), || async {
+                let n = metric(&admin, "voicecluster_sip_registered_users").await;
+                if n == 2.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{n}"))
+                }
+            })
+            .await?;
+        }
+        Ok(Self {
+            vcs,
+            pods,
+            events: ns.api(),
+            signal,
+            sipp,
+            ports,
+        })
+    }
+
+    /// Alice calls Bob for `ms`, in the background; the task fails unless
+    /// both sides end the call normally.
+    fn call(&self, ms: u64) -> JoinHandle<()> {
+        let caller = self.sipp.clone();
+        let ports = self.ports;
+        tokio::spawn(async move {
+            caller
+                .alice_calls_bob(
+                    &caller,
+                    ports,
+                    ("caller", "callee"),
+                    1,
+                    &["-d", &ms.to_string(), "-timeout", "90s"],
+                )
+                .await;
+        })
+    }
+
+    /// Which pod has the call, once the other holds its replica.
+    async fn roles(&self, call: &mut JoinHandle<()>) -> Result<Roles> {
+        let owner = eventually("the pod with the call", Duration::from_secs(20), || async {
+            for (name, ip) in &self.signal {
+                if metric(&admin(ip), "voicecluster_calls_active").await == 1.0 {
+                    return Ok((name.clone(), ip.clone()));
+                }
+            }
+            Err("none yet".to_string())
+        });
+        let (owner, owner_ip) = tokio::select! {
+            o = owner => o?,
+            ended = call => bail!("the call ended before it was seen: {ended:?}"),
+        };
+        let (_, survivor_ip) = self
+            .signal
+            .iter()
+            .find(|(name, _)| *name != owner)
+            .context("the other signal pod")?
+            .clone();
+        let survivor = admin(&survivor_ip);
+        eventually(
+            "the survivor holds the replica",
+            Duration::from_secs(10),
+            || async {
+                let n = metric(&survivor, "voicecluster_call_replicas_held").await;
+                if n == 1.0 {
+                    return Ok(());
+                }
+                // What the call's pod says of its replicas, for a failure.
+                let mut seen = format!("held {n}");
+                for name in [
+                    "voicecluster_task_events_total{direction=\"sent\",kind=\"call_replica\"}",
+                    "voicecluster_task_event_failures_total{kind=\"call_replica\"}",
+                    "voicecluster_call_replica_timeouts_total",
+                    "voicecluster_calls_active",
+                ] {
+                    seen.push_str(&format!(
+                        "; owner {name} {}",
+                        metric(&admin(&owner_ip), name).await
+                    ));
+                }
+                Err(seen)
+            },
+        )
+        .await?;
+        Ok(Roles {
+            owner,
+            owner_ip,
+            survivor_ip,
+        })
+    }
+
+    /// Deletes the call's pod with grace period 0; RTP must go on, since
+    /// media never passed it.
+    async fn kill(&self, roles: &Roles) -> Result<Instant> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.pods
+            .delete(&roles.owner, &DeleteParams::default().grace_period(0))
+            .await?;
+        let killed = Instant::now();
+        self.rtp_flows().await?;
+        Ok(killed)
+    }
+
+    async fn rtp_flows(&self) -> Result<()> {
+        let media = format!("{REAL_NODE_IP}:{MEDIA_ADMIN}");
+        let before = metric(&media, "voicecluster_media_packets_relayed_total").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = metric(&media, "voicecluster_media_packets_relayed_total").await;
+        ensure!(
+            after >= before + 50.0,
+            "RTP relayed after the pod went: {before} then {after}"
+        );
+        Ok(())
+    }
+
+    /// Takeovers summed over the signal pods there are now, and their bills.
+    async fn takeovers_and_bills(
+        &self,
+    ) -> Result<(Vec<(String, String)>, f64, Vec<serde_json::Value>)> {
+        let now = signal_pods(&self.pods).await?;
+        let mut took_over = 0.0;
+        let mut bills: Vec<serde_json::Value> = Vec::new();
+        for (_, ip) in &now {
+            took_over += metric(&admin(ip), "voicecluster_call_takeovers_total").await;
+            let (status, body) = http_get(&format!("{ip}:{MANAGEMENT}"), "/bills").await?;
+            ensure!(status.contains("200"), "GET /bills on {ip}: {status}");
+            bills.extend(serde_json::from_str::<Vec<serde_json::Value>>(&body)?);
+        }
+        Ok((now, took_over, bills))
+    }
+
+    async fn failover_status(&self) -> Result<FailoverStatus> {
+        let vc = self.vcs.get(NAME).await?;
+        Ok(vc.status.and_then(|s| s.failover).unwrap_or_default())
+    }
+
+    /// The status counts the takeover, and shows every pod answering.
+    async fn status_shows_the_takeover(&self, roles: &Roles) -> Result<()> {
+        eventually(
+            "the status shows one takeover and every member up",
+            Duration::from_secs(30),
+            || async {
+                let f = self.failover_status().await.map_err(|e| e.to_string())?;
+                let from_owner: i32 = f
+                    .performed
+                    .iter()
+                    .filter(|p| p.member == roles.owner_ip)
+                    .map(|p| p.calls)
+                    .sum();
+                let all_up = f.members.len() == 2
+                    && f.members
+                        .iter()
+                        .all(|m| m.heartbeat == voicecluster_api::voicecluster::Heartbeat::Up);
+                if from_owner == 1 && f.calls_taken_over == 1 && f.failed.is_empty() && all_up {
+                    Ok(())
+                } else {
+                    Err(format!("{f:?}"))
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// One bill for the whole call, at the rate table's price.
+fn check_whole_bill(bills: &[serde_json::Value], call_ms: u64) -> Result<u64> {
+    ensure!(bills.len() == 1, "one bill: {bills:?}");
+    let b = &bills[0];
+    let ms = b["durationMs"].as_u64().context("durationMs")?;
+    ensure!(
+        ms.abs_diff(call_ms) < 1000,
+        "billed {ms} ms for a {call_ms} ms call"
+    );
+    ensure!(
+        b["cost"] == format!("{:.2}", ms.div_ceil(1000) as f64 * 0.01),
+        "cost {} for {ms} ms",
+        b["cost"]
+    );
+    ensure!(b["disconnectReason"] == "caller-bye", "{b}");
+    Ok(ms)
+}
+
+async fn in_namespace<F, Fut>(prefix: &str, run: F) -> Result<()>
+where
+    F: FnOnce(Client, TestNamespace) -> Fut,
+    Fut: std::future::Future<Output = (TestNamespace, Result<()>)>,
+{
     let client = client().await?;
     install_operator(&client).await?;
-    let ns = TestNamespace::create(&client, "failover").await?;
-    let result = failover_in(&client, &ns).await;
+    let ns = TestNamespace::create(&client, prefix).await?;
+    let (ns, result) = run(client, ns).await;
     ns.delete_and_wait().await?;
     result
 }
 
-async fn failover_in(client: &Client, ns: &TestNamespace) -> Result<()> {
-    users_secret(client, &ns.name, &[ALICE, BOB]).await?;
-    let vcs: Api<VoiceCluster> = ns.api();
-    vcs.create(&PostParams::default(), &voicecluster(&ns.name)?)
-        .await?;
-    wait_condition(&vcs, NAME, "Ready", "True").await?;
-    let pods: Api<Pod> = ns.api();
-    let signal = signal_pods(&pods).await?;
-    directory_settled(&vcs, NAME, 3).await?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_the_deletion_of_its_signal_pod_and_is_billed_whole() -> Result<()> {
+    in_namespace("failover", |client, ns| async move {
+        let r = automatic(&client, &ns).await;
+        (ns, r)
+    })
+    .await
+}
 
-    let node: IpAddr = REAL_NODE_IP.parse()?;
-    let sipp = Sipp::new(SocketAddr::new(node, SIP_PORT), node);
-    let ports = (free_port(node), free_port(node));
-    sipp.register(ALICE, ports.0);
-    sipp.register(BOB, ports.1);
-    for (_, ip) in &signal {
-        let admin = format!("{ip}:{SIGNAL_ADMIN}");
-        eventually("both users known", Duration::from_secs(20), || async {
-            let n = metric(&admin, "voicecluster_sip_registered_users").await;
-            if n == 2.0 {
-                Ok(())
-            } else {
-                Err(format!("{n}"))
-            }
-        })
-        .await?;
-    }
-
-    let caller = sipp.clone();
-    let mut call = tokio::spawn(async move {
-        caller
-            .alice_calls_bob(
-                &caller,
-                ports,
-                ("caller", "callee"),
-                1,
-                &["-d", &CALL_MS.to_string(), "-timeout", "60s"],
-            )
-            .await;
-    });
-    let owner = eventually("the pod with the call", Duration::from_secs(20), || async {
-        for (name, ip) in &signal {
-            if metric(&format!("{ip}:{SIGNAL_ADMIN}"), "voicecluster_calls_active").await == 1.0 {
-                return Ok(name.clone());
-            }
-        }
-        Err("none yet".to_string())
-    });
-    let owner = tokio::select! {
-        o = owner => o?,
-        ended = &mut call => bail!("the call ended before it was seen: {ended:?}"),
-    };
-    let (_, survivor_ip) = signal
-        .iter()
-        .find(|(name, _)| *name != owner)
-        .context("the other signal pod")?
-        .clone();
-    let survivor = format!("{survivor_ip}:{SIGNAL_ADMIN}");
-    eventually(
-        "the survivor holds the replica",
-        Duration::from_secs(10),
-        || async {
-            let n = metric(&survivor, "voicecluster_call_replicas_held").await;
-            if n == 1.0 {
-                return Ok(());
-            }
-            // What the call's pod says of its replicas, for a failure.
-            let owner_admin = signal
-                .iter()
-                .find(|(name, _)| *name == owner)
-                .map(|(_, ip)| format!("{ip}:{SIGNAL_ADMIN}"))
-                .unwrap_or_default();
-            let mut seen = format!("held {n}");
-            for name in [
-                "voicecluster_task_events_total{direction=\"sent\",kind=\"call_replica\"}",
-                "voicecluster_task_event_failures_total{kind=\"call_replica\"}",
-                "voicecluster_call_replica_timeouts_total",
-                "voicecluster_calls_active",
-            ] {
-                seen.push_str(&format!(
-                    "; owner {name} {}",
-                    metric(&owner_admin, name).await
-                ));
-            }
-            Err(seen)
-        },
-    )
-    .await?;
-
-    // The pod handling the call goes, at once.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    pods.delete(&owner, &DeleteParams::default().grace_period(0))
-        .await?;
-    let killed = Instant::now();
-    // Media never passed it: RTP goes on through the media pod.
-    let media = format!("{REAL_NODE_IP}:{MEDIA_ADMIN}");
-    let before = metric(&media, "voicecluster_media_packets_relayed_total").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = metric(&media, "voicecluster_media_packets_relayed_total").await;
-    ensure!(
-        after >= before + 50.0,
-        "RTP relayed after the pod went: {before} then {after}"
-    );
+async fn automatic(client: &Client, ns: &TestNamespace) -> Result<()> {
+    const CALL_MS: u64 = 10_000;
+    let scene = Scene::new(client, ns, "Automatic").await?;
+    let mut call = scene.call(CALL_MS);
+    let roles = scene.roles(&mut call).await?;
+    let killed = scene.kill(&roles).await?;
 
     // Alice's BYE at the end: SIPp fails the task unless it gets its 200
     // and Bob gets his BYE.
@@ -199,19 +338,7 @@ async fn failover_in(client: &Client, ns: &TestNamespace) -> Result<()> {
     // The survivor took the call over, or, when the pod came back at the
     // same address before the call ended, the new pod took it back from
     // the survivor: one takeover and one bill across the pods there are now.
-    let now = signal_pods(&pods).await?;
-    let mut took_over = 0.0;
-    let mut bills: Vec<serde_json::Value> = Vec::new();
-    for (_, ip) in &now {
-        took_over += metric(
-            &format!("{ip}:{SIGNAL_ADMIN}"),
-            "voicecluster_call_takeovers_total",
-        )
-        .await;
-        let (status, body) = http_get(&format!("{ip}:{MANAGEMENT}"), "/bills").await?;
-        ensure!(status.contains("200"), "GET /bills on {ip}: {status}");
-        bills.extend(serde_json::from_str::<Vec<serde_json::Value>>(&body)?);
-    }
+    let (now, took_over, bills) = scene.takeovers_and_bills().await?;
     ensure!(took_over == 1.0, "takeovers: {took_over}");
     let failovers = metric(
         &format!("{REAL_NODE_IP}:{EDGE_ADMIN}"),
@@ -220,27 +347,119 @@ async fn failover_in(client: &Client, ns: &TestNamespace) -> Result<()> {
     .await;
     let replaced_at_same_address = now
         .iter()
-        .any(|(_, ip)| *ip != survivor_ip && signal.iter().any(|(_, old)| old == ip));
+        .any(|(_, ip)| *ip != roles.survivor_ip && scene.signal.iter().any(|(_, old)| old == ip));
     ensure!(
         failovers >= 1.0 || replaced_at_same_address,
         "requests the edge sent to the buddy: {failovers}"
     );
-    ensure!(bills.len() == 1, "one bill: {bills:?}");
-    let b = &bills[0];
-    let ms = b["durationMs"].as_u64().context("durationMs")?;
-    ensure!(
-        ms.abs_diff(CALL_MS) < 1000,
-        "billed {ms} ms for a {CALL_MS} ms call"
-    );
-    ensure!(
-        b["cost"] == format!("{:.2}", ms.div_ceil(1000) as f64 * 0.01),
-        "cost {} for {ms} ms",
-        b["cost"]
-    );
-    ensure!(b["disconnectReason"] == "caller-bye", "{b}");
+    let ms = check_whole_bill(&bills, CALL_MS)?;
+    if !replaced_at_same_address {
+        scene.status_shows_the_takeover(&roles).await?;
+    }
     eprintln!(
-        "failover: pod {owner} deleted; the call went on and ended {:?} later, billed {ms} ms (new pod at the same address: {replaced_at_same_address})",
+        "failover: pod {} deleted; the call went on and ended {:?} later, billed {ms} ms (new pod at the same address: {replaced_at_same_address})",
+        roles.owner,
         killed.elapsed()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_manual_mode_the_takeover_waits_for_approval_and_the_call_goes_on() -> Result<()> {
+    in_namespace("failover-manual", |client, ns| async move {
+        let r = manual(&client, &ns).await;
+        (ns, r)
+    })
+    .await
+}
+
+async fn manual(client: &Client, ns: &TestNamespace) -> Result<()> {
+    const CALL_MS: u64 = 25_000;
+    let scene = Scene::new(client, ns, "Manual").await?;
+    let mut call = scene.call(CALL_MS);
+    let roles = scene.roles(&mut call).await?;
+    scene.kill(&roles).await?;
+
+    // The operator says which member failed and what waits for whom.
+    let failed = eventually(
+        "FailoverPending names the failed member",
+        Duration::from_secs(30),
+        || async {
+            let vc = scene.vcs.get(NAME).await.map_err(|e| e.to_string())?;
+            match condition(&vc, "FailoverPending") {
+                Some((status, message)) if status == "True" => Ok(message),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        failed.contains(&format!(
+            "{} (pod {}): 1 calls",
+            roles.owner_ip, roles.owner
+        )),
+        "{failed}"
+    );
+    let status = scene.failover_status().await?;
+    ensure!(
+        status.failed.len() == 1 && status.failed[0].calls == 1 && !status.failed[0].approved,
+        "{status:?}"
+    );
+    eventually("a warning event", Duration::from_secs(10), || async {
+        let events = scene
+            .events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        events
+            .items
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("AwaitingApproval"))
+            .map(|_| ())
+            .ok_or_else(|| format!("{} events, none AwaitingApproval", events.items.len()))
+    })
+    .await?;
+    // Nothing is taken over meanwhile; the media goes on.
+    scene.rtp_flows().await?;
+    let (_, took_over, _) = scene.takeovers_and_bills().await?;
+    ensure!(took_over == 0.0, "taken over before approval: {took_over}");
+
+    // The administrator approves; the call is taken over at once.
+    scene
+        .vcs
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {ANNOTATION_APPROVE_FAILOVER: roles.owner}}
+            })),
+        )
+        .await?;
+    let approved = Instant::now();
+    eventually(
+        "the approved call taken over",
+        Duration::from_secs(20),
+        || async {
+            let (_, took_over, _) = scene
+                .takeovers_and_bills()
+                .await
+                .map_err(|e| e.to_string())?;
+            if took_over == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{took_over}"))
+            }
+        },
+    )
+    .await?;
+    let taken_after = approved.elapsed();
+    wait_condition(&scene.vcs, NAME, "FailoverPending", "False").await?;
+
+    (&mut call).await.context("the call")?;
+    let (_, took_over, bills) = scene.takeovers_and_bills().await?;
+    ensure!(took_over == 1.0, "takeovers: {took_over}");
+    let ms = check_whole_bill(&bills, CALL_MS)?;
+    scene.status_shows_the_takeover(&roles).await?;
+    eprintln!("manual failover: taken over {taken_after:?} after approval; billed {ms} ms");
     Ok(())
 }
