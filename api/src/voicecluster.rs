@@ -334,6 +334,12 @@ pub struct SipSpec {
     /// to put another SBC in front of the SIP Service.
     #[serde(default = "default_true")]
     pub edge: bool,
+    /// Image of the SIP front door; defaults to `signal.image`. Pin it to
+    /// upgrade the signal pods without rolling the media pods (whose edge
+    /// containers drain their calls), and change it on its own to upgrade
+    /// the edges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_image: Option<String>,
 }
 
 fn default_transports() -> Vec<Transport> {

@@ -287,14 +287,25 @@ fn edge_container(vc: &VoiceCluster, settings: &Settings, config: VolumeMount) -
         "VC_FAILURE_THRESHOLD",
         spec.failover.failure_threshold.to_string(),
     ));
+    // On its way out the edge stays while the media node beside it (the
+    // same network namespace) drains the pod's calls.
+    edge_env.push(env(
+        "VC_EDGE_MEDIA_ADMIN",
+        format!("127.0.0.1:{MEDIA_ADMIN_PORT}"),
+    ));
+    edge_env.push(env(
+        "VC_EDGE_DRAIN_SECONDS",
+        (i64::from(spec.media.drain_timeout_seconds) + 5).to_string(),
+    ));
     let mut ports = vec![port(EDGE_ADMIN_PORT_NAME, EDGE_ADMIN_PORT, "TCP")];
     ports.extend(sip_container_ports(vc, "edge"));
     Container {
         name: "sip-edge".to_string(),
         image: Some(
-            spec.signal
-                .image
+            spec.sip
+                .edge_image
                 .clone()
+                .or_else(|| spec.signal.image.clone())
                 .unwrap_or_else(|| settings.images.signal.clone()),
         ),
         image_pull_policy: Some("IfNotPresent".to_string()),
@@ -833,6 +844,34 @@ mod tests {
         assert!(
             env.iter()
                 .any(|e| e.name == "VC_FAILURE_THRESHOLD" && e.value.as_deref() == Some("3"))
+        );
+        // It drains with the media node beside it, inside the grace period.
+        assert!(env.iter().any(
+            |e| e.name == "VC_EDGE_MEDIA_ADMIN" && e.value.as_deref() == Some("127.0.0.1:9091")
+        ));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "VC_EDGE_DRAIN_SECONDS" && e.value.as_deref() == Some("3605"))
+        );
+        let pinned = desired(
+            &vc(
+                serde_json::json!({"sip": {"domain": "x", "edgeImage": "sig:2"},
+                                   "signal": {"image": "sig:3"}}),
+            ),
+            &settings(),
+        )
+        .unwrap();
+        let MediaWorkload::DaemonSet(pinned) = &pinned.media else {
+            panic!("DaemonSet expected")
+        };
+        assert_eq!(
+            pod_spec(&pinned.spec.as_ref().unwrap().template)
+                .containers
+                .iter()
+                .find(|c| c.name == "sip-edge")
+                .and_then(|c| c.image.as_deref()),
+            Some("sig:2"),
+            "a pinned edge image stays while the signal image changes"
         );
         // Port names are unique across the pod's containers.
         let mut names: Vec<&str> = spec

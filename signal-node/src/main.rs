@@ -27,6 +27,7 @@ use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
 use voicecluster_signal_node::billing::{BillStore, RateTable};
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
+use voicecluster_signal_node::edge::drain::until_media_idle;
 use voicecluster_signal_node::edge::{Edge, EdgeMetrics, HeartbeatConfig};
 use voicecluster_signal_node::endpoint::{Endpoint, Lifecycle, SipMetrics};
 use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
@@ -123,6 +124,14 @@ enum Role {
         /// of new calls.
         #[arg(long, env = "VC_RAMP_SECONDS", default_value_t = 10)]
         ramp_seconds: u64,
+        /// Admin address of the media node beside this edge: on SIGTERM the
+        /// edge refuses new calls and stays until that media node carries
+        /// no leg (or stops), for at most --drain-seconds.
+        #[arg(long, env = "VC_EDGE_MEDIA_ADMIN")]
+        media_admin: Option<SocketAddr>,
+        /// The longest an edge drains.
+        #[arg(long, env = "VC_EDGE_DRAIN_SECONDS", default_value_t = 30)]
+        drain_seconds: u64,
     },
 }
 
@@ -417,9 +426,12 @@ async fn start_edge(
     heartbeat: HeartbeatConfig,
     (directory, reports): (Option<DirectoryView>, watch::Sender<Option<Report>>),
     metrics: EdgeMetrics,
+    lifecycle: watch::Receiver<Lifecycle>,
 ) -> anyhow::Result<SipTask> {
     let links = Links {
         reports: Some(reports),
+        // Nobody waits for an edge to settle.
+        lifecycle: Some((lifecycle, watch::channel(true).0)),
         ..Links::default()
     };
     // Backends serve SIP on the same port as the edge (the spec's).
@@ -471,8 +483,10 @@ async fn main() -> anyhow::Result<()> {
     let (reports, reports_rx) = watch::channel(None::<Report>);
     let directory = follow_target(target, directory_metrics, reports_rx);
 
-    // A backend hands its calls over to its buddy before it stops.
+    // A backend hands its calls over to its buddy before it stops; an
+    // edge drains.
     let mut handover = None;
+    let mut edge_drain = None;
     let sip = match (sip_settings(&args)?, &args.role) {
         (
             Some(s),
@@ -481,8 +495,12 @@ async fn main() -> anyhow::Result<()> {
                 heartbeat_interval_ms,
                 failure_threshold,
                 ramp_seconds,
+                media_admin,
+                drain_seconds,
             }),
         ) => {
+            let (to, lifecycle) = watch::channel(Lifecycle::Serving);
+            edge_drain = Some((to, *media_admin, Duration::from_secs(*drain_seconds)));
             let heartbeat = HeartbeatConfig {
                 interval: Duration::from_millis((*heartbeat_interval_ms).max(10)),
                 threshold: (*failure_threshold).max(1),
@@ -495,6 +513,7 @@ async fn main() -> anyhow::Result<()> {
                     heartbeat,
                     (directory, reports),
                     edge_metrics,
+                    lifecycle,
                 )
                 .await?,
             )
@@ -558,6 +577,11 @@ async fn main() -> anyhow::Result<()> {
     };
     if let (None, Some((to, settled))) = (&failure, handover) {
         hand_over(to, settled).await;
+    }
+    if let (None, Some((to, media, max))) = (&failure, edge_drain) {
+        to.send_replace(Lifecycle::Draining);
+        until_media_idle(media, max).await;
+        tracing::info!("edge drained");
     }
     telemetry.shutdown().await?;
     match failure {

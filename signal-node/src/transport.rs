@@ -175,6 +175,9 @@ impl SipCore for Edge {
     fn failover_report(&self) -> Option<FailoverReport> {
         Some(Edge::failover_report(self))
     }
+    fn set_lifecycle(&mut self, to: Lifecycle) {
+        Edge::set_draining(self, to != Lifecycle::Serving);
+    }
 }
 
 /// What the endpoint works with besides SIP.

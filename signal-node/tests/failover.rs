@@ -451,3 +451,35 @@ async fn sixty_calls_of_thirty_seconds_survive_the_kill_of_a_member_and_each_is_
         "{CALLS} calls, {orphaned} of them on the killed member: all ended normally, {CALLS} bills"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_both_members_under_sixty_calls_fails_none() {
+    let (mut c, ports) = Cluster::start().await;
+    const CALLS: u32 = 60;
+    const CALL_MS: u64 = 30_000;
+    // Two calls a second: calls keep coming while the members restart.
+    let calls = c.calls(ports, CALLS, 2, CALL_MS);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for i in 0..2 {
+        // As a rolling upgrade does: SIGTERM, wait for the exit, start the
+        // new version, wait until it serves, then the next member.
+        c.backends[i].bin.signal("TERM").unwrap();
+        let status = c.backends[i]
+            .bin
+            .wait_exit(Duration::from_secs(25))
+            .unwrap();
+        assert!(status.expect("it exits after handing over").success());
+        c.restart(i).await;
+    }
+    calls.await.expect("every call ends normally on both sides");
+    let mut bills = c.bills(0).await;
+    bills.extend(c.bills(1).await);
+    let ids: std::collections::HashSet<&str> =
+        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
+    assert_eq!(ids.len(), CALLS as usize, "every call billed");
+    assert_eq!(bills.len(), CALLS as usize, "no call billed twice");
+    for bill in &bills {
+        assert_whole_call_billed(bill, CALL_MS);
+    }
+    c.legs_released().await;
+}

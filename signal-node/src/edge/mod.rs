@@ -37,6 +37,7 @@ use crate::calls::{tag_of, target_addr, uri_of};
 use crate::transaction::Peer;
 use crate::wire::{self, Inbound, split_list};
 
+pub mod drain;
 pub mod heartbeat;
 pub use heartbeat::{Health, HeartbeatConfig, Heartbeats};
 
@@ -373,9 +374,21 @@ pub struct Edge {
     heartbeats: Heartbeats,
     metrics: EdgeMetrics,
     out: VecDeque<(Peer, Vec<u8>)>,
+    /// Stopping: new dialogs are refused (503), the running ones go on.
+    draining: bool,
 }
 
 impl Edge {
+    /// Stopping (or not): while draining, requests that would start a
+    /// dialog get 503, so devices try another edge, and everything else
+    /// (the calls already up) is forwarded as before.
+    pub fn set_draining(&mut self, draining: bool) {
+        if draining != self.draining {
+            tracing::info!(draining, "edge drain");
+        }
+        self.draining = draining;
+    }
+
     /// An edge at `local` forwarding to `backends`, probing them as
     /// `heartbeat` says.
     pub fn new(
@@ -390,6 +403,7 @@ impl Edge {
             heartbeats: Heartbeats::new(heartbeat),
             metrics,
             out: VecDeque::new(),
+            draining: false,
         }
     }
 
@@ -646,6 +660,9 @@ impl Edge {
         msg.set_top("Via", via.text());
         if !Self::hop(&mut msg) {
             return self.refuse(&msg, from, 483);
+        }
+        if self.draining && Self::dialog_creating(&msg) {
+            return self.refuse(&msg, from, 503);
         }
         let mut pinned = None;
         if let Some(route) = msg.top("Route")

@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinHandle;
 use voicecluster_api::voicecluster::FailoverStatus;
 use voicecluster_api::{ANNOTATION_APPROVE_FAILOVER, LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
-use voicecluster_e2e::operator::{condition, install_operator, wait_condition};
+use voicecluster_e2e::operator::{install_operator, wait_condition};
 use voicecluster_e2e::{
     REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, is_pod_ready,
     metric, users_secret,
@@ -386,8 +386,13 @@ async fn manual(client: &Client, ns: &TestNamespace) -> Result<()> {
         Duration::from_secs(30),
         || async {
             let vc = scene.vcs.get(NAME).await.map_err(|e| e.to_string())?;
-            match condition(&vc, "FailoverPending") {
-                Some((status, message)) if status == "True" => Ok(message),
+            let pending = vc
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .find(|c| c.type_ == "FailoverPending");
+            match pending {
+                Some(c) if c.status == "True" => Ok(c.message.clone()),
                 other => Err(format!("{other:?}")),
             }
         },
