@@ -30,6 +30,10 @@ load_images() {
       --entrypoint "/usr/local/bin/$bin" --with-libs --out "$out/$image.tar" \
       "$REPO_ROOT/target/release/$bin:/usr/local/bin/$bin"
     import_image "$out/$image.tar"
-    log "image voicecluster.local/$image:$IMAGE_TAG imported"
+    # The same image under a second name: changing a VoiceCluster to it is
+    # an image change, which the rolling upgrade tests make.
+    ctr_k8s images tag --force "voicecluster.local/$image:$IMAGE_TAG" \
+      "voicecluster.local/$image:$IMAGE_TAG-next" >/dev/null
+    log "image voicecluster.local/$image:$IMAGE_TAG (and :$IMAGE_TAG-next) imported"
   done
 }

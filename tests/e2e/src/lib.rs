@@ -124,6 +124,12 @@ pub fn image(name: &str) -> String {
     format!("voicecluster.local/{name}:{IMAGE_TAG}")
 }
 
+/// The same image under its second name (`cluster load-images` tags it):
+/// a VoiceCluster changed to it goes through a rolling upgrade.
+pub fn next_image(name: &str) -> String {
+    format!("{}-next", image(name))
+}
+
 /// A namespace of its own for one test, so tests never see each other's
 /// objects. `delete` removes it; a failed test leaves it for inspection.
 pub struct TestNamespace {

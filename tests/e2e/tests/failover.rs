@@ -19,8 +19,8 @@ use voicecluster_api::voicecluster::FailoverStatus;
 use voicecluster_api::{ANNOTATION_APPROVE_FAILOVER, LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
 use voicecluster_e2e::operator::{install_operator, wait_condition};
 use voicecluster_e2e::{
-    REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, is_pod_ready,
-    metric, users_secret,
+    REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, image,
+    is_pod_ready, metric, next_image, users_secret,
 };
 use voicecluster_signal_node::testing::{ALICE, BOB, Sipp, free_port};
 
@@ -31,9 +31,29 @@ const MEDIA_ADMIN: u16 = 9091;
 const EDGE_ADMIN: u16 = 9092;
 const NAME: &str = "failover";
 
-fn voicecluster(namespace: &str, mode: &str) -> Result<VoiceCluster> {
+/// Merges `patch` into `into`, objects key by key.
+fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// The test's VoiceCluster in failover `mode`, with `extra` merged into
+/// its spec.
+fn voicecluster(namespace: &str, mode: &str, extra: serde_json::Value) -> Result<VoiceCluster> {
+    let mut vc = base(namespace, mode);
+    merge(&mut vc["spec"], extra);
+    Ok(serde_json::from_value(vc)?)
+}
+
+fn base(namespace: &str, mode: &str) -> serde_json::Value {
     let real = serde_json::json!({"voicecluster.io/real-node": "true"});
-    Ok(serde_json::from_value(serde_json::json!({
+    serde_json::json!({
         "apiVersion": "voicecluster.io/v1alpha1",
         "kind": "VoiceCluster",
         "metadata": {"name": NAME, "namespace": namespace},
@@ -52,7 +72,7 @@ fn voicecluster(namespace: &str, mode: &str) -> Result<VoiceCluster> {
                 {"prefix": "", "pricePerMinute": "0.60", "incrementSeconds": 1}
             ]},
         },
-    }))?)
+    })
 }
 
 /// The ready signal pods: (name, IP).
@@ -104,11 +124,19 @@ struct Roles {
 }
 
 impl Scene {
-    async fn new(client: &Client, ns: &TestNamespace, mode: &str) -> Result<Self> {
+    async fn new(
+        client: &Client,
+        ns: &TestNamespace,
+        mode: &str,
+        extra: serde_json::Value,
+    ) -> Result<Self> {
         users_secret(client, &ns.name, &[ALICE, BOB]).await?;
         let vcs: Api<VoiceCluster> = ns.api();
-        vcs.create(&PostParams::default(), &voicecluster(&ns.name, mode)?)
-            .await?;
+        vcs.create(
+            &PostParams::default(),
+            &voicecluster(&ns.name, mode, extra)?,
+        )
+        .await?;
         wait_condition(&vcs, NAME, "Ready", "True").await?;
         let pods: Api<Pod> = ns.api();
         let signal = signal_pods(&pods).await?;
@@ -144,19 +172,91 @@ impl Scene {
     /// Alice calls Bob for `ms`, in the background; the task fails unless
     /// both sides end the call normally.
     fn call(&self, ms: u64) -> JoinHandle<()> {
+        self.calls(1, 1, ms)
+    }
+
+    /// Alice places `n` calls to Bob, `rate` a second, each `ms` long with
+    /// RTP both ways, in the background; the task fails unless every call
+    /// ends normally on both sides (SIPp exits 0 only then).
+    fn calls(&self, n: u32, rate: u32, ms: u64) -> JoinHandle<()> {
         let caller = self.sipp.clone();
         let ports = self.ports;
+        let timeout = format!("{}s", 60 + n / rate + ms as u32 / 1000);
         tokio::spawn(async move {
             caller
                 .alice_calls_bob(
                     &caller,
                     ports,
                     ("caller", "callee"),
-                    1,
-                    &["-d", &ms.to_string(), "-timeout", "90s"],
+                    n,
+                    &[
+                        "-d",
+                        &ms.to_string(),
+                        "-r",
+                        &rate.to_string(),
+                        "-l",
+                        &n.to_string(),
+                        "-timeout",
+                        &timeout,
+                    ],
                 )
                 .await;
         })
+    }
+
+    /// Changes the VoiceCluster's spec by a merge patch.
+    async fn patch_spec(&self, spec: serde_json::Value) -> Result<()> {
+        self.vcs
+            .patch(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": spec })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until `n` pods of `component` run `image` in `container`,
+    /// are ready, and no other pod of it is left.
+    async fn rolled_out(
+        &self,
+        component: &str,
+        container: &str,
+        image: &str,
+        n: usize,
+    ) -> Result<()> {
+        let selector = format!("{LABEL_CLUSTER}={NAME},{LABEL_COMPONENT}={component}");
+        eventually(
+            &format!("{n} {component} pods ready on {image}"),
+            Duration::from_secs(180),
+            || async {
+                let list = self
+                    .pods
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let on_image = |p: &Pod| {
+                    p.spec.as_ref().is_some_and(|s| {
+                        s.containers
+                            .iter()
+                            .any(|c| c.name == container && c.image.as_deref() == Some(image))
+                    })
+                };
+                let done = list
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        is_pod_ready(p) && p.metadata.deletion_timestamp.is_none() && on_image(p)
+                    })
+                    .count();
+                if done == n && list.items.len() == n {
+                    Ok(())
+                } else {
+                    Err(format!("{done} of {} done", list.items.len()))
+                }
+            },
+        )
+        .await
     }
 
     /// Which pod has the call, once the other holds its replica.
@@ -327,7 +427,7 @@ async fn a_call_survives_the_deletion_of_its_signal_pod_and_is_billed_whole() ->
 
 async fn automatic(client: &Client, ns: &TestNamespace) -> Result<()> {
     const CALL_MS: u64 = 10_000;
-    let scene = Scene::new(client, ns, "Automatic").await?;
+    let scene = Scene::new(client, ns, "Automatic", serde_json::json!({})).await?;
     let mut call = scene.call(CALL_MS);
     let roles = scene.roles(&mut call).await?;
     let killed = scene.kill(&roles).await?;
@@ -375,7 +475,7 @@ async fn in_manual_mode_the_takeover_waits_for_approval_and_the_call_goes_on() -
 
 async fn manual(client: &Client, ns: &TestNamespace) -> Result<()> {
     const CALL_MS: u64 = 25_000;
-    let scene = Scene::new(client, ns, "Manual").await?;
+    let scene = Scene::new(client, ns, "Manual", serde_json::json!({})).await?;
     let mut call = scene.call(CALL_MS);
     let roles = scene.roles(&mut call).await?;
     scene.kill(&roles).await?;
@@ -466,5 +566,108 @@ async fn manual(client: &Client, ns: &TestNamespace) -> Result<()> {
     let ms = check_whole_bill(&bills, CALL_MS)?;
     scene.status_shows_the_takeover(&roles).await?;
     eprintln!("manual failover: taken over {taken_after:?} after approval; billed {ms} ms");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_of_the_signal_pods_under_sixty_calls_fails_none() -> Result<()> {
+    in_namespace("upgrade-signal", |client, ns| async move {
+        let r = signal_upgrade(&client, &ns).await;
+        (ns, r)
+    })
+    .await
+}
+
+async fn signal_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
+    const CALLS: u32 = 60;
+    const CALL_MS: u64 = 30_000;
+    // The edges keep their image: only the signal pods roll.
+    let edge = image("signal-node");
+    let scene = Scene::new(
+        client,
+        ns,
+        "Automatic",
+        serde_json::json!({"sip": {"edgeImage": edge}}),
+    )
+    .await?;
+    // Two calls a second for half a minute: calls come while pods roll.
+    let calls = scene.calls(CALLS, 2, CALL_MS);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let next = next_image("signal-node");
+    let started = Instant::now();
+    scene
+        .patch_spec(serde_json::json!({"signal": {"image": next}}))
+        .await?;
+    scene.rolled_out("signal", "signal", &next, 2).await?;
+    let rolled = started.elapsed();
+    ensure!(
+        !calls.is_finished(),
+        "the calls ended before the upgrade did"
+    );
+    // SIPp exits 0 only when every call succeeded on both sides.
+    calls.await.context("every call ends normally")?;
+    let (_, _, bills) = scene.takeovers_and_bills().await?;
+    let ids: std::collections::HashSet<&str> =
+        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
+    ensure!(
+        ids.len() == CALLS as usize && bills.len() == CALLS as usize,
+        "one bill per call: {} bills of {} calls",
+        bills.len(),
+        ids.len()
+    );
+    eprintln!(
+        "signal upgrade: both pods rolled in {rolled:?} under {CALLS} calls; none failed, {CALLS} bills"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_upgrade_lets_the_calls_up_end_and_the_new_edge_takes_new_ones() -> Result<()> {
+    in_namespace("upgrade-edge", |client, ns| async move {
+        let r = edge_upgrade(&client, &ns).await;
+        (ns, r)
+    })
+    .await
+}
+
+async fn edge_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
+    const CALLS: u32 = 20;
+    const CALL_MS: u64 = 15_000;
+    let scene = Scene::new(
+        client,
+        ns,
+        "Automatic",
+        serde_json::json!({"media": {"drainTimeoutSeconds": 60}}),
+    )
+    .await?;
+    let calls = scene.calls(CALLS, 10, CALL_MS);
+    eventually("every call up", Duration::from_secs(20), || async {
+        let mut up = 0.0;
+        for (_, ip) in &scene.signal {
+            up += metric(&admin(ip), "voicecluster_calls_active").await;
+        }
+        if up == f64::from(CALLS) {
+            Ok(())
+        } else {
+            Err(format!("{up} up"))
+        }
+    })
+    .await?;
+    // The media pod (relay and edge) rolls: on this one node the old pod
+    // drains first, its edge forwarding the running calls' requests.
+    let next = next_image("signal-node");
+    scene
+        .patch_spec(serde_json::json!({"sip": {"edgeImage": next}}))
+        .await?;
+    calls
+        .await
+        .context("every call up before the upgrade ends normally")?;
+    scene.rolled_out("media", "sip-edge", &next, 1).await?;
+    directory_settled(&scene.vcs, NAME, 3).await?;
+    // The new edge takes calls (Alice and Bob are still registered).
+    scene
+        .call(2_000)
+        .await
+        .context("a call through the new edge")?;
     Ok(())
 }
