@@ -249,20 +249,23 @@ impl Endpoint {
         let mut said = header(req, FAILOVER_HEADER).unwrap_or_default().split(';');
         let down = said.next().map(str::trim).filter(|d| !d.is_empty());
         let handover = said.any(|p| p.trim() == HANDOVER_PARAM);
-        // Taken over when an edge says its member is down, or taken back
-        // when the edges route its dialogs here again (this member set it
-        // up, went away, and is back).
+        // Taken over when an edge says its member is down; or when the
+        // edges now send here the dialogs of the member the call was set up
+        // on (the member set changed since another took it over: the call
+        // moves to where its requests come); or taken back when the edges
+        // route its dialogs here again (this member set it up, went away,
+        // and is back).
         let owner = held.replica.owner_sip.clone();
-        let failed_over = down == Some(owner.as_str());
+        let failed_over = down.is_some_and(|d| d == owner || d == held.replica.pinned_sip);
         let back_home = down.is_none() && held.replica.pinned_sip == self.local.to_string();
         if !failed_over && !back_home {
             tracing::warn!(%call_id, %owner, ?down, "a request for a call of a member no edge reported down; not taking it over");
             return Takeover::NotHeld;
         }
         let allowed = back_home
-            || owner
-                .parse::<SocketAddr>()
-                .is_ok_and(|o| self.policy.allows(o.ip(), handover));
+            || down
+                .and_then(|d| d.parse::<SocketAddr>().ok())
+                .is_some_and(|d| self.policy.allows(d.ip(), handover));
         if !allowed {
             tracing::info!(%call_id, %owner, "a call of a failed member waits for the takeover's approval");
             self.metrics.takeovers_waiting.inc();

@@ -592,7 +592,8 @@ fn tag_in(to: &str) -> String {
 mod failover {
     use voicecluster_api::grpc::task_event::Kind;
     use voicecluster_api::grpc::{
-        DirectorySnapshot, FailoverPolicy, ReplicaStored, SignalMember, TaskEvent, TaskHandle,
+        CallReplica, DirectorySnapshot, FailoverPolicy, ReplicaStored, SignalMember, TaskEvent,
+        TaskHandle,
     };
 
     use super::*;
@@ -641,8 +642,8 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
     }
 
     /// A call answered at the owner once its replica was stored at a new
-    /// buddy: (owner, buddy, the owner's task, A's To tag).
-    fn replicated_call() -> (Harness, Harness, TaskHandle, String) {
+    /// buddy: (owner, buddy, the owner's task, A's To tag, the replica).
+    fn replicated_call() -> (Harness, Harness, TaskHandle, String, CallReplica) {
         let mut owner = as_member(Harness::new(), OWNER);
         let to_b = start_call(&mut owner);
         let sent = owner.feed(&reply_to(&to_b, "200 OK", "b1", ANSWER), B);
@@ -711,7 +712,7 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
             events(&mut owner).is_empty(),
             "nothing stored, nothing acked"
         );
-        (owner, buddy, owner_task, a_tag)
+        (owner, buddy, owner_task, a_tag, replica.clone())
     }
 
     /// The buddy took the call: the owner was told, the legs re-owned.
@@ -751,7 +752,7 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
 
     #[test]
     fn the_answer_waits_for_the_buddy_and_the_buddy_takes_the_call_over_only_when_told() {
-        let (_owner, mut buddy, owner_task, a_tag) = replicated_call();
+        let (_owner, mut buddy, owner_task, a_tag, _) = replicated_call();
 
         // A BYE for the call without an edge saying its member is down is
         // not the buddy's to take.
@@ -783,7 +784,7 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
 
     #[test]
     fn in_manual_mode_the_buddy_waits_for_approval_then_takes_the_calls_at_once() {
-        let (_owner, mut buddy, owner_task, a_tag) = replicated_call();
+        let (_owner, mut buddy, owner_task, a_tag, _) = replicated_call();
         let (now, wall) = (buddy.now, buddy.wall);
         buddy.ep.on_directory(&policy(true, &[]), now, wall);
         let bye = alice_bye("X-VC-Failover: 192.0.2.1:5060\r\n").replace("TAG", &a_tag);
@@ -814,7 +815,7 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
 
     #[test]
     fn a_member_handing_over_needs_no_approval() {
-        let (mut owner, mut buddy, owner_task, _) = replicated_call();
+        let (mut owner, mut buddy, owner_task, _, _) = replicated_call();
         let (now, wall) = (buddy.now, buddy.wall);
         buddy.ep.on_directory(&policy(true, &[]), now, wall);
         owner.ep.set_lifecycle(Lifecycle::Left);
@@ -835,5 +836,39 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
             Kind::HandOver(*h),
         );
         assert_taken_over(&mut buddy, &owner_task);
+    }
+
+    #[test]
+    fn a_call_moves_to_the_member_the_edges_now_send_its_dialogs_to() {
+        // The buddy took the call over from the failed member; then the
+        // member set changed, and the edges send the dialog of the failed
+        // member to a third member, which holds a copy of the replica.
+        let (_owner, _buddy, _, a_tag, mut replica) = replicated_call();
+        replica.owner_sip = "192.0.2.2:5060".into();
+        replica.version += 1;
+        let carrier = TaskHandle {
+            member: BUDDY.into(),
+            task: 7,
+        };
+        let mut third = as_member(Harness::at("192.0.2.3:5060"), "192.0.2.3:9446");
+        deliver(
+            &mut third,
+            TaskHandle {
+                member: "192.0.2.3:9446".into(),
+                task: REGISTRAR_TASK,
+            },
+            carrier.clone(),
+            Kind::CallReplica(replica),
+        );
+        events(&mut third);
+        let bye = alice_bye("X-VC-Failover: 192.0.2.1:5060\r\n").replace("TAG", &a_tag);
+        let done = third.feed(&bye, A);
+        let lines: Vec<&str> = done.iter().map(|(_, m)| first_line(m)).collect();
+        assert_eq!(
+            lines,
+            ["SIP/2.0 200 OK", "BYE sip:bob@10.0.0.2:5070 SIP/2.0"]
+        );
+        assert_taken_over(&mut third, &carrier);
+        assert_eq!(third.ep.take_records().len(), 1, "billed where it ended");
     }
 }
