@@ -108,6 +108,8 @@ impl Sipp {
             .args(["-t", transport, "-i", &self.local_ip.to_string()])
             .args(["-p", &port.to_string()])
             .args(["-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin"])
+            // Unexpected messages go to <scenario>_<pid>_errors.log.
+            .arg("-trace_err")
             // Call length of scenarios that pause for it; a later -d wins.
             .args(["-d", "2000"])
             .current_dir(&self.dir);
@@ -191,14 +193,40 @@ impl Sipp {
         .expect("the SIPp runs end");
         assert!(
             caller.status.success(),
-            "caller: {}",
-            String::from_utf8_lossy(&caller.stderr)
+            "caller: {}{}",
+            String::from_utf8_lossy(&caller.stderr),
+            self.errors()
         );
         assert!(
             callee.status.success(),
-            "callee: {}",
-            String::from_utf8_lossy(&callee.stderr)
+            "callee: {}{}",
+            String::from_utf8_lossy(&callee.stderr),
+            bobs.errors()
         );
+    }
+}
+
+impl Sipp {
+    /// The end of what SIPp logged as errors here, for a failed run.
+    fn errors(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with("_errors.log")
+                && let Ok(log) = std::fs::read_to_string(entry.path())
+            {
+                let tail: String = log
+                    .chars()
+                    .rev()
+                    .take(3000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                text.push_str(&format!("\n--- {name} (end)\n{tail}"));
+            }
+        }
+        text
     }
 }
 
