@@ -58,6 +58,7 @@ pub struct SipMetrics {
     pub(crate) replicas_held: Gauge,
     pub(crate) takeovers: Counter,
     pub(crate) takeovers_waiting: Counter,
+    pub(crate) moves: Counter,
     pub(crate) taken_over: Counter,
     pub(crate) replica_timeouts: Counter,
 }
@@ -79,6 +80,7 @@ impl Default for SipMetrics {
             replicas_held: Gauge::default(),
             takeovers: Counter::default(),
             takeovers_waiting: Counter::default(),
+            moves: Counter::default(),
             taken_over: Counter::default(),
             replica_timeouts: Counter::default(),
             leg_fraction_lost: Histogram::new([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
@@ -168,6 +170,11 @@ impl SipMetrics {
             "voicecluster_call_takeovers",
             "Calls of a failed member this member took over from their replicas",
             m.takeovers.clone(),
+        );
+        registry.register(
+            "voicecluster_call_moves",
+            "Calls taken from a live member because the edges now send their dialogs here (the member set changed after a takeover)",
+            m.moves.clone(),
         );
         registry.register(
             "voicecluster_call_takeovers_awaiting_approval",

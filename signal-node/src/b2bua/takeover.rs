@@ -271,8 +271,10 @@ impl Endpoint {
             self.metrics.takeovers_waiting.inc();
             return Takeover::Waiting;
         }
+        // The call's carrier is alive: the call only moves.
+        let moved = down.is_some_and(|d| d != owner);
         let call_id = call_id.to_string();
-        if self.take_over(&call_id) {
+        if self.take_over(&call_id, moved) {
             Takeover::Taken
         } else {
             Takeover::NotHeld
@@ -296,8 +298,9 @@ impl Endpoint {
     }
 
     /// Takes over the call a dialog with `call_id` belongs to from its
-    /// replica; false when there is none (or it makes no call).
-    fn take_over(&mut self, call_id: &str) -> bool {
+    /// replica (`moved`: from a live member, as the edges now route it
+    /// here); false when there is none (or it makes no call).
+    fn take_over(&mut self, call_id: &str, moved: bool) -> bool {
         let Some(held) = self.replicas.take(call_id) else {
             return false;
         };
@@ -325,7 +328,9 @@ impl Endpoint {
                 id,
                 Outbound::To(held.owner, Kind::TakenOver(CallTakenOver { by })),
             ));
-            if let Ok(owner) = held.replica.owner_sip.parse::<SocketAddr>() {
+            if let Ok(owner) = held.replica.owner_sip.parse::<SocketAddr>()
+                && !moved
+            {
                 *self.taken_from.entry(owner.ip()).or_default() += 1;
             }
         }
@@ -338,7 +343,11 @@ impl Endpoint {
                 call_id: call_id.to_string(),
             })),
         ));
-        self.metrics.takeovers.inc();
+        if moved {
+            self.metrics.moves.inc();
+        } else {
+            self.metrics.takeovers.inc();
+        }
         self.replicate(id);
         self.update_call_metrics();
         true
@@ -353,7 +362,7 @@ impl Endpoint {
             .filter_map(|h| h.replica.a.as_ref().map(|a| a.call_id.clone()))
             .collect();
         for call_id in ids {
-            self.take_over(&call_id);
+            self.take_over(&call_id, false);
         }
     }
 

@@ -870,5 +870,9 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
         );
         assert_taken_over(&mut third, &carrier);
         assert_eq!(third.ep.take_records().len(), 1, "billed where it ended");
+        assert!(
+            third.ep.failover_report().taken_over.is_empty(),
+            "a move is no failover"
+        );
     }
 }

@@ -20,7 +20,7 @@ use voicecluster_api::{ANNOTATION_APPROVE_FAILOVER, LABEL_CLUSTER, LABEL_COMPONE
 use voicecluster_e2e::operator::{install_operator, wait_condition};
 use voicecluster_e2e::{
     REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, image,
-    is_pod_ready, metric, next_image, users_secret,
+    is_pod_ready, kill_pod_processes, metric, next_image, users_secret,
 };
 use voicecluster_signal_node::testing::{ALICE, BOB, Sipp, free_port};
 
@@ -312,10 +312,18 @@ impl Scene {
         })
     }
 
-    /// Deletes the call's pod with grace period 0; RTP must go on, since
-    /// media never passed it.
+    /// The call's pod crashes: its process is killed with SIGKILL, then
+    /// the pod is deleted with grace period 0 (so it does not come back at
+    /// its address); RTP must go on, since media never passed it.
     async fn kill(&self, roles: &Roles) -> Result<Instant> {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let namespace = self.pods.namespace().unwrap_or_default().to_string();
+        let killed = kill_pod_processes(&namespace, &roles.owner)?;
+        ensure!(
+            killed > 0,
+            "no process of pod {} found on this node",
+            roles.owner
+        );
         self.pods
             .delete(&roles.owner, &DeleteParams::default().grace_period(0))
             .await?;
