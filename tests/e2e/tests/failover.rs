@@ -679,3 +679,79 @@ async fn edge_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
         .context("a call through the new edge")?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_calls_survive_the_crash_of_a_signal_pod_and_each_is_billed_once() -> Result<()> {
+    in_namespace("failover-load", |client, ns| async move {
+        let r = crash_under_load(&client, &ns).await;
+        (ns, r)
+    })
+    .await
+}
+
+async fn crash_under_load(client: &Client, ns: &TestNamespace) -> Result<()> {
+    const CALLS: u32 = 60;
+    const CALL_MS: u64 = 30_000;
+    let scene = Scene::new(client, ns, "Automatic", serde_json::json!({})).await?;
+    let calls = scene.calls(CALLS, 10, CALL_MS);
+    let all = f64::from(CALLS);
+    let owner = eventually(
+        "every call up and replicated",
+        Duration::from_secs(30),
+        || async {
+            let (mut up, mut held, mut busiest) = (0.0, 0.0, (0.0, String::new(), String::new()));
+            for (name, ip) in &scene.signal {
+                let n = metric(&admin(ip), "voicecluster_calls_active").await;
+                up += n;
+                held += metric(&admin(ip), "voicecluster_call_replicas_held").await;
+                if n > busiest.0 {
+                    busiest = (n, name.clone(), ip.clone());
+                }
+            }
+            if up == all && held == all {
+                Ok(busiest)
+            } else {
+                Err(format!("{up} up, {held} replicas"))
+            }
+        },
+    )
+    .await?;
+    let (orphaned, owner, owner_ip) = owner;
+    let survivor_ip = scene
+        .signal
+        .iter()
+        .find(|(name, _)| *name != owner)
+        .map(|(_, ip)| ip.clone())
+        .context("the other signal pod")?;
+    scene
+        .kill(&Roles {
+            owner,
+            owner_ip,
+            survivor_ip,
+        })
+        .await?;
+    // SIPp exits 0 only when every call succeeded on both sides.
+    calls.await.context("every call ends normally")?;
+    let (_, took_over, bills) = scene.takeovers_and_bills().await?;
+    let ids: std::collections::HashSet<&str> =
+        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
+    ensure!(
+        ids.len() == CALLS as usize && bills.len() == CALLS as usize,
+        "one bill per call: {} bills of {} calls",
+        bills.len(),
+        ids.len()
+    );
+    for bill in &bills {
+        let ms = bill["durationMs"].as_u64().context("durationMs")?;
+        ensure!(
+            ms.abs_diff(CALL_MS) < 1000,
+            "billed {ms} ms for a {CALL_MS} ms call"
+        );
+    }
+    ensure!(
+        took_over == orphaned,
+        "{took_over} taken over of {orphaned} orphaned"
+    );
+    eprintln!("{CALLS} calls, {orphaned} on the crashed pod: none failed, {CALLS} bills");
+    Ok(())
+}
