@@ -222,6 +222,22 @@ impl Server {
     /// For an edge: waits until it sees every backend up (members serve
     /// once they synced with the others).
     pub async fn backends_up(&self) {
+        // The members first: until they synced they answer "starting", and
+        // an edge that has not heard from them yet counts them up.
+        for admin in &self.backends {
+            let mut ready = false;
+            for _ in 0..200 {
+                if http_get(*admin, "/readyz")
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+                {
+                    ready = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(ready, "backend {admin} not ready within 10 s");
+        }
         let want = self.backends.len() as f64;
         for _ in 0..200 {
             if metric_at(self.bin.admin_addr(), "voicecluster_edge_backends").await == Some(want) {
