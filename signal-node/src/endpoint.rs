@@ -418,7 +418,10 @@ impl Endpoint {
             }
             Some(Kind::CallDropped(d)) if to.task == REGISTRAR_TASK => {
                 let Some(from) = event.from else { return };
-                if d.call_id.is_empty() {
+                // The sender's own replica when it is here; by the Call-ID
+                // otherwise (a taker's drop of the copies, or a drop that
+                // overtook its replica on the way).
+                if d.call_id.is_empty() || self.replicas.sent_by(&from) {
                     self.replicas.drop_call(&from, d.version, now);
                 } else {
                     self.replicas.drop_taken(&d.call_id, d.version, now);

@@ -230,6 +230,12 @@ impl Replicas {
         true
     }
 
+    /// Whether a replica from task `owner` is held.
+    pub fn sent_by(&self, owner: &TaskHandle) -> bool {
+        self.by_owner
+            .contains_key(&(owner.member.clone(), owner.task))
+    }
+
     /// The call `owner` handles ended at `version`.
     pub fn drop_call(&mut self, owner: &TaskHandle, version: u64, now: Instant) {
         let Some(key) = self
@@ -356,6 +362,16 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r.find("b1").unwrap().owner, carrier);
         r.drop_call(&carrier, 4, t);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_drop_that_overtakes_its_replica_refuses_it() {
+        let mut r = Replicas::default();
+        let t = Instant::now();
+        assert!(!r.sent_by(&owner(1)));
+        r.drop_taken("a1", 2, t);
+        assert!(!r.store(owner(1), replica(2, "a1", "b1"), t), "late");
         assert!(r.is_empty());
     }
 

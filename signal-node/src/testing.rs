@@ -207,6 +207,28 @@ impl Sipp {
 }
 
 impl Sipp {
+    /// Alice (registered from `ports.0`, through this SIPp's target) places
+    /// `n` calls to Bob (registered from `ports.1`), `rate` a second, each
+    /// `ms` long with RTP both ways, in the background; the task fails
+    /// unless every call ends normally on both sides (SIPp exits 0 only
+    /// then).
+    pub fn spawn_calls(
+        &self,
+        ports: (u16, u16),
+        n: u32,
+        rate: u32,
+        ms: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        let sipp = self.clone();
+        let timeout = format!("{}s", 60 + n / rate.max(1) + ms as u32 / 1000);
+        tokio::spawn(async move {
+            let (d, r, l) = (ms.to_string(), rate.to_string(), n.to_string());
+            let args = ["-d", &d, "-r", &r, "-l", &l, "-timeout", &timeout];
+            sipp.alice_calls_bob(&sipp, ports, ("caller", "callee"), n, &args)
+                .await;
+        })
+    }
+
     /// The end of what SIPp logged as errors here, for a failed run.
     fn errors(&self) -> String {
         let mut text = String::new();

@@ -657,7 +657,7 @@ impl Endpoint {
         self.leg_requests.push_back(LegRequest::Release {
             media: call.media.clone(),
         });
-        self.drop_replica(id, call.replicated);
+        self.drop_replica(id, &call.a.call_id, call.replicated);
         tracing::info!(call_id = %call.a.call_id, %reason, "call ended");
         self.finished(CallRecord {
             call_id: call.a.call_id,

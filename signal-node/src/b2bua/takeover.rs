@@ -179,8 +179,10 @@ impl Endpoint {
         self.pump(now, wall);
     }
 
-    /// Call `id` is over: its replica goes.
-    pub(crate) fn drop_replica(&mut self, id: u64, version: u64) {
+    /// Call `id` (the caller's Call-ID `call_id`) is over: its replica
+    /// goes. By the Call-ID, so that a replica overtaken on the way by its
+    /// drop is refused when it comes.
+    pub(crate) fn drop_replica(&mut self, id: u64, call_id: &str, version: u64) {
         if self.member.is_none() || version == 0 {
             return;
         }
@@ -188,7 +190,7 @@ impl Endpoint {
             id,
             Outbound::Buddy(Kind::CallDropped(CallReplicaDropped {
                 version,
-                call_id: String::new(),
+                call_id: call_id.to_string(),
             })),
         ));
     }
@@ -228,7 +230,8 @@ impl Endpoint {
         // Its legs and its bill are the other member's now, and so is the
         // replica at this member's buddy.
         tracing::warn!(call_id = %call.a.call_id, %by, "call taken over by another member");
-        self.drop_replica(task, call.replicated);
+        // Its own replicas only (the taker dropped the copies it took).
+        self.drop_replica(task, "", call.replicated);
         self.metrics.taken_over.inc();
         self.update_call_metrics();
     }

@@ -179,29 +179,7 @@ impl Scene {
     /// RTP both ways, in the background; the task fails unless every call
     /// ends normally on both sides (SIPp exits 0 only then).
     fn calls(&self, n: u32, rate: u32, ms: u64) -> JoinHandle<()> {
-        let caller = self.sipp.clone();
-        let ports = self.ports;
-        let timeout = format!("{}s", 60 + n / rate + ms as u32 / 1000);
-        tokio::spawn(async move {
-            caller
-                .alice_calls_bob(
-                    &caller,
-                    ports,
-                    ("caller", "callee"),
-                    n,
-                    &[
-                        "-d",
-                        &ms.to_string(),
-                        "-r",
-                        &rate.to_string(),
-                        "-l",
-                        &n.to_string(),
-                        "-timeout",
-                        &timeout,
-                    ],
-                )
-                .await;
-        })
+        self.sipp.spawn_calls(self.ports, n, rate, ms)
     }
 
     /// Changes the VoiceCluster's spec by a merge patch.
@@ -393,6 +371,19 @@ impl Scene {
     }
 }
 
+/// Exactly one bill for each of `calls` calls.
+fn check_one_bill_each(bills: &[serde_json::Value], calls: u32) -> Result<()> {
+    let ids: std::collections::HashSet<&str> =
+        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
+    ensure!(
+        ids.len() == calls as usize && bills.len() == calls as usize,
+        "one bill per call: {} bills of {} calls, {calls} placed",
+        bills.len(),
+        ids.len()
+    );
+    Ok(())
+}
+
 /// One bill for the whole call, at the rate table's price.
 fn check_whole_bill(bills: &[serde_json::Value], call_ms: u64) -> Result<u64> {
     ensure!(bills.len() == 1, "one bill: {bills:?}");
@@ -411,26 +402,22 @@ fn check_whole_bill(bills: &[serde_json::Value], call_ms: u64) -> Result<u64> {
     Ok(ms)
 }
 
-async fn in_namespace<F, Fut>(prefix: &str, run: F) -> Result<()>
-where
-    F: FnOnce(Client, TestNamespace) -> Fut,
-    Fut: std::future::Future<Output = (TestNamespace, Result<()>)>,
-{
+/// Runs `test` in a namespace of its own, which goes afterwards.
+async fn in_namespace(
+    prefix: &str,
+    test: impl AsyncFnOnce(&Client, &TestNamespace) -> Result<()>,
+) -> Result<()> {
     let client = client().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, prefix).await?;
-    let (ns, result) = run(client, ns).await;
+    let result = test(&client, &ns).await;
     ns.delete_and_wait().await?;
     result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_the_deletion_of_its_signal_pod_and_is_billed_whole() -> Result<()> {
-    in_namespace("failover", |client, ns| async move {
-        let r = automatic(&client, &ns).await;
-        (ns, r)
-    })
-    .await
+    in_namespace("failover", automatic).await
 }
 
 async fn automatic(client: &Client, ns: &TestNamespace) -> Result<()> {
@@ -474,11 +461,7 @@ async fn automatic(client: &Client, ns: &TestNamespace) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_manual_mode_the_takeover_waits_for_approval_and_the_call_goes_on() -> Result<()> {
-    in_namespace("failover-manual", |client, ns| async move {
-        let r = manual(&client, &ns).await;
-        (ns, r)
-    })
-    .await
+    in_namespace("failover-manual", manual).await
 }
 
 async fn manual(client: &Client, ns: &TestNamespace) -> Result<()> {
@@ -579,11 +562,7 @@ async fn manual(client: &Client, ns: &TestNamespace) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_upgrade_of_the_signal_pods_under_sixty_calls_fails_none() -> Result<()> {
-    in_namespace("upgrade-signal", |client, ns| async move {
-        let r = signal_upgrade(&client, &ns).await;
-        (ns, r)
-    })
-    .await
+    in_namespace("upgrade-signal", signal_upgrade).await
 }
 
 async fn signal_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
@@ -615,14 +594,7 @@ async fn signal_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
     // SIPp exits 0 only when every call succeeded on both sides.
     calls.await.context("every call ends normally")?;
     let (_, _, bills) = scene.takeovers_and_bills().await?;
-    let ids: std::collections::HashSet<&str> =
-        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
-    ensure!(
-        ids.len() == CALLS as usize && bills.len() == CALLS as usize,
-        "one bill per call: {} bills of {} calls",
-        bills.len(),
-        ids.len()
-    );
+    check_one_bill_each(&bills, CALLS)?;
     eprintln!(
         "signal upgrade: both pods rolled in {rolled:?} under {CALLS} calls; none failed, {CALLS} bills"
     );
@@ -631,11 +603,7 @@ async fn signal_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_upgrade_lets_the_calls_up_end_and_the_new_edge_takes_new_ones() -> Result<()> {
-    in_namespace("upgrade-edge", |client, ns| async move {
-        let r = edge_upgrade(&client, &ns).await;
-        (ns, r)
-    })
-    .await
+    in_namespace("upgrade-edge", edge_upgrade).await
 }
 
 async fn edge_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
@@ -682,11 +650,7 @@ async fn edge_upgrade(client: &Client, ns: &TestNamespace) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_calls_survive_the_crash_of_a_signal_pod_and_each_is_billed_once() -> Result<()> {
-    in_namespace("failover-load", |client, ns| async move {
-        let r = crash_under_load(&client, &ns).await;
-        (ns, r)
-    })
-    .await
+    in_namespace("failover-load", crash_under_load).await
 }
 
 async fn crash_under_load(client: &Client, ns: &TestNamespace) -> Result<()> {
@@ -733,14 +697,7 @@ async fn crash_under_load(client: &Client, ns: &TestNamespace) -> Result<()> {
     // SIPp exits 0 only when every call succeeded on both sides.
     calls.await.context("every call ends normally")?;
     let (_, took_over, bills) = scene.takeovers_and_bills().await?;
-    let ids: std::collections::HashSet<&str> =
-        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
-    ensure!(
-        ids.len() == CALLS as usize && bills.len() == CALLS as usize,
-        "one bill per call: {} bills of {} calls",
-        bills.len(),
-        ids.len()
-    );
+    check_one_bill_each(&bills, CALLS)?;
     for bill in &bills {
         let ms = bill["durationMs"].as_u64().context("durationMs")?;
         ensure!(
