@@ -119,6 +119,18 @@ pub const TASK_EVENTS_PORT: u16 = 9446;
 /// Port of the operator's gRPC Directory service.
 pub const DIRECTORY_PORT: u16 = 9443;
 
+/// How many port slots a process on the node's network may take: during a
+/// surge rollout a media pod and its successor run side by side on one
+/// node, so each listener (admin, CallLegs) takes the first free slot.
+pub const ENV_PORT_SLOTS: &str = "VC_PORT_SLOTS";
+
+/// Slot `k` of a listener is its base port plus `k` times this.
+pub const PORT_SLOT_STRIDE: u16 = 10;
+
+/// Where a process writes the addresses it listens on (a directory shared
+/// by the containers of its pod), for its exec probes and its neighbours.
+pub const ENV_INSTANCE_DIR: &str = "VC_INSTANCE_DIR";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,9 @@ pub struct Target {
     pub cluster: String,
     /// This pod's name.
     pub pod: String,
+    /// The port of this pod's CallLegs service, when it took one other
+    /// than the well-known port; 0 otherwise.
+    pub call_legs_port: u16,
 }
 
 impl DirectoryArgs {
@@ -79,6 +82,7 @@ impl DirectoryArgs {
             namespace: need(&self.pod_namespace, "--pod-namespace (POD_NAMESPACE)")?,
             cluster: need(&self.cluster, "--cluster (VC_CLUSTER)")?,
             pod: need(&self.pod_name, "--pod-name (POD_NAME)")?,
+            call_legs_port: 0,
         }))
     }
 }
@@ -308,6 +312,7 @@ async fn session(
             namespace: target.namespace.clone(),
             cluster: target.cluster.clone(),
             pod: target.pod.clone(),
+            call_legs_port: u32::from(target.call_legs_port),
         })),
     })
     .await?;

@@ -128,6 +128,7 @@ async fn applies_and_acks_each_version_and_reacks_after_a_reconnect() {
         namespace: "voice".into(),
         cluster: "demo".into(),
         pod: "demo-signal-0".into(),
+        call_legs_port: 0,
     };
     let mut view = follow(target, ClientMetrics::default(), silent());
 
@@ -169,6 +170,7 @@ async fn an_error_from_the_server_reconnects_too() {
         namespace: "voice".into(),
         cluster: "demo".into(),
         pod: "p".into(),
+        call_legs_port: 0,
     };
     let _view = follow(target, ClientMetrics::default(), silent());
     let s1 = recv(&mut sessions).await;
@@ -194,6 +196,7 @@ async fn reports_go_out_when_they_change_and_again_after_a_reconnect() {
         namespace: "voice".into(),
         cluster: "demo".into(),
         pod: "demo-media-x".into(),
+        call_legs_port: 0,
     };
     let (report, load) = watch::channel(None);
     let _view = follow(target, ClientMetrics::default(), load);

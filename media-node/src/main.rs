@@ -20,7 +20,8 @@ use voicecluster_media_node::metrics::MediaMetrics;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
-use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
+use voicecluster_telemetry::instance::bind_first_free;
+use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, probe_if_asked, shutdown_signal};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
 
@@ -95,9 +96,14 @@ fn leg_service(args: &Args, metrics: MediaMetrics) -> anyhow::Result<(LegService
     Ok((LegService::new(engine, args.capacity), public_ip))
 }
 
-/// Serves CallLegs and tells leg owners about silent legs; ends only if
-/// the server fails.
-async fn offer_legs(args: &Args, service: &LegService, addr: SocketAddr) -> anyhow::Error {
+/// Serves CallLegs on `listener` and tells leg owners about silent legs;
+/// ends only if the server fails.
+async fn offer_legs(
+    args: &Args,
+    service: &LegService,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+) -> anyhow::Error {
     let silent = Duration::from_secs(args.media_timeout_seconds);
     let timeouts = tokio::spawn(service.clone().report_leg_events(
         Duration::from_secs(1),
@@ -106,7 +112,7 @@ async fn offer_legs(args: &Args, service: &LegService, addr: SocketAddr) -> anyh
     ));
     let served = tonic::transport::Server::builder()
         .add_service(service.clone().into_server())
-        .serve(addr)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await;
     timeouts.abort();
     match served {
@@ -117,22 +123,32 @@ async fn offer_legs(args: &Args, service: &LegService, addr: SocketAddr) -> anyh
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    probe_if_asked(BUILD.binary);
     let args = Args::parse();
     // Before anything else, so a SIGTERM during start-up still stops us
     // gracefully.
     let shutdown = shutdown_signal()?;
-    let target = args.directory.target().map_err(anyhow::Error::msg)?;
+    let mut target = args.directory.target().map_err(anyhow::Error::msg)?;
     let mut registry = Registry::default();
     let directory_metrics = ClientMetrics::register(&mut registry);
     let media_metrics = MediaMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     let service = match args.grpc_addr {
-        Some(addr) => {
+        Some(base) => {
             let (service, public_ip) = leg_service(&args, media_metrics)?;
+            // Beside a predecessor on the node's network, the next free slot.
+            let (listener, _) = bind_first_free(base, args.telemetry.port_slots)
+                .await
+                .with_context(|| format!("CallLegs on {base}"))?;
+            let addr = listener.local_addr()?;
+            telemetry.instance().record("grpc", addr)?;
+            if let Some(t) = target.as_mut() {
+                t.call_legs_port = addr.port();
+            }
             // Leg events name this pod by its CallLegs address.
             let sender = SocketAddr::new(args.pod_ip.unwrap_or(public_ip), addr.port());
             let notifier = Notifier::new(sender.to_string(), service.metrics().clone());
-            Some((addr, service.with_notifier(notifier)))
+            Some((listener, addr, service.with_notifier(notifier)))
         }
         None => {
             tracing::warn!("no VC_GRPC_ADDR: no call legs offered");
@@ -142,13 +158,19 @@ async fn main() -> anyhow::Result<()> {
     // The providers and members in use; what this pod applied and acked.
     // While draining, the legs left go to the operator on the same stream.
     let (load, load_reports) = tokio::sync::watch::channel(None::<Report>);
-    let _directory = follow_target(target, directory_metrics, load_reports);
+    let directory = follow_target(target, directory_metrics, load_reports);
+    let (listener, service) = match service {
+        Some((listener, addr, service)) => (Some(listener), Some((addr, service))),
+        None => (None, None),
+    };
 
     // The server keeps running through a drain: the legs still need it.
     let serving = async {
-        match &service {
-            Some((addr, service)) => offer_legs(&args, service, *addr).await,
-            None => std::future::pending().await,
+        match (&service, listener) {
+            (Some((addr, service)), Some(listener)) => {
+                offer_legs(&args, service, listener, *addr).await
+            }
+            _ => std::future::pending().await,
         }
     };
     tokio::pin!(serving);
@@ -158,7 +180,19 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    telemetry.readiness().set_ready();
+    // Ready once the operator has heard from this pod (and so knows its
+    // CallLegs port) and it has the Directory in use: only then may it
+    // become a provider, or replace its predecessor.
+    let ready = {
+        let readiness = telemetry.readiness().clone();
+        let mut directory = directory.clone();
+        tokio::spawn(async move {
+            if let Some(rx) = directory.as_mut() {
+                let _ = rx.wait_for(Option::is_some).await;
+            }
+            readiness.set_ready();
+        })
+    };
     tracing::info!(
         version = BUILD.version,
         admin_addr = %telemetry.admin_addr(),
@@ -180,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     if let (None, Some((_, service))) = (&failure, &service) {
         // Leave the provider list (not ready), refuse new legs, and let the
         // ones running end, within the drain timeout.
+        ready.abort();
         telemetry.readiness().set_not_ready("draining");
         service.drain();
         let timeout = Duration::from_secs(args.drain_timeout_seconds);

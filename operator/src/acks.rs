@@ -35,6 +35,8 @@ struct StreamAck {
     load: Option<Load>,
     /// The pod's last failover report on this stream.
     failover: Option<FailoverReport>,
+    /// The port of the pod's CallLegs service, as it subscribed.
+    call_legs_port: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,7 @@ impl AckBook {
                 version: None,
                 load: None,
                 failover: None,
+                call_legs_port: None,
             },
         );
         StreamEntry {
@@ -119,7 +122,11 @@ impl AckBook {
         let mut best: HashMap<(&ClusterKey, &str), PodAck> = HashMap::new();
         for id in ids {
             let s = &inner.streams[id];
-            if s.version.is_none() && s.load.is_none() && s.failover.is_none() {
+            if s.version.is_none()
+                && s.load.is_none()
+                && s.failover.is_none()
+                && s.call_legs_port.is_none()
+            {
                 continue;
             }
             let e = best
@@ -131,8 +138,12 @@ impl AckBook {
                     version: 0,
                     load: None,
                     failover: None,
+                    call_legs_port: 0,
                 });
             e.version = e.version.max(s.version.unwrap_or(0));
+            if let Some(port) = s.call_legs_port {
+                e.call_legs_port = port;
+            }
             if s.load.is_some() {
                 e.load = s.load;
             }
@@ -240,6 +251,17 @@ impl AckBook {
         )
     }
 
+    /// The CallLegs port each pod said it serves on, for one cluster.
+    pub fn call_legs_ports(&self, namespace: &str, cluster: &str) -> HashMap<String, u16> {
+        let port = |p: u32| u16::try_from(p).ok().filter(|p| *p != 0);
+        self.per_pod(
+            namespace,
+            cluster,
+            |a| port(a.call_legs_port),
+            |s| s.call_legs_port.and_then(port),
+        )
+    }
+
     fn per_pod<T>(
         &self,
         namespace: &str,
@@ -325,6 +347,11 @@ impl StreamEntry {
         book.local_changed.notify_one();
     }
 
+    /// Records the port of the pod's CallLegs service.
+    pub fn call_legs_port(&self, port: u32) {
+        self.update(|s| s.call_legs_port.replace(port) != Some(port));
+    }
+
     /// Records that the pod applied `version`.
     pub fn ack(&self, version: i64) {
         self.update(|s| s.version.replace(version) != Some(version));
@@ -336,7 +363,10 @@ impl Drop for StreamEntry {
         let book = &self.book;
         let mut inner = book.lock();
         if let Some(s) = inner.streams.remove(&self.id)
-            && (s.version.is_some() || s.load.is_some() || s.failover.is_some())
+            && (s.version.is_some()
+                || s.load.is_some()
+                || s.failover.is_some()
+                || s.call_legs_port.is_some())
         {
             book.mark(&mut inner, s.cluster);
             book.local_changed.notify_one();
@@ -356,6 +386,7 @@ mod tests {
             version,
             load: None,
             failover: None,
+            call_legs_port: 0,
         }
     }
 
@@ -391,6 +422,31 @@ mod tests {
         );
         drop(s);
         assert!(!book.loads("voice", "demo").contains_key("media-x"));
+    }
+
+    #[test]
+    fn a_media_pods_call_legs_port_reaches_the_leader_before_any_ack() {
+        let book = AckBook::new();
+        let media = book.open("voice", "demo", "media-x");
+        // The pod's edge container shares its name and says no port.
+        let _edge = book.open("voice", "demo", "media-x");
+        assert!(book.call_legs_ports("voice", "demo").is_empty());
+        media.call_legs_port(9455);
+        assert_eq!(
+            book.call_legs_ports("voice", "demo").get("media-x"),
+            Some(&9455)
+        );
+        // A follower reports it to the leader even before the first ack.
+        let local = book.local();
+        assert_eq!((local.len(), local[0].call_legs_port), (1, 9455));
+        let leader = AckBook::new();
+        leader.report("replica-b", local, Instant::now());
+        assert_eq!(
+            leader.call_legs_ports("voice", "demo").get("media-x"),
+            Some(&9455)
+        );
+        drop(media);
+        assert!(book.call_legs_ports("voice", "demo").is_empty());
     }
 
     #[test]

@@ -374,6 +374,9 @@ impl DirectoryService {
         }
         tracing::debug!(pod = %req.pod, cluster = %req.cluster, "directory watch opened");
         let entry = self.acks.open(&req.namespace, &req.cluster, &req.pod);
+        if req.call_legs_port != 0 {
+            entry.call_legs_port(req.call_legs_port);
+        }
         Ok((req, entry))
     }
 }
@@ -494,6 +497,7 @@ mod tests {
                 namespace: ns.into(),
                 cluster: cluster.into(),
                 pod: pod.into(),
+                call_legs_port: 0,
             })),
         }
     }
@@ -578,6 +582,7 @@ mod tests {
             version: 1,
             load: None,
             failover: None,
+            call_legs_port: 9455,
         };
         f.client
             .report_acks(ReplicaAcks {
@@ -587,6 +592,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(f.acks.versions("voice", "demo").get("media-x"), Some(&1));
+        assert_eq!(
+            f.acks.call_legs_ports("voice", "demo").get("media-x"),
+            Some(&9455)
+        );
         let err = f
             .client
             .report_acks(ReplicaAcks {

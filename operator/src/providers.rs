@@ -68,11 +68,15 @@ pub struct ProviderView {
 }
 
 /// The call-leg providers among `pods` (the media pods of one
-/// VoiceCluster); `node` looks a node up by name.
+/// VoiceCluster); `node` looks a node up by name. A pod serves CallLegs on
+/// the port it said when it subscribed to the Directory (`ports`, by pod),
+/// or else on the well-known port: a pod that shares its node's network
+/// with its successor takes another one.
 pub fn providers<'a>(
     media: &MediaSpec,
     pods: impl IntoIterator<Item = &'a Pod>,
     node: impl Fn(&str) -> Option<std::sync::Arc<Node>>,
+    ports: &HashMap<String, u16>,
 ) -> ProviderView {
     let mut view = ProviderView::default();
     for pod in pods {
@@ -101,7 +105,10 @@ pub fn providers<'a>(
             pod: pod.name_any(),
             node: node_name,
             public_address,
-            grpc_address: format!("{pod_ip}:{MEDIA_GRPC_PORT}"),
+            grpc_address: format!(
+                "{pod_ip}:{}",
+                ports.get(&pod.name_any()).unwrap_or(&MEDIA_GRPC_PORT)
+            ),
             capacity: media.capacity,
             active_legs,
             state: ProviderState::Active,
@@ -364,7 +371,7 @@ mod tests {
         busy.annotations_mut()
             .insert(ANNOTATION_ACTIVE_LEGS.to_string(), "12".to_string());
         let pods = [busy, pod("b-not-ready", "edge", false), draining, deleting];
-        let view = providers(&media, &pods, lookup(nodes));
+        let view = providers(&media, &pods, lookup(nodes.clone()), &HashMap::new());
         assert_eq!(view.providers.len(), 1);
         let p = &view.providers[0];
         assert_eq!(p.pod, "a-ready");
@@ -373,6 +380,10 @@ mod tests {
         assert_eq!(p.grpc_address, format!("10.0.0.7:{MEDIA_GRPC_PORT}"));
         assert_eq!(p.active_legs, 12);
         assert_eq!(p.capacity, media.capacity);
+        // A pod beside its successor took another port slot and said so.
+        let ports = HashMap::from([("a-ready".to_string(), 9455)]);
+        let view = providers(&media, &pods, lookup(nodes), &ports);
+        assert_eq!(view.providers[0].grpc_address, "10.0.0.7:9455");
 
         // The draining ones are listed apart, with what they still carry.
         let loads = HashMap::from([(
@@ -398,6 +409,7 @@ mod tests {
             &media,
             &[pod("m", "internal", true)],
             lookup(vec![node("internal", &[], None)]),
+            &HashMap::new(),
         );
         assert!(view.providers.is_empty());
         assert_eq!(view.without_address, vec!["m".to_string()]);

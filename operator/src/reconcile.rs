@@ -223,9 +223,12 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
 
     let pods = ctx.pods.state();
     let nodes = &ctx.nodes;
-    let view = providers(&vc.spec.media, media_pods(vc, &pods), |n| {
-        nodes.get(&kube::runtime::reflector::ObjectRef::new(n))
-    });
+    let view = providers(
+        &vc.spec.media,
+        media_pods(vc, &pods),
+        |n| nodes.get(&kube::runtime::reflector::ObjectRef::new(n)),
+        &ctx.acks.call_legs_ports(&ns, &name),
+    );
     // Pods from the watch are newer than the workload's status.
     let media_ready = media_pods(vc, &pods).filter(|p| is_ready(p)).count();
     let media = PodCounts::new(

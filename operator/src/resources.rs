@@ -10,8 +10,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -20,9 +21,9 @@ use kube::{Resource, ResourceExt};
 use voicecluster_api::voicecluster::{PlacementKind, Transport};
 use voicecluster_api::{
     ADMIN_PORT_NAME, COMPONENT_MEDIA, COMPONENT_SIGNAL, DEFAULT_ADMIN_PORT, EDGE_ADMIN_PORT,
-    ENV_ADMIN_ADDR, ENV_DIRECTORY_URL, HEALTHZ_PATH, LABEL_CLUSTER, LABEL_COMPONENT,
-    LABEL_MANAGED_BY, MANAGER_NAME, MEDIA_ADMIN_PORT, MEDIA_GRPC_PORT, READYZ_PATH,
-    TASK_EVENTS_PORT, VoiceCluster,
+    ENV_ADMIN_ADDR, ENV_DIRECTORY_URL, ENV_INSTANCE_DIR, ENV_PORT_SLOTS, HEALTHZ_PATH,
+    LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER_NAME, MEDIA_ADMIN_PORT,
+    MEDIA_GRPC_PORT, READYZ_PATH, TASK_EVENTS_PORT, VoiceCluster,
 };
 
 /// Images the operator uses when a VoiceCluster names none.
@@ -154,6 +155,61 @@ fn probe_on(port_name: &str, path: &str, period: i32) -> Probe {
         period_seconds: Some(period),
         ..Probe::default()
     }
+}
+
+/// Where a media pod's containers write the addresses they listen on.
+const INSTANCE_DIR: &str = "/run/voicecluster/instance";
+
+/// Port slots a process of a media pod on the node's network may take: the
+/// pod and its successor run side by side during a surge rollout (with a
+/// margin for a rollout that is itself replaced half-way).
+const HOST_NETWORK_PORT_SLOTS: u16 = 4;
+
+/// The emptyDir shared by a media pod's containers for their instance files.
+fn instance_volume() -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "instance".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "instance".to_string(),
+            mount_path: INSTANCE_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+/// Fits a media pod's container (running `binary`) for its pod's network.
+/// Every container records its listening addresses in the shared instance
+/// directory. On the node's network a pod's successor starts beside it on
+/// the same node (a surge rollout), so nothing may claim fixed host ports:
+/// no declared ports (they would be host ports the scheduler keeps
+/// exclusive), listeners in the first free port slot, and probes that ask
+/// the process itself where it listens.
+fn fit_to_network(c: &mut Container, binary: &str, host_network: bool, mount: VolumeMount) {
+    let vars = c.env.get_or_insert_with(Vec::new);
+    vars.push(env(ENV_INSTANCE_DIR, INSTANCE_DIR.to_string()));
+    c.volume_mounts.get_or_insert_with(Vec::new).push(mount);
+    if !host_network {
+        return;
+    }
+    vars.push(env(ENV_PORT_SLOTS, HOST_NETWORK_PORT_SLOTS.to_string()));
+    c.ports = None;
+    let exec = |path: &str, period: i32| Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                binary.to_string(),
+                "probe".to_string(),
+                path.to_string(),
+            ]),
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    c.readiness_probe = Some(exec(READYZ_PATH, 1));
+    c.liveness_probe = Some(exec(HEALTHZ_PATH, 10));
 }
 
 fn port(name: &str, port: u16, protocol: &str) -> ContainerPort {
@@ -292,6 +348,12 @@ fn edge_container(vc: &VoiceCluster, settings: &Settings, config: VolumeMount) -
     edge_env.push(env(
         "VC_EDGE_MEDIA_ADMIN",
         format!("127.0.0.1:{MEDIA_ADMIN_PORT}"),
+    ));
+    // Where the media node beside it says it listens (its admin port may be
+    // in another slot).
+    edge_env.push(env(
+        "VC_EDGE_MEDIA_INSTANCE",
+        format!("{INSTANCE_DIR}/media-node"),
     ));
     edge_env.push(env(
         "VC_EDGE_DRAIN_SECONDS",
@@ -516,6 +578,15 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
     if spec.sip.edge {
         media_containers.push(edge_container(vc, settings, mount.clone()));
     }
+    let (instance, instance_mount) = instance_volume();
+    for c in &mut media_containers {
+        let binary = if c.name == "media" {
+            "media-node"
+        } else {
+            "signal-node"
+        };
+        fit_to_network(c, binary, spec.media.host_network, instance_mount.clone());
+    }
     let media_template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(vc, COMPONENT_MEDIA)),
@@ -535,7 +606,7 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
             tolerations: (!spec.media.tolerations.is_empty())
                 .then(|| spec.media.tolerations.clone()),
             containers: media_containers,
-            volumes: Some(vec![volume]),
+            volumes: Some(vec![volume, instance]),
             // The drain (legs end or the timeout passes) happens inside
             // the grace period.
             termination_grace_period_seconds: Some(
@@ -554,11 +625,15 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
             spec: Some(DaemonSetSpec {
                 selector: media_label_selector,
                 template: media_template,
+                // The new pod starts beside the old one on each node and
+                // takes the SIP port over from it once ready (the edges
+                // share it); the old one then drains its calls. A node is
+                // never without a front door.
                 update_strategy: Some(DaemonSetUpdateStrategy {
                     type_: Some("RollingUpdate".to_string()),
                     rolling_update: Some(RollingUpdateDaemonSet {
-                        max_unavailable: Some(IntOrString::Int(1)),
-                        ..RollingUpdateDaemonSet::default()
+                        max_surge: Some(IntOrString::Int(1)),
+                        max_unavailable: Some(IntOrString::Int(0)),
                     }),
                 }),
                 ..DaemonSetSpec::default()
@@ -806,13 +881,64 @@ mod tests {
                 .any(|e| e.name == "VC_RTP_PORTS" && e.value.as_deref() == Some("30000-30099"))
         );
         assert!(env.iter().any(|e| e.name == ENV_DIRECTORY_URL));
+
+        // The successor starts beside the pod on its node: no host ports,
+        // listeners in free slots, probes that ask the process.
+        let strategy = ds.spec.as_ref().unwrap().update_strategy.as_ref().unwrap();
+        let rolling = strategy.rolling_update.as_ref().unwrap();
+        assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+        for (c, binary) in spec.containers.iter().zip(["media-node", "signal-node"]) {
+            assert_eq!(c.ports, None, "{} declares host ports", c.name);
+            let env = c.env.as_ref().unwrap();
+            let var = |n: &str| env.iter().find(|e| e.name == n)?.value.clone();
+            assert_eq!(var(ENV_PORT_SLOTS).as_deref(), Some("4"));
+            assert_eq!(var(ENV_INSTANCE_DIR).as_deref(), Some(INSTANCE_DIR));
+            let command = |p: &Option<Probe>| p.as_ref()?.exec.as_ref()?.command.clone();
+            assert_eq!(
+                command(&c.readiness_probe),
+                Some(vec![binary.to_string(), "probe".into(), READYZ_PATH.into()])
+            );
+            assert_eq!(
+                command(&c.liveness_probe),
+                Some(vec![
+                    binary.to_string(),
+                    "probe".into(),
+                    HEALTHZ_PATH.into()
+                ])
+            );
+            assert!(
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.mount_path == INSTANCE_DIR)
+            );
+        }
+
+        // On the pod network the ports are the pod's own: declared, probed.
+        let d = desired(
+            &vc(serde_json::json!({"sip": {"domain": "x"}, "media": {"hostNetwork": false}})),
+            &settings(),
+        )
+        .unwrap();
+        let MediaWorkload::DaemonSet(ds) = &d.media else {
+            panic!("DaemonSet expected")
+        };
+        let spec = pod_spec(&ds.spec.as_ref().unwrap().template);
+        for c in &spec.containers {
+            assert!(c.ports.is_some());
+            assert!(c.readiness_probe.as_ref().unwrap().http_get.is_some());
+            assert!(!c.env.iter().flatten().any(|e| e.name == ENV_PORT_SLOTS));
+        }
     }
 
     #[test]
     fn media_pods_carry_the_sip_edge_unless_turned_off() {
         let d = desired(
+            // On the pod network, where the containers declare their ports.
             &vc(serde_json::json!({"sip": {"domain": "x", "port": 15060},
-                                   "signal": {"image": "sig:3"}})),
+                                   "signal": {"image": "sig:3"},
+                                   "media": {"hostNetwork": false}})),
             &settings(),
         )
         .unwrap();

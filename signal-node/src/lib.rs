@@ -13,6 +13,7 @@ pub mod framing;
 pub mod leg_providers;
 pub mod legs;
 pub mod management;
+pub mod port_sharing;
 pub mod registrar;
 pub mod replicas;
 pub mod sdp;

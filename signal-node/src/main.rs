@@ -27,7 +27,9 @@ use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
 use voicecluster_signal_node::billing::{BillStore, RateTable};
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
-use voicecluster_signal_node::edge::drain::until_media_idle;
+use voicecluster_signal_node::edge::drain::{
+    media_admin as media_admin_of, successor, until_media_idle,
+};
 use voicecluster_signal_node::edge::{Edge, EdgeMetrics, HeartbeatConfig};
 use voicecluster_signal_node::endpoint::{Endpoint, Lifecycle, SipMetrics};
 use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
@@ -36,7 +38,9 @@ use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::task_events::{EventMetrics, Peers, TaskEventsService};
 use voicecluster_signal_node::transaction::Timers;
 use voicecluster_signal_node::transport::{self, Links, Listeners};
-use voicecluster_telemetry::{BuildInfo, CommonArgs, Readiness, Telemetry, shutdown_signal};
+use voicecluster_telemetry::{
+    BuildInfo, CommonArgs, Readiness, Telemetry, probe_if_asked, shutdown_signal,
+};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
 
@@ -129,6 +133,11 @@ enum Role {
         /// no leg (or stops), for at most --drain-seconds.
         #[arg(long, env = "VC_EDGE_MEDIA_ADMIN")]
         media_admin: Option<SocketAddr>,
+        /// The instance file of the media node beside this edge, where it
+        /// says its admin address when that is not --media-admin (its port
+        /// may be in another slot).
+        #[arg(long, env = "VC_EDGE_MEDIA_INSTANCE")]
+        media_instance: Option<PathBuf>,
         /// The longest an edge drains.
         #[arg(long, env = "VC_EDGE_DRAIN_SECONDS", default_value_t = 30)]
         drain_seconds: u64,
@@ -453,7 +462,7 @@ async fn start_edge(
         live
     };
     let edge = Edge::new(s.advertised, Box::new(backends), heartbeat, metrics);
-    let listeners = Listeners::bind(s.addr, s.addr)
+    let listeners = Listeners::bind_edge(s.addr)
         .await
         .with_context(|| format!("binding SIP on {}", s.addr))?;
     tracing::info!(
@@ -467,6 +476,7 @@ async fn start_edge(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    probe_if_asked(BUILD.binary);
     let args = Args::parse();
     // Before anything else, so a SIGTERM during start-up still stops us
     // gracefully.
@@ -482,6 +492,7 @@ async fn main() -> anyhow::Result<()> {
     // Members and edges report their failover view on the same stream.
     let (reports, reports_rx) = watch::channel(None::<Report>);
     let directory = follow_target(target, directory_metrics, reports_rx);
+    let directory_in_use = directory.clone();
 
     // A backend hands its calls over to its buddy before it stops; an
     // edge drains.
@@ -496,11 +507,18 @@ async fn main() -> anyhow::Result<()> {
                 failure_threshold,
                 ramp_seconds,
                 media_admin,
+                media_instance,
                 drain_seconds,
             }),
         ) => {
             let (to, lifecycle) = watch::channel(Lifecycle::Serving);
-            edge_drain = Some((to, *media_admin, Duration::from_secs(*drain_seconds)));
+            edge_drain = Some((
+                to,
+                // Read when the drain starts: the media node writes it once
+                // it listens.
+                (media_instance.clone(), *media_admin),
+                Duration::from_secs(*drain_seconds),
+            ));
             let heartbeat = HeartbeatConfig {
                 interval: Duration::from_millis((*heartbeat_interval_ms).max(10)),
                 threshold: (*failure_threshold).max(1),
@@ -548,10 +566,21 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    // A backend is ready once it synced with the other members.
+    // A backend is ready once it synced with the other members; an edge
+    // once it has the Directory (the members to send calls to), so that its
+    // pod replaces a predecessor only when it can serve.
     if handover.is_none() {
-        telemetry.readiness().set_ready();
+        let readiness = telemetry.readiness().clone();
+        let mut directory = directory_in_use.filter(|_| edge_drain.is_some());
+        tokio::spawn(async move {
+            if let Some(rx) = directory.as_mut() {
+                let _ = rx.wait_for(Option::is_some).await;
+            }
+            readiness.set_ready();
+        });
     }
+    // An edge handing its port over closes its sockets at once.
+    let sip_abort = sip.as_ref().map(tokio::task::JoinHandle::abort_handle);
     tracing::info!(
         version = BUILD.version,
         admin_addr = %telemetry.admin_addr(),
@@ -579,9 +608,20 @@ async fn main() -> anyhow::Result<()> {
         hand_over(to, settled).await;
     }
     if let (None, Some((to, media, max))) = (&failure, edge_drain) {
-        to.send_replace(Lifecycle::Draining);
-        until_media_idle(media, max).await;
-        tracing::info!("edge drained");
+        let (base, own) = (args.telemetry.admin_addr, telemetry.admin_addr());
+        match successor(base, own, args.telemetry.port_slots).await {
+            Some(next) => {
+                tracing::info!(successor = %next, "a successor edge serves beside this one: handing the SIP port over");
+                if let Some(sip) = &sip_abort {
+                    sip.abort();
+                }
+            }
+            None => {
+                to.send_replace(Lifecycle::Draining);
+                until_media_idle(media_admin_of(media.0.as_deref(), media.1), max).await;
+                tracing::info!("edge drained");
+            }
+        }
     }
     telemetry.shutdown().await?;
     match failure {

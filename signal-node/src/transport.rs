@@ -16,6 +16,7 @@ use crate::endpoint::{Endpoint, Lifecycle};
 use crate::framing::{Frame, Framer};
 use crate::leg_providers::Legs;
 use crate::legs::{LegReply, LegRequest};
+use crate::port_sharing;
 use crate::task_events::{Outbound, Peers};
 use crate::transaction::Peer;
 use crate::wire::MAX_MESSAGE;
@@ -37,6 +38,8 @@ enum Event {
 pub struct Listeners {
     udp: UdpSocket,
     tcp: TcpListener,
+    /// Where an edge's heartbeats leave from and their answers arrive.
+    probe: Option<UdpSocket>,
 }
 
 impl Listeners {
@@ -45,6 +48,18 @@ impl Listeners {
         Ok(Self {
             udp: UdpSocket::bind(udp).await?,
             tcp: TcpListener::bind(tcp).await?,
+            probe: None,
+        })
+    }
+
+    /// An edge's sockets: UDP and TCP on `addr`, shared with the edge that
+    /// will replace this one ([`port_sharing`]), and a probe socket of its
+    /// own on the same IP for the heartbeats.
+    pub async fn bind_edge(addr: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self {
+            udp: UdpSocket::from_std(port_sharing::shared_udp(addr)?)?,
+            tcp: TcpListener::from_std(port_sharing::shared_tcp(addr)?)?,
+            probe: Some(UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).await?),
         })
     }
 
@@ -67,6 +82,10 @@ pub trait SipCore: Send {
     fn reject(&mut self, from: Peer, why: &str, reply: Option<Vec<u8>>);
     /// The next bytes to send.
     fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)>;
+    /// The next heartbeat to send from the probe socket.
+    fn poll_probe(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        None
+    }
     /// When [`Self::handle_timeout`] is due.
     fn poll_timeout(&mut self) -> Option<Instant> {
         None
@@ -172,6 +191,9 @@ impl SipCore for Edge {
     fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
         Edge::poll_transmit(self)
     }
+    fn poll_probe(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        Edge::poll_probe(self)
+    }
     fn failover_report(&self) -> Option<FailoverReport> {
         Some(Edge::failover_report(self))
     }
@@ -207,7 +229,7 @@ pub async fn serve(
     mut endpoint: impl SipCore,
     links: Links,
 ) -> std::io::Result<()> {
-    let Listeners { udp, tcp } = listeners;
+    let Listeners { udp, tcp, probe } = listeners;
     let Links {
         legs,
         peers,
@@ -253,7 +275,14 @@ pub async fn serve(
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     // Leg work runs beside the loop, so a slow provider stalls only its call.
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<LegReply>();
-    let accept = tokio::spawn(accept_loop(tcp, events_tx));
+    // The listener closes with this future, even when it is dropped: an
+    // edge handing its port over must leave the group at once.
+    let _accept = AbortOnDrop(tokio::spawn(accept_loop(tcp, events_tx)));
+    let mut probe_buf = vec![0u8; MAX_MESSAGE + 1];
+    let probe_received = async |buf: &mut Vec<u8>| match &probe {
+        Some(p) => p.recv_from(buf).await,
+        None => std::future::pending().await,
+    };
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
     // The buddy follows the member list; when it changes, every call is
@@ -280,6 +309,16 @@ pub async fn serve(
                     // ICMP unreachable from an earlier send surfaces here on
                     // some systems; it says nothing about this socket.
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                }
+            }
+            received = probe_received(&mut probe_buf) => {
+                if let Ok((n, from)) = received {
+                    endpoint.on_bytes(
+                        &probe_buf[..n],
+                        Peer { addr: from, reliable: false },
+                        Instant::now(),
+                        SystemTime::now(),
+                    );
                 }
             }
             event = events.recv() => {
@@ -365,6 +404,11 @@ pub async fn serve(
                 std::mem::replace(was, now) != now
             });
         }
+        while let Some((to, bytes)) = endpoint.poll_probe() {
+            if let Err(e) = probe.as_ref().unwrap_or(&udp).send_to(&bytes, to).await {
+                tracing::debug!(peer = %to, error = %e, "heartbeat send failed");
+            }
+        }
         while let Some((to, bytes)) = endpoint.poll_transmit() {
             if to.reliable {
                 match connections.get(&to.addr) {
@@ -382,8 +426,16 @@ pub async fn serve(
             }
         }
     };
-    accept.abort();
     result
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn accept_loop(tcp: TcpListener, events: mpsc::Sender<Event>) {

@@ -36,6 +36,32 @@ async fn metric(admin: SocketAddr, name: &str) -> f64 {
     metric_at(admin, name).await.unwrap_or(0.0)
 }
 
+/// An admin port whose next two slots are free too.
+fn edge_admin_base() -> SocketAddr {
+    loop {
+        let p = free_port();
+        let free = (0..3).all(|k| {
+            p.checked_add(10 * k)
+                .is_some_and(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
+        });
+        if free {
+            return ([127, 0, 0, 1], p).into();
+        }
+    }
+}
+
+/// Messages an edge forwarded, both ways.
+async fn forwarded(edge: SocketAddr) -> f64 {
+    let Ok(page) = http_get(edge, "/metrics").await else {
+        return 0.0;
+    };
+    page.body
+        .lines()
+        .filter(|l| l.starts_with("voicecluster_edge_forwarded_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Waits until `check` holds, up to `within`.
 async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut check: F) {
     let deadline = Instant::now() + within;
@@ -92,9 +118,11 @@ impl Cluster {
             Self::member(&media, ips[0], sip_port, grpc[0], grpc[1]),
             Self::member(&media, ips[1], sip_port, grpc[1], grpc[0]),
         ];
-        let edge = Server::start_edge_with(
-            &[&backends[0], &backends[1]],
-            &["--heartbeat-interval-ms", "100", "--failure-threshold", "3"],
+        let edge = Self::edge(
+            ([127, 0, 0, 1], free_port()).into(),
+            &backends,
+            &media,
+            edge_admin_base(),
         );
         edge.backends_up().await;
         let c = Self {
@@ -112,6 +140,35 @@ impl Cluster {
             c.registered(i).await;
         }
         (c, ports)
+    }
+
+    /// An edge on `sip` with 100 ms heartbeats, beside `media` (alone, it
+    /// drains with it), its admin server in the first free of three port
+    /// slots of `admin_base`: as in a media pod.
+    fn edge(
+        sip: SocketAddr,
+        backends: &[Server; 2],
+        media: &MediaNode,
+        admin_base: SocketAddr,
+    ) -> Server {
+        Server::start_edge_on(
+            sip,
+            &[&backends[0], &backends[1]],
+            &[
+                "--admin-addr".to_string(),
+                admin_base.to_string(),
+                "--port-slots".to_string(),
+                "3".to_string(),
+            ],
+            &[
+                "--heartbeat-interval-ms",
+                "100",
+                "--failure-threshold",
+                "3",
+                "--media-admin",
+                &media.bin.admin_addr().to_string(),
+            ],
+        )
     }
 
     fn admin(&self, i: usize) -> SocketAddr {
@@ -462,6 +519,52 @@ async fn a_rolling_restart_of_both_members_under_sixty_calls_fails_none() {
         c.restart(i).await;
     }
     calls.await.expect("every call ends normally on both sides");
+    let mut bills = c.bills(0).await;
+    bills.extend(c.bills(1).await);
+    let ids: std::collections::HashSet<&str> =
+        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
+    assert_eq!(ids.len(), CALLS as usize, "every call billed");
+    assert_eq!(bills.len(), CALLS as usize, "no call billed twice");
+    for bill in &bills {
+        assert_whole_call_billed(bill, CALL_MS);
+    }
+    c.legs_released().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_hands_its_sip_port_to_its_successor_under_sixty_calls_and_fails_none() {
+    let (mut c, ports) = Cluster::start().await;
+    const CALLS: u32 = 60;
+    const CALL_MS: u64 = 30_000;
+    // Two calls a second: new calls keep coming through the hand-over.
+    let calls = c.calls(ports, CALLS, 2, CALL_MS);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The new edge starts beside the old one, on the same SIP address, as
+    // a surge rollout starts a media pod's successor on the same node.
+    let old_admin = c.edge.bin.admin_addr();
+    let base = SocketAddr::new(old_admin.ip(), old_admin.port());
+    let next = Cluster::edge(c.edge.sip, &c.backends, &c.media, base);
+    next.backends_up().await;
+    assert_ne!(next.bin.admin_addr(), old_admin, "another port slot");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        forwarded(next.bin.admin_addr()).await,
+        0.0,
+        "the old edge keeps all the traffic until it leaves"
+    );
+    let before = forwarded(old_admin).await;
+    assert!(before > 0.0);
+    c.edge.bin.signal("TERM").unwrap();
+    let status = c.edge.bin.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(status.expect("the old edge leaves").success());
+    let old = std::mem::replace(&mut c.edge, next);
+    drop(old);
+
+    calls.await.expect("every call ends normally on both sides");
+    assert!(
+        forwarded(c.edge.bin.admin_addr()).await > 0.0,
+        "the successor carried the calls on"
+    );
     let mut bills = c.bills(0).await;
     bills.extend(c.bills(1).await);
     let ids: std::collections::HashSet<&str> =

@@ -94,6 +94,20 @@ impl AdminServer {
         })
     }
 
+    /// Serves the routes of [`router`] on a listener already bound.
+    pub fn on(
+        listener: TcpListener,
+        registry: Arc<Registry>,
+        readiness: Readiness,
+    ) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            router: router(registry, readiness),
+        })
+    }
+
     /// The address actually listened on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

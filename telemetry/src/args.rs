@@ -1,7 +1,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::Args;
-use voicecluster_api::{DEFAULT_ADMIN_PORT, ENV_ADMIN_ADDR, ENV_LOG_FORMAT, ENV_LOG_LEVEL};
+use voicecluster_api::{
+    DEFAULT_ADMIN_PORT, ENV_ADMIN_ADDR, ENV_INSTANCE_DIR, ENV_LOG_FORMAT, ENV_LOG_LEVEL,
+    ENV_PORT_SLOTS,
+};
 
 use crate::LogFormat;
 
@@ -22,6 +26,17 @@ pub struct CommonArgs {
     /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
     #[arg(long, env = ENV_ADMIN_ADDR, default_value_t = default_admin_addr())]
     pub admin_addr: SocketAddr,
+
+    /// Port slots the admin server (and other listeners) may take: when the
+    /// port is in use (a successor pod beside this one on the node's
+    /// network), the next slot is tried, 10 ports up.
+    #[arg(long, env = ENV_PORT_SLOTS, default_value_t = 1)]
+    pub port_slots: u16,
+
+    /// Directory where this process writes the addresses it listens on
+    /// (for its pod's exec probes and its other containers).
+    #[arg(long, env = ENV_INSTANCE_DIR)]
+    pub instance_dir: Option<PathBuf>,
 }
 
 fn default_admin_addr() -> SocketAddr {
@@ -61,6 +76,8 @@ mod tests {
                 log_format: LogFormat::Json,
                 log_level: "debug,hyper=info".into(),
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
+                port_slots: 1,
+                instance_dir: None,
             }
         );
     }

@@ -32,6 +32,9 @@ pub enum TelemetryError {
     /// The admin server's task panicked or was cancelled.
     #[error("admin server task ended abnormally")]
     AdminTask(#[source] tokio::task::JoinError),
+    /// The instance file could not be written.
+    #[error("cannot write the instance file")]
+    Instance(#[source] io::Error),
     /// A SIGTERM/SIGINT handler could not be installed.
     #[error("cannot install SIGTERM/SIGINT handler")]
     Signal(#[source] io::Error),

@@ -26,6 +26,7 @@
 mod admin;
 mod args;
 mod error;
+pub mod instance;
 mod logging;
 mod metrics;
 mod readiness;
@@ -41,6 +42,7 @@ use prometheus_client::registry::Registry;
 pub use admin::{AdminServer, RunningAdmin, router};
 pub use args::CommonArgs;
 pub use error::TelemetryError;
+pub use instance::{Instance, probe_if_asked};
 pub use logging::{LogFormat, init_logging};
 pub use metrics::{BuildInfo, OPENMETRICS_CONTENT_TYPE, register_process_metrics};
 pub use readiness::Readiness;
@@ -53,6 +55,7 @@ pub use signal::{ShutdownSignal, shutdown_signal};
 pub struct Telemetry {
     readiness: Readiness,
     admin: RunningAdmin,
+    instance: Instance,
 }
 
 impl Telemetry {
@@ -69,10 +72,30 @@ impl Telemetry {
         init_logging(args.log_format, &args.log_level)?;
         register_process_metrics(&mut registry, build);
         let readiness = Readiness::new("starting");
-        let admin = AdminServer::bind(args.admin_addr, Arc::new(registry), readiness.clone())
-            .await?
+        let bind_error = |source| TelemetryError::AdminBind {
+            addr: args.admin_addr,
+            source,
+        };
+        let (listener, _slot) = instance::bind_first_free(args.admin_addr, args.port_slots)
+            .await
+            .map_err(bind_error)?;
+        let admin = AdminServer::on(listener, Arc::new(registry), readiness.clone())
+            .map_err(bind_error)?
             .spawn();
-        Ok(Self { readiness, admin })
+        let instance = Instance::new(args.instance_dir.as_deref(), build.binary);
+        instance
+            .record("admin", admin.local_addr())
+            .map_err(TelemetryError::Instance)?;
+        Ok(Self {
+            readiness,
+            admin,
+            instance,
+        })
+    }
+
+    /// Where this process records the addresses it listens on.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
     }
 
     /// The flag behind `/readyz`.

@@ -113,6 +113,7 @@ async fn main() -> Result<()> {
             namespace: ns.name.clone(),
             cluster: "bench".into(),
             pod: acking.clone(),
+            call_legs_port: 0,
         })),
     })
     .await?;

@@ -1,10 +1,20 @@
-//! An edge on its way out stays while the calls of its pod go on: the
-//! media node beside it drains its legs (the calls end, or its drain
-//! timeout cuts them), and the edge forwards their in-dialog requests
-//! until then, refusing new calls meanwhile.
+//! An edge on its way out either hands the SIP port to its successor or
+//! drains.
+//!
+//! - In a surge rollout the successor edge runs beside it on the same node
+//!   and shares the SIP port ([`crate::port_sharing`]). The old edge closes
+//!   its sockets and the kernel gives their traffic to the new one: every
+//!   message of every dialog goes on, since edges keep no call state.
+//! - Alone (a node drained, a pod deleted), it stays while the calls of its
+//!   pod go on: the media node beside it drains its legs (the calls end, or
+//!   its drain timeout cuts them), and the edge forwards their in-dialog
+//!   requests until then, refusing new calls meanwhile.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
+
+use voicecluster_telemetry::instance::{http_ok, reachable, read_instance, slot_addr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,6 +43,33 @@ fn legs_in(page: &str) -> Option<f64> {
         let (name, value) = l.split_once(' ')?;
         (name == LEGS_METRIC).then(|| value.trim().parse().ok())?
     })
+}
+
+/// A ready edge in another port slot of this node (`base` is the admin
+/// port's slot 0, `own` this edge's admin address): the successor that
+/// takes the SIP port over.
+pub async fn successor(base: SocketAddr, own: SocketAddr, slots: u16) -> Option<SocketAddr> {
+    let others: Vec<SocketAddr> = (0..slots)
+        .filter_map(|slot| slot_addr(base, slot))
+        .filter(|a| a.port() != own.port())
+        .map(reachable)
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        others
+            .into_iter()
+            .find(|a| http_ok(*a, "/readyz", ASK_TIMEOUT).is_ok())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The admin address of the media node beside this edge: from its instance
+/// file when it wrote one (its port may be in another slot), else `fixed`.
+pub fn media_admin(instance: Option<&Path>, fixed: Option<SocketAddr>) -> Option<SocketAddr> {
+    instance
+        .and_then(|file| read_instance(file, "admin"))
+        .or(fixed)
 }
 
 /// Waits until the media node at `admin` carries no leg or stopped, for
@@ -68,6 +105,43 @@ voicecluster_media_legs_active_total 9\n";
         assert_eq!(legs_in(page), Some(4.0));
         assert_eq!(legs_in("voicecluster_media_legs_active x\n"), None);
         assert_eq!(legs_in("nothing here\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_ready_edge_in_another_slot_is_the_successor() {
+        use voicecluster_telemetry::{AdminServer, Readiness};
+        // Two admin servers ten ports apart, as two slots of one base.
+        let (own, base) = loop {
+            let own = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = own.local_addr().unwrap();
+            if let Some(next) = slot_addr(base, 1)
+                && let Ok(l) = tokio::net::TcpListener::bind(next).await
+            {
+                drop(own);
+                break (
+                    tokio::net::TcpListener::bind(base).await.unwrap(),
+                    (l, base),
+                );
+            }
+        };
+        let (other, base) = base;
+        let registry = || std::sync::Arc::new(prometheus_client::registry::Registry::default());
+        let own_addr = own.local_addr().unwrap();
+        let _own = AdminServer::on(own, registry(), Readiness::new("x"))
+            .unwrap()
+            .spawn();
+        let readiness = Readiness::new("starting");
+        let _other = AdminServer::on(other, registry(), readiness.clone())
+            .unwrap()
+            .spawn();
+        assert_eq!(successor(base, own_addr, 3).await, None, "not ready yet");
+        readiness.set_ready();
+        assert_eq!(
+            successor(base, own_addr, 3).await,
+            slot_addr(base, 1),
+            "a ready edge one slot up"
+        );
+        assert_eq!(successor(base, own_addr, 1).await, None, "one slot only");
     }
 
     #[tokio::test]

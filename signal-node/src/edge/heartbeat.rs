@@ -75,6 +75,11 @@ pub struct Heartbeats {
     backends: HashMap<SocketAddr, Backend>,
     next_probe: Option<Instant>,
     seq: u64,
+    /// Tells this edge's heartbeats from those of an edge at the same
+    /// address before it (a restart, or the edge it replaces): a member
+    /// takes a branch it saw in the last 32 s for a retransmission and
+    /// answers the earlier sender.
+    instance: u64,
     /// When the edge started: backends seen in the first interval are up
     /// without a ramp (the edge is new, not they).
     started: Option<Instant>,
@@ -88,6 +93,13 @@ impl Heartbeats {
             backends: HashMap::new(),
             next_probe: None,
             seq: 0,
+            instance: {
+                use std::hash::{BuildHasher, Hasher};
+                // Randomly keyed per process and per call.
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
             started: None,
         }
     }
@@ -129,7 +141,7 @@ impl Heartbeats {
             }
             entry.missed = entry.missed.saturating_add(1);
             self.seq += 1;
-            probes.push((b, options(local, b, self.seq)));
+            probes.push((b, options(local, b, self.instance, self.seq)));
         }
         self.next_probe = Some(now + self.config.interval);
         (probes, changes)
@@ -196,14 +208,14 @@ impl Heartbeats {
     }
 }
 
-fn options(local: SocketAddr, to: SocketAddr, seq: u64) -> Vec<u8> {
+fn options(local: SocketAddr, to: SocketAddr, instance: u64, seq: u64) -> Vec<u8> {
     format!(
         "OPTIONS sip:{to} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {local};branch={BRANCH_PREFIX}{seq:x}\r\n\
+         Via: SIP/2.0/UDP {local};branch={BRANCH_PREFIX}{instance:x}.{seq:x}\r\n\
          Max-Forwards: 1\r\n\
          From: <sip:heartbeat@{local}>;tag=hb\r\n\
          To: <sip:{to}>\r\n\
-         Call-ID: heartbeat-{local}\r\n\
+         Call-ID: heartbeat-{instance:x}-{local}\r\n\
          CSeq: {} OPTIONS\r\n\
          Content-Length: 0\r\n\r\n",
         seq % 0x7fff_ffff
@@ -268,6 +280,29 @@ mod tests {
         assert!((0.45..0.55).contains(&half), "{half}");
         assert_eq!(h.share(&b, back + Duration::from_secs(11)), 1.0);
         assert_eq!(h.share(&a, back), 1.0, "up from the start: no ramp");
+    }
+
+    #[test]
+    fn an_edge_replacing_another_at_its_address_never_reuses_its_branches() {
+        let (local, b) = (addr("10.0.0.1:5060"), addr("10.0.0.2:5060"));
+        let branches = |book: &mut Heartbeats| -> Vec<String> {
+            let now = Instant::now();
+            let (probes, _) = book.probe(&[b], local, now);
+            probes
+                .iter()
+                .map(|(_, bytes)| {
+                    let text = String::from_utf8_lossy(bytes).to_string();
+                    let via = text.lines().find(|l| l.starts_with("Via:")).unwrap();
+                    via.split("branch=").nth(1).unwrap().trim().to_string()
+                })
+                .collect()
+        };
+        let (mut old, mut new) = (Heartbeats::new(config()), Heartbeats::new(config()));
+        let first = branches(&mut old);
+        assert!(first[0].starts_with(BRANCH_PREFIX));
+        // Same address, same sequence: a member would take the new edge's
+        // probe for a retransmission of the old one's and answer the old.
+        assert_ne!(first, branches(&mut new));
     }
 
     #[test]

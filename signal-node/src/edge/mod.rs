@@ -374,6 +374,9 @@ pub struct Edge {
     heartbeats: Heartbeats,
     metrics: EdgeMetrics,
     out: VecDeque<(Peer, Vec<u8>)>,
+    /// Heartbeats, sent from a socket of their own: the SIP port may be
+    /// shared with a successor edge, which would get their answers.
+    probes: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Stopping: new dialogs are refused (503), the running ones go on.
     draining: bool,
 }
@@ -403,6 +406,7 @@ impl Edge {
             heartbeats: Heartbeats::new(heartbeat),
             metrics,
             out: VecDeque::new(),
+            probes: VecDeque::new(),
             draining: false,
         }
     }
@@ -440,15 +444,7 @@ impl Edge {
         }
         let candidates = (self.backends)();
         let (probes, changes) = self.heartbeats.probe(&candidates, self.local, now);
-        for (to, bytes) in probes {
-            self.out.push_back((
-                Peer {
-                    addr: to,
-                    reliable: false,
-                },
-                bytes,
-            ));
-        }
+        self.probes.extend(probes);
         for c in changes {
             self.changed(c);
         }
@@ -498,6 +494,12 @@ impl Edge {
     /// The next bytes to send.
     pub fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
         self.out.pop_front()
+    }
+
+    /// The next heartbeat to send (over UDP, from the probe socket, whose
+    /// answers come back to [`Self::on_bytes`]).
+    pub fn poll_probe(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.probes.pop_front()
     }
 
     /// A stream broke on bad framing; `reply` answers the request that broke it.

@@ -275,18 +275,31 @@ impl Server {
     /// An edge in front of `backends`, with more edge flags.
     pub fn start_edge_with(backends: &[&Server], extra: &[&str]) -> Self {
         let sip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        Self::start_edge_on(sip, backends, &[], extra)
+    }
+
+    /// An edge on `sip` in front of `backends`, with more flags for the
+    /// process (`common`, like the admin address) and for the edge role.
+    pub fn start_edge_on(
+        sip: SocketAddr,
+        backends: &[&Server],
+        common: &[String],
+        extra: &[&str],
+    ) -> Self {
         let list: Vec<String> = backends.iter().map(|b| b.sip.to_string()).collect();
         let bin = RunningBinary::start_with(
             BIN,
-            [
-                "--sip-addr".to_string(),
-                sip.to_string(),
-                "edge".to_string(),
-                "--backends".to_string(),
-                list.join(","),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(|s| s.to_string())),
+            common
+                .iter()
+                .cloned()
+                .chain([
+                    "--sip-addr".to_string(),
+                    sip.to_string(),
+                    "edge".to_string(),
+                    "--backends".to_string(),
+                    list.join(","),
+                ])
+                .chain(extra.iter().map(|s| s.to_string())),
         )
         .expect("the edge starts");
         Self {

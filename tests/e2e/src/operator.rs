@@ -189,6 +189,7 @@ impl DirectoryWatcher {
                 namespace: namespace.to_string(),
                 cluster: cluster.to_string(),
                 pod: pod.to_string(),
+                call_legs_port: 0,
             })),
         })
         .await?;
