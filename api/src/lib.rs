@@ -124,6 +124,10 @@ pub const DIRECTORY_PORT: u16 = 9443;
 /// node, so each listener (admin, CallLegs) takes the first free slot.
 pub const ENV_PORT_SLOTS: &str = "VC_PORT_SLOTS";
 
+/// The instance file of the container whose port slot a process takes (a
+/// media pod's edge takes its media node's).
+pub const ENV_PORT_SLOT_FILE: &str = "VC_PORT_SLOT_FILE";
+
 /// Slot `k` of a listener is its base port plus `k` times this.
 pub const PORT_SLOT_STRIDE: u16 = 10;
 

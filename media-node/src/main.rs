@@ -20,7 +20,7 @@ use voicecluster_media_node::metrics::MediaMetrics;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
-use voicecluster_telemetry::instance::bind_first_free;
+use voicecluster_telemetry::instance::bind_slot;
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, probe_if_asked, shutdown_signal};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
@@ -136,10 +136,11 @@ async fn main() -> anyhow::Result<()> {
     let service = match args.grpc_addr {
         Some(base) => {
             let (service, public_ip) = leg_service(&args, media_metrics)?;
-            // Beside a predecessor on the node's network, the next free slot.
-            let (listener, _) = bind_first_free(base, args.telemetry.port_slots)
+            // In the slot the admin server took: a pod's ports go together.
+            let slot = telemetry.slot();
+            let listener = bind_slot(base, slot)
                 .await
-                .with_context(|| format!("CallLegs on {base}"))?;
+                .with_context(|| format!("CallLegs on {base}, port slot {slot}"))?;
             let addr = listener.local_addr()?;
             telemetry.instance().record("grpc", addr)?;
             if let Some(t) = target.as_mut() {

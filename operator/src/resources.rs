@@ -21,8 +21,8 @@ use kube::{Resource, ResourceExt};
 use voicecluster_api::voicecluster::{PlacementKind, Transport};
 use voicecluster_api::{
     ADMIN_PORT_NAME, COMPONENT_MEDIA, COMPONENT_SIGNAL, DEFAULT_ADMIN_PORT, EDGE_ADMIN_PORT,
-    ENV_ADMIN_ADDR, ENV_DIRECTORY_URL, ENV_INSTANCE_DIR, ENV_PORT_SLOTS, HEALTHZ_PATH,
-    LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER_NAME, MEDIA_ADMIN_PORT,
+    ENV_ADMIN_ADDR, ENV_DIRECTORY_URL, ENV_INSTANCE_DIR, ENV_PORT_SLOT_FILE, ENV_PORT_SLOTS,
+    HEALTHZ_PATH, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER_NAME, MEDIA_ADMIN_PORT,
     MEDIA_GRPC_PORT, READYZ_PATH, TASK_EVENTS_PORT, VoiceCluster,
 };
 
@@ -157,6 +157,9 @@ fn probe_on(port_name: &str, path: &str, period: i32) -> Probe {
     }
 }
 
+/// The media container's program (its instance file has its name).
+const MEDIA_BINARY: &str = "media-node";
+
 /// Where a media pod's containers write the addresses they listen on.
 const INSTANCE_DIR: &str = "/run/voicecluster/instance";
 
@@ -196,6 +199,13 @@ fn fit_to_network(c: &mut Container, binary: &str, host_network: bool, mount: Vo
         return;
     }
     vars.push(env(ENV_PORT_SLOTS, HOST_NETWORK_PORT_SLOTS.to_string()));
+    if binary != MEDIA_BINARY {
+        // The pod's ports go together: the edge takes the media node's slot.
+        vars.push(env(
+            ENV_PORT_SLOT_FILE,
+            format!("{INSTANCE_DIR}/{MEDIA_BINARY}"),
+        ));
+    }
     c.ports = None;
     let exec = |path: &str, period: i32| Probe {
         exec: Some(ExecAction {
@@ -353,7 +363,7 @@ fn edge_container(vc: &VoiceCluster, settings: &Settings, config: VolumeMount) -
     // in another slot).
     edge_env.push(env(
         "VC_EDGE_MEDIA_INSTANCE",
-        format!("{INSTANCE_DIR}/media-node"),
+        format!("{INSTANCE_DIR}/{MEDIA_BINARY}"),
     ));
     edge_env.push(env(
         "VC_EDGE_DRAIN_SECONDS",
@@ -581,7 +591,7 @@ pub fn desired(vc: &VoiceCluster, settings: &Settings) -> Result<Desired, BuildE
     let (instance, instance_mount) = instance_volume();
     for c in &mut media_containers {
         let binary = if c.name == "media" {
-            "media-node"
+            MEDIA_BINARY
         } else {
             "signal-node"
         };
@@ -894,6 +904,11 @@ mod tests {
             let var = |n: &str| env.iter().find(|e| e.name == n)?.value.clone();
             assert_eq!(var(ENV_PORT_SLOTS).as_deref(), Some("4"));
             assert_eq!(var(ENV_INSTANCE_DIR).as_deref(), Some(INSTANCE_DIR));
+            // One slot per pod: the edge takes the media node's.
+            assert_eq!(
+                var(ENV_PORT_SLOT_FILE),
+                (binary == "signal-node").then(|| format!("{INSTANCE_DIR}/media-node"))
+            );
             let command = |p: &Option<Probe>| p.as_ref()?.exec.as_ref()?.command.clone();
             assert_eq!(
                 command(&c.readiness_probe),

@@ -34,6 +34,7 @@ use voicecluster_signal_node::edge::{Edge, EdgeMetrics, HeartbeatConfig};
 use voicecluster_signal_node::endpoint::{Endpoint, Lifecycle, SipMetrics};
 use voicecluster_signal_node::leg_providers::{DirectoryView, Legs};
 use voicecluster_signal_node::management::{self, SharedBills};
+use voicecluster_signal_node::port_sharing;
 use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::task_events::{EventMetrics, Peers, TaskEventsService};
 use voicecluster_signal_node::transaction::Timers;
@@ -429,13 +430,25 @@ async fn hand_over(to: watch::Sender<Lifecycle>, mut settled: watch::Receiver<bo
 }
 
 /// The edge role: the SIP front door, forwarding to the live backends.
+/// The edge's SIP port is shared with the edges of its own VoiceCluster
+/// only (its successor on the node); `group` names the cluster, `slot` and
+/// `slots` are the pod's port slot and how many there are.
+struct PortShare {
+    group: String,
+    slot: u16,
+    slots: u16,
+}
+
+/// How often an edge looks again at a SIP port someone else holds.
+const PORT_RETRY: Duration = Duration::from_secs(1);
+
 async fn start_edge(
     s: &SipSettings,
     fixed: Vec<SocketAddr>,
     heartbeat: HeartbeatConfig,
     (directory, reports): (Option<DirectoryView>, watch::Sender<Option<Report>>),
     metrics: EdgeMetrics,
-    lifecycle: watch::Receiver<Lifecycle>,
+    (lifecycle, share, bound): (watch::Receiver<Lifecycle>, PortShare, watch::Sender<bool>),
 ) -> anyhow::Result<SipTask> {
     let links = Links {
         reports: Some(reports),
@@ -462,16 +475,30 @@ async fn start_edge(
         live
     };
     let edge = Edge::new(s.advertised, Box::new(backends), heartbeat, metrics);
-    let listeners = Listeners::bind_edge(s.addr)
-        .await
-        .with_context(|| format!("binding SIP on {}", s.addr))?;
-    tracing::info!(
-        udp = %listeners.udp_addr()?,
-        tcp = %listeners.tcp_addr()?,
-        advertised = %s.advertised,
-        "serving SIP as the edge"
-    );
-    Ok(tokio::spawn(transport::serve(listeners, edge, links)))
+    let (addr, advertised) = (s.addr, s.advertised);
+    Ok(tokio::spawn(async move {
+        // Another process on the port (another VoiceCluster's edge, or an
+        // older edge that cannot share): wait until it goes, unready.
+        let mut warned = false;
+        while !port_sharing::may_bind(addr, &share.group, share.slot, share.slots) {
+            if !warned {
+                tracing::warn!(%addr, "the SIP port is held by a process that is not an edge of this VoiceCluster; waiting for it");
+                warned = true;
+            }
+            tokio::time::sleep(PORT_RETRY).await;
+        }
+        let _claim = port_sharing::claim(&share.group, addr.port(), share.slot)?;
+        let listeners = Listeners::bind_edge(addr).await?;
+        tracing::info!(
+            udp = %listeners.udp_addr()?,
+            tcp = %listeners.tcp_addr()?,
+            %advertised,
+            slot = share.slot,
+            "serving SIP as the edge"
+        );
+        bound.send_replace(true);
+        transport::serve(listeners, edge, links).await
+    }))
 }
 
 #[tokio::main]
@@ -494,6 +521,8 @@ async fn main() -> anyhow::Result<()> {
     let directory = follow_target(target, directory_metrics, reports_rx);
     let directory_in_use = directory.clone();
 
+    // An edge is ready only once it holds the SIP port.
+    let (sip_bound_tx, mut sip_bound) = watch::channel(true);
     // A backend hands its calls over to its buddy before it stops; an
     // edge drains.
     let mut handover = None;
@@ -512,6 +541,7 @@ async fn main() -> anyhow::Result<()> {
             }),
         ) => {
             let (to, lifecycle) = watch::channel(Lifecycle::Serving);
+            sip_bound_tx.send_replace(false);
             edge_drain = Some((
                 to,
                 // Read when the drain starts: the media node writes it once
@@ -531,7 +561,19 @@ async fn main() -> anyhow::Result<()> {
                     heartbeat,
                     (directory, reports),
                     edge_metrics,
-                    lifecycle,
+                    (
+                        lifecycle,
+                        PortShare {
+                            group: format!(
+                                "{}/{}",
+                                args.directory.pod_namespace.as_deref().unwrap_or_default(),
+                                args.directory.cluster.as_deref().unwrap_or_default()
+                            ),
+                            slot: telemetry.slot(),
+                            slots: args.telemetry.port_slots,
+                        },
+                        sip_bound_tx.clone(),
+                    ),
                 )
                 .await?,
             )
@@ -576,6 +618,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(rx) = directory.as_mut() {
                 let _ = rx.wait_for(Option::is_some).await;
             }
+            let _ = sip_bound.wait_for(|b| *b).await;
             readiness.set_ready();
         });
     }

@@ -8,9 +8,18 @@
 //! moment it closes its sockets the kernel hands the next packet to the new
 //! one: devices keep the same address and no request is refused. (A plain
 //! `SO_REUSEPORT` group would split flows between the two by hash.)
+//!
+//! Only edges of one VoiceCluster share: each says it holds the port under
+//! an abstract socket name of its cluster and port slot (abstract names
+//! live in the network namespace, the node's here), and an edge joins a
+//! port already in use only when an edge of its own cluster holds it. The
+//! edge of another VoiceCluster on the same port waits instead, as it did
+//! before sharing existed.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 
 use nix::libc::{sock_filter, sock_fprog};
 use nix::sys::socket::{setsockopt, sockopt};
@@ -59,6 +68,31 @@ pub fn shared_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     // program attached then keeps the next listener from binding.
     oldest_first(&socket)?;
     Ok(socket.into())
+}
+
+/// The abstract socket name of the edge of `group` in port slot `slot`
+/// holding SIP port `port`.
+fn claim_name(group: &str, port: u16, slot: u16) -> io::Result<UnixAddr> {
+    UnixAddr::from_abstract_name(format!("voicecluster.io/edge/{group}/{port}/{slot}"))
+}
+
+/// Says that the edge of `group` in `slot` holds SIP port `port`, as long
+/// as the returned listener lives.
+pub fn claim(group: &str, port: u16, slot: u16) -> io::Result<UnixListener> {
+    UnixListener::bind_addr(&claim_name(group, port, slot)?)
+}
+
+/// May the edge of `group` in `slot` bind `addr` now: it is free, or
+/// another edge of `group` (in one of `slots` other slots) holds it.
+pub fn may_bind(addr: SocketAddr, group: &str, slot: u16, slots: u16) -> bool {
+    let free = match std::net::UdpSocket::bind(addr) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::AddrInUse,
+    };
+    free || (0..slots.max(1))
+        .filter(|s| *s != slot)
+        .filter_map(|s| claim_name(group, addr.port(), s).ok())
+        .any(|name| UnixStream::connect_addr(&name).is_ok())
 }
 
 #[cfg(test)]
@@ -124,6 +158,27 @@ mod tests {
         new.set_nonblocking(false).unwrap();
         let _c = std::net::TcpStream::connect(addr).unwrap();
         assert!(new.accept().is_ok());
+    }
+
+    #[test]
+    fn only_an_edge_of_the_same_cluster_may_join_a_port_in_use() {
+        let old = shared_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = old.local_addr().unwrap();
+        let group = format!("test-{}/{}", std::process::id(), addr.port());
+        assert!(!may_bind(addr, &group, 1, 4), "nobody said it holds it");
+        let _claim = claim(&group, addr.port(), 0).unwrap();
+        assert!(may_bind(addr, &group, 1, 4), "its predecessor holds it");
+        assert!(
+            !may_bind(addr, &format!("{group}-other"), 1, 4),
+            "another cluster's edge holds it"
+        );
+        assert!(claim(&group, addr.port(), 0).is_err(), "one edge per slot");
+        drop(old);
+        let free = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(may_bind(free, &group, 0, 4), "a free port");
     }
 
     #[test]

@@ -289,7 +289,7 @@ pub async fn serve(
     // replicated to the new one.
     let mut buddy_check = tokio::time::interval(BUDDY_CHECK);
     let mut buddy = peers.as_ref().and_then(|p| p.buddy());
-    let result = loop {
+    loop {
         let deadline = endpoint.poll_timeout();
         let sleep = async {
             match deadline {
@@ -425,8 +425,7 @@ pub async fn serve(
                 tracing::debug!(peer = %to.addr, error = %e, "UDP send failed");
             }
         }
-    };
-    result
+    }
 }
 
 /// Aborts its task when dropped.

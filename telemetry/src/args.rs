@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use clap::Args;
 use voicecluster_api::{
     DEFAULT_ADMIN_PORT, ENV_ADMIN_ADDR, ENV_INSTANCE_DIR, ENV_LOG_FORMAT, ENV_LOG_LEVEL,
-    ENV_PORT_SLOTS,
+    ENV_PORT_SLOT_FILE, ENV_PORT_SLOTS,
 };
 
 use crate::LogFormat;
@@ -37,6 +37,12 @@ pub struct CommonArgs {
     /// (for its pod's exec probes and its other containers).
     #[arg(long, env = ENV_INSTANCE_DIR)]
     pub instance_dir: Option<PathBuf>,
+
+    /// Take the port slot written in this instance file (by the pod's
+    /// other container) instead of the first free one, so that the ports of
+    /// one pod are in one slot.
+    #[arg(long, env = ENV_PORT_SLOT_FILE)]
+    pub port_slot_file: Option<PathBuf>,
 }
 
 fn default_admin_addr() -> SocketAddr {
@@ -78,6 +84,7 @@ mod tests {
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
                 port_slots: 1,
                 instance_dir: None,
+                port_slot_file: None,
             }
         );
     }

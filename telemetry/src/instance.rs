@@ -50,11 +50,12 @@ pub async fn bind_first_free(base: SocketAddr, slots: u16) -> io::Result<(TcpLis
     ))
 }
 
-/// The instance file of this process: `name`'s listening addresses, by key.
+/// The instance file of this process: `name`'s listening addresses (and
+/// its port slot), by key.
 #[derive(Debug)]
 pub struct Instance {
     path: Option<PathBuf>,
-    entries: Mutex<BTreeMap<String, SocketAddr>>,
+    entries: Mutex<BTreeMap<String, String>>,
 }
 
 impl Instance {
@@ -66,14 +67,14 @@ impl Instance {
         }
     }
 
-    /// Records that `key` listens on `addr`, rewriting the file whole (a
-    /// reader sees the old file or the new one, never half of one).
-    pub fn record(&self, key: &str, addr: SocketAddr) -> io::Result<()> {
+    /// Records `key` (an address, or the slot), rewriting the file whole
+    /// (a reader sees the old file or the new one, never half of one).
+    pub fn record(&self, key: &str, value: impl std::fmt::Display) -> io::Result<()> {
         let mut entries = self
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.insert(key.to_string(), addr);
+        entries.insert(key.to_string(), value.to_string());
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -87,16 +88,46 @@ impl Instance {
 /// The address `key` listens on, from the instance file at `path`, made
 /// reachable from this host (an unspecified address becomes loopback).
 pub fn read_instance(path: &Path, key: &str) -> Option<SocketAddr> {
+    read_value(path, key)?.parse().ok().map(reachable)
+}
+
+/// The value of `key` in the instance file at `path`.
+pub fn read_value(path: &Path, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    let addr: SocketAddr = text
-        .lines()
+    text.lines()
         .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| *k == key)?
-        .1
-        .trim()
-        .parse()
-        .ok()?;
-    Some(reachable(addr))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// The port slot the process whose instance file is at `path` took,
+/// waiting up to `within` for it to write it: the containers of a pod take
+/// the same slot, so its ports go together.
+pub async fn slot_of(path: &Path, within: Duration) -> io::Result<u16> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(slot) = read_value(path, "slot").and_then(|v| v.parse().ok()) {
+            return Ok(slot);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no port slot in {} within {within:?}", path.display()),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Listens on `base` in slot `slot` exactly.
+pub async fn bind_slot(base: SocketAddr, slot: u16) -> io::Result<TcpListener> {
+    let addr = slot_addr(base, slot).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no slot {slot} above {base}"),
+        )
+    })?;
+    TcpListener::bind(addr).await
 }
 
 /// `addr`, with an unspecified IP replaced by loopback.
@@ -190,17 +221,13 @@ mod tests {
         assert!(err.to_string().contains("all 1 port slots"), "{err}");
     }
 
-    #[test]
-    fn the_instance_file_gives_back_what_was_recorded() {
+    #[tokio::test]
+    async fn the_instance_file_gives_back_what_was_recorded() {
         let dir = std::env::temp_dir().join(format!("vc-instance-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let instance = Instance::new(Some(&dir), "media-node");
-        instance
-            .record("admin", "0.0.0.0:9101".parse().unwrap())
-            .unwrap();
-        instance
-            .record("grpc", "10.0.0.7:9455".parse().unwrap())
-            .unwrap();
+        instance.record("admin", "0.0.0.0:9101").unwrap();
+        instance.record("grpc", "10.0.0.7:9455").unwrap();
         let file = dir.join("media-node");
         assert_eq!(
             read_instance(&file, "admin"),
@@ -211,6 +238,13 @@ mod tests {
             Some("10.0.0.7:9455".parse().unwrap())
         );
         assert_eq!(read_instance(&file, "other"), None);
+        instance.record("slot", 1).unwrap();
+        assert_eq!(slot_of(&file, Duration::from_millis(10)).await.unwrap(), 1);
+        assert!(
+            slot_of(&dir.join("missing"), Duration::from_millis(10))
+                .await
+                .is_err()
+        );
         assert_eq!(read_instance(&dir.join("missing"), "admin"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -56,7 +56,11 @@ pub struct Telemetry {
     readiness: Readiness,
     admin: RunningAdmin,
     instance: Instance,
+    slot: u16,
 }
+
+/// How long a process waits for the slot of its pod's other container.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Telemetry {
     /// Initialises logging from `args`, adds the process metrics of `build`
@@ -76,21 +80,39 @@ impl Telemetry {
             addr: args.admin_addr,
             source,
         };
-        let (listener, _slot) = instance::bind_first_free(args.admin_addr, args.port_slots)
-            .await
-            .map_err(bind_error)?;
+        let (listener, slot) = match &args.port_slot_file {
+            Some(file) => {
+                let slot = instance::slot_of(file, SLOT_WAIT)
+                    .await
+                    .map_err(bind_error)?;
+                let listener = instance::bind_slot(args.admin_addr, slot)
+                    .await
+                    .map_err(bind_error)?;
+                (listener, slot)
+            }
+            None => instance::bind_first_free(args.admin_addr, args.port_slots)
+                .await
+                .map_err(bind_error)?,
+        };
         let admin = AdminServer::on(listener, Arc::new(registry), readiness.clone())
             .map_err(bind_error)?
             .spawn();
         let instance = Instance::new(args.instance_dir.as_deref(), build.binary);
         instance
             .record("admin", admin.local_addr())
+            .and_then(|()| instance.record("slot", slot))
             .map_err(TelemetryError::Instance)?;
         Ok(Self {
             readiness,
             admin,
             instance,
+            slot,
         })
+    }
+
+    /// The port slot this process's listeners are in.
+    pub fn slot(&self) -> u16 {
+        self.slot
     }
 
     /// Where this process records the addresses it listens on.
