@@ -39,8 +39,11 @@ pub enum EngineError {
     NotWebRtc(LegId),
 }
 
-/// Port pairs tried for one leg before giving up.
-const BIND_ATTEMPTS: usize = 8;
+/// Port pairs tried for one leg before giving up. Binding is cheap, and a
+/// media pod's predecessor on the same node (a surge rollout) holds a run
+/// of pairs of the same range for its calls: a new leg walks past them
+/// (they stay in the pool for later, and the search goes on from beyond).
+const BIND_ATTEMPTS: usize = 1024;
 
 struct LegIo {
     tasks: Vec<JoinHandle<()>>,
@@ -476,5 +479,19 @@ mod tests {
         let _squatter = std::net::UdpSocket::bind("127.0.0.1:42001").unwrap();
         let (_, addr) = e.create_leg().unwrap();
         assert_eq!(addr.port(), 42002);
+    }
+
+    #[tokio::test]
+    async fn a_run_of_pairs_held_by_a_predecessor_on_the_node_is_walked_past() {
+        // The pod being replaced beside this one holds the range's first
+        // forty pairs for its calls.
+        let e = engine(42200);
+        let _held: Vec<std::net::UdpSocket> = (0..40)
+            .filter_map(|i| std::net::UdpSocket::bind(("127.0.0.1", 42200 + 2 * i)).ok())
+            .collect();
+        let (_, first) = e.create_leg().unwrap();
+        assert_eq!(first.port(), 42280);
+        let (_, next) = e.create_leg().unwrap();
+        assert_eq!(next.port(), 42282, "the search goes on from beyond them");
     }
 }

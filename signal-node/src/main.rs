@@ -521,6 +521,13 @@ async fn main() -> anyhow::Result<()> {
     let directory = follow_target(target, directory_metrics, reports_rx);
     let directory_in_use = directory.clone();
 
+    // Edges of one VoiceCluster share the SIP port, and only they.
+    let share_group = format!(
+        "{}/{}",
+        args.directory.pod_namespace.as_deref().unwrap_or_default(),
+        args.directory.cluster.as_deref().unwrap_or_default()
+    );
+    let mut sip_addr = None;
     // An edge is ready only once it holds the SIP port.
     let (sip_bound_tx, mut sip_bound) = watch::channel(true);
     // A backend hands its calls over to its buddy before it stops; an
@@ -542,6 +549,7 @@ async fn main() -> anyhow::Result<()> {
         ) => {
             let (to, lifecycle) = watch::channel(Lifecycle::Serving);
             sip_bound_tx.send_replace(false);
+            sip_addr = Some(s.addr);
             edge_drain = Some((
                 to,
                 // Read when the drain starts: the media node writes it once
@@ -564,11 +572,7 @@ async fn main() -> anyhow::Result<()> {
                     (
                         lifecycle,
                         PortShare {
-                            group: format!(
-                                "{}/{}",
-                                args.directory.pod_namespace.as_deref().unwrap_or_default(),
-                                args.directory.cluster.as_deref().unwrap_or_default()
-                            ),
+                            group: share_group.clone(),
                             slot: telemetry.slot(),
                             slots: args.telemetry.port_slots,
                         },
@@ -651,8 +655,16 @@ async fn main() -> anyhow::Result<()> {
         hand_over(to, settled).await;
     }
     if let (None, Some((to, media, max))) = (&failure, edge_drain) {
-        let (base, own) = (args.telemetry.admin_addr, telemetry.admin_addr());
-        match successor(base, own, args.telemetry.port_slots).await {
+        // Edges of this cluster that share the SIP port (their claims).
+        let sharing = sip_addr.map_or_else(Vec::new, |a| {
+            port_sharing::holders(
+                &share_group,
+                a.port(),
+                telemetry.slot(),
+                args.telemetry.port_slots,
+            )
+        });
+        match successor(args.telemetry.admin_addr, sharing).await {
             Some(next) => {
                 tracing::info!(successor = %next, "a successor edge serves beside this one: handing the SIP port over");
                 if let Some(sip) = &sip_abort {

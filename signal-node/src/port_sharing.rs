@@ -89,10 +89,20 @@ pub fn may_bind(addr: SocketAddr, group: &str, slot: u16, slots: u16) -> bool {
         Ok(_) => true,
         Err(e) => e.kind() != io::ErrorKind::AddrInUse,
     };
-    free || (0..slots.max(1))
-        .filter(|s| *s != slot)
-        .filter_map(|s| claim_name(group, addr.port(), s).ok())
-        .any(|name| UnixStream::connect_addr(&name).is_ok())
+    free || !holders(group, addr.port(), slot, slots).is_empty()
+}
+
+/// The slots (of `slots`, but `own`) whose edge of `group` holds SIP port
+/// `port`.
+pub fn holders(group: &str, port: u16, own: u16, slots: u16) -> Vec<u16> {
+    (0..slots.max(1))
+        .filter(|s| *s != own)
+        .filter(|s| {
+            claim_name(group, port, *s)
+                .and_then(|name| UnixStream::connect_addr(&name))
+                .is_ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -168,6 +178,8 @@ mod tests {
         assert!(!may_bind(addr, &group, 1, 4), "nobody said it holds it");
         let _claim = claim(&group, addr.port(), 0).unwrap();
         assert!(may_bind(addr, &group, 1, 4), "its predecessor holds it");
+        assert_eq!(holders(&group, addr.port(), 1, 4), vec![0]);
+        assert!(holders(&group, addr.port(), 0, 4).is_empty(), "not itself");
         assert!(
             !may_bind(addr, &format!("{group}-other"), 1, 4),
             "another cluster's edge holds it"

@@ -45,17 +45,17 @@ fn legs_in(page: &str) -> Option<f64> {
     })
 }
 
-/// A ready edge in another port slot of this node (`base` is the admin
-/// port's slot 0, `own` this edge's admin address): the successor that
-/// takes the SIP port over.
-pub async fn successor(base: SocketAddr, own: SocketAddr, slots: u16) -> Option<SocketAddr> {
-    let others: Vec<SocketAddr> = (0..slots)
+/// The first of `slots` whose edge is ready, `base` being the edge admin
+/// port's slot 0: the successor that takes the SIP port over. The slots
+/// are those whose edge shares this one's port ([`crate::port_sharing`]).
+pub async fn successor(base: SocketAddr, slots: Vec<u16>) -> Option<SocketAddr> {
+    let admins: Vec<SocketAddr> = slots
+        .into_iter()
         .filter_map(|slot| slot_addr(base, slot))
-        .filter(|a| a.port() != own.port())
         .map(reachable)
         .collect();
     tokio::task::spawn_blocking(move || {
-        others
+        admins
             .into_iter()
             .find(|a| http_ok(*a, "/readyz", ASK_TIMEOUT).is_ok())
     })
@@ -110,38 +110,30 @@ voicecluster_media_legs_active_total 9\n";
     #[tokio::test]
     async fn a_ready_edge_in_another_slot_is_the_successor() {
         use voicecluster_telemetry::{AdminServer, Readiness};
-        // Two admin servers ten ports apart, as two slots of one base.
-        let (own, base) = loop {
-            let own = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let base = own.local_addr().unwrap();
+        // An admin server in slot 1 of some base port.
+        let (base, listener) = loop {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = free.local_addr().unwrap();
+            drop(free);
             if let Some(next) = slot_addr(base, 1)
                 && let Ok(l) = tokio::net::TcpListener::bind(next).await
             {
-                drop(own);
-                break (
-                    tokio::net::TcpListener::bind(base).await.unwrap(),
-                    (l, base),
-                );
+                break (base, l);
             }
         };
-        let (other, base) = base;
-        let registry = || std::sync::Arc::new(prometheus_client::registry::Registry::default());
-        let own_addr = own.local_addr().unwrap();
-        let _own = AdminServer::on(own, registry(), Readiness::new("x"))
-            .unwrap()
-            .spawn();
         let readiness = Readiness::new("starting");
-        let _other = AdminServer::on(other, registry(), readiness.clone())
+        let registry = std::sync::Arc::new(prometheus_client::registry::Registry::default());
+        let _next = AdminServer::on(listener, registry, readiness.clone())
             .unwrap()
             .spawn();
-        assert_eq!(successor(base, own_addr, 3).await, None, "not ready yet");
+        assert_eq!(successor(base, vec![1]).await, None, "not ready yet");
         readiness.set_ready();
+        assert_eq!(successor(base, vec![1]).await, slot_addr(base, 1));
         assert_eq!(
-            successor(base, own_addr, 3).await,
-            slot_addr(base, 1),
-            "a ready edge one slot up"
+            successor(base, vec![]).await,
+            None,
+            "no edge shares the port"
         );
-        assert_eq!(successor(base, own_addr, 1).await, None, "one slot only");
     }
 
     #[tokio::test]
