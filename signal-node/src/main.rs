@@ -429,7 +429,6 @@ async fn hand_over(to: watch::Sender<Lifecycle>, mut settled: watch::Receiver<bo
     tracing::info!("calls handed over to the buddy");
 }
 
-/// The edge role: the SIP front door, forwarding to the live backends.
 /// The edge's SIP port is shared with the edges of its own VoiceCluster
 /// only (its successor on the node); `group` names the cluster, `slot` and
 /// `slots` are the pod's port slot and how many there are.
@@ -442,6 +441,7 @@ struct PortShare {
 /// How often an edge looks again at a SIP port someone else holds.
 const PORT_RETRY: Duration = Duration::from_secs(1);
 
+/// The edge role: the SIP front door, forwarding to the live backends.
 async fn start_edge(
     s: &SipSettings,
     fixed: Vec<SocketAddr>,

@@ -134,14 +134,26 @@ async fn pods_acknowledge_versions_and_the_leader_counts_them_in(
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .context("pod IP")?;
-        let port = p
+        let container = p
             .spec
             .as_ref()
             .and_then(|s| s.containers.first())
-            .and_then(|c| c.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some("admin")))
-            .map(|p| p.container_port)
-            .context("admin port")?;
+            .context("a container")?;
+        // Pods on the node's network declare no ports: their admin port is
+        // in the pod's first port slot, the base one, on a fresh node.
+        let declared = container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("admin"))
+            .map(|p| p.container_port);
+        let base = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "VC_ADMIN_ADDR")
+            .and_then(|e| e.value.as_deref()?.rsplit_once(':')?.1.parse::<i32>().ok());
+        let port = declared.or(base).context("admin port")?;
         let addr = format!("{ip}:{port}");
         let page = eventually("the pod's metrics", Duration::from_secs(30), || {
             metrics_of(&addr)
