@@ -216,6 +216,9 @@ fn fit_to_network(c: &mut Container, binary: &str, host_network: bool, mount: Vo
             ]),
         }),
         period_seconds: Some(period),
+        // The probe is a process of its own: room for it to start on a
+        // busy node, beyond its one-second HTTP ask.
+        timeout_seconds: Some(3),
         ..Probe::default()
     };
     c.readiness_probe = Some(exec(READYZ_PATH, 1));
