@@ -18,6 +18,10 @@ mod common;
 
 use common::*;
 
+/// Calls up when a rolling change starts (calls last 30 s and come two a
+/// second, so at most 60 are up at once).
+const CALLS_UP: u32 = 50;
+
 /// A port free for UDP and TCP on every one of `ips`.
 fn port_free_on(ips: &[IpAddr]) -> u16 {
     loop {
@@ -196,6 +200,16 @@ impl Cluster {
     /// ends normally on both sides (SIPp exits 0 only then).
     fn calls(&self, ports: (u16, u16), n: u32, rate: u32, ms: u64) -> tokio::task::JoinHandle<()> {
         self.edge.sipp.spawn_calls(ports, n, rate, ms)
+    }
+
+    /// Waits until the members hold at least `n` calls.
+    async fn calls_up(&self, n: u32) {
+        until(
+            &format!("{n} calls up"),
+            Duration::from_secs(60),
+            async || self.sum("voicecluster_calls_active").await >= f64::from(n),
+        )
+        .await;
     }
 
     async fn sum(&self, name: &str) -> f64 {
@@ -500,13 +514,14 @@ async fn sixty_calls_of_thirty_seconds_survive_the_kill_of_a_member_and_each_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_of_both_members_under_sixty_calls_fails_none() {
+async fn a_rolling_restart_of_both_members_with_fifty_calls_up_fails_none() {
     let (mut c, ports) = Cluster::start().await;
-    const CALLS: u32 = 60;
+    const CALLS: u32 = 80;
     const CALL_MS: u64 = 30_000;
-    // Two calls a second: calls keep coming while the members restart.
+    // Two calls a second: the members restart with fifty calls up, and
+    // calls keep coming.
     let calls = c.calls(ports, CALLS, 2, CALL_MS);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.calls_up(CALLS_UP).await;
     for i in 0..2 {
         // As a rolling upgrade does: SIGTERM, wait for the exit, start the
         // new version, wait until it serves, then the next member.
@@ -532,13 +547,14 @@ async fn a_rolling_restart_of_both_members_under_sixty_calls_fails_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edge_hands_its_sip_port_to_its_successor_under_sixty_calls_and_fails_none() {
+async fn an_edge_hands_its_sip_port_to_its_successor_with_fifty_calls_up_and_fails_none() {
     let (mut c, ports) = Cluster::start().await;
-    const CALLS: u32 = 60;
+    const CALLS: u32 = 80;
     const CALL_MS: u64 = 30_000;
-    // Two calls a second: new calls keep coming through the hand-over.
+    // Two calls a second: the edges change with fifty calls up, and new
+    // calls keep coming through the hand-over.
     let calls = c.calls(ports, CALLS, 2, CALL_MS);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    c.calls_up(CALLS_UP).await;
     // The new edge starts beside the old one, on the same SIP address, as
     // a surge rollout starts a media pod's successor on the same node.
     let old_admin = c.edge.bin.admin_addr();
