@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use voicecluster_bench::loopback::{
     HEARTBEAT_MS, Member, PROBE_EVERY, THRESHOLD, answered, edge_metric, free_port, median_p99,
-    probe, start_edge,
+    probe, rounds, start_edge,
 };
 
 fn main() -> Result<()> {
