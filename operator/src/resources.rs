@@ -170,15 +170,20 @@ const HOST_NETWORK_PORT_SLOTS: u16 = 4;
 
 /// The emptyDir shared by a media pod's containers for their instance files.
 fn instance_volume() -> (Volume, VolumeMount) {
+    empty_dir("instance", INSTANCE_DIR)
+}
+
+/// An emptyDir volume `name`, mounted at `path`.
+fn empty_dir(name: &str, path: &str) -> (Volume, VolumeMount) {
     (
         Volume {
-            name: "instance".to_string(),
+            name: name.to_string(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
         },
         VolumeMount {
-            name: "instance".to_string(),
-            mount_path: INSTANCE_DIR.to_string(),
+            name: name.to_string(),
+            mount_path: path.to_string(),
             ..VolumeMount::default()
         },
     )
@@ -289,18 +294,7 @@ fn users_secret(secret: &str) -> (Volume, VolumeMount, Vec<EnvVar>) {
 /// crash keeps its bills) but not the pod; a cluster with a storage class
 /// would give each member a claim instead.
 fn data_volume() -> (Volume, VolumeMount) {
-    (
-        Volume {
-            name: "data".to_string(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        },
-        VolumeMount {
-            name: "data".to_string(),
-            mount_path: DATA_DIR.to_string(),
-            ..VolumeMount::default()
-        },
-    )
+    empty_dir("data", DATA_DIR)
 }
 
 fn config_volume(vc: &VoiceCluster) -> (Volume, VolumeMount) {

@@ -202,6 +202,20 @@ impl Cluster {
         self.edge.sipp.spawn_calls(ports, n, rate, ms)
     }
 
+    /// The members' bills together: one whole bill for each of `calls`
+    /// calls of `call_ms`.
+    async fn every_call_billed_once(&self, calls: u32, call_ms: u64) {
+        let mut bills = self.bills(0).await;
+        bills.extend(self.bills(1).await);
+        let ids: std::collections::HashSet<&str> =
+            bills.iter().filter_map(|b| b["callId"].as_str()).collect();
+        assert_eq!(ids.len(), calls as usize, "every call billed");
+        assert_eq!(bills.len(), calls as usize, "no call billed twice");
+        for bill in &bills {
+            assert_whole_call_billed(bill, call_ms);
+        }
+    }
+
     /// Waits until the members hold at least `n` calls.
     async fn calls_up(&self, n: u32) {
         until(
@@ -534,15 +548,7 @@ async fn a_rolling_restart_of_both_members_with_fifty_calls_up_fails_none() {
         c.restart(i).await;
     }
     calls.await.expect("every call ends normally on both sides");
-    let mut bills = c.bills(0).await;
-    bills.extend(c.bills(1).await);
-    let ids: std::collections::HashSet<&str> =
-        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
-    assert_eq!(ids.len(), CALLS as usize, "every call billed");
-    assert_eq!(bills.len(), CALLS as usize, "no call billed twice");
-    for bill in &bills {
-        assert_whole_call_billed(bill, CALL_MS);
-    }
+    c.every_call_billed_once(CALLS, CALL_MS).await;
     c.legs_released().await;
 }
 
@@ -581,14 +587,6 @@ async fn an_edge_hands_its_sip_port_to_its_successor_with_fifty_calls_up_and_fai
         forwarded(c.edge.bin.admin_addr()).await > 0.0,
         "the successor carried the calls on"
     );
-    let mut bills = c.bills(0).await;
-    bills.extend(c.bills(1).await);
-    let ids: std::collections::HashSet<&str> =
-        bills.iter().filter_map(|b| b["callId"].as_str()).collect();
-    assert_eq!(ids.len(), CALLS as usize, "every call billed");
-    assert_eq!(bills.len(), CALLS as usize, "no call billed twice");
-    for bill in &bills {
-        assert_whole_call_billed(bill, CALL_MS);
-    }
+    c.every_call_billed_once(CALLS, CALL_MS).await;
     c.legs_released().await;
 }
