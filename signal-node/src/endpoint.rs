@@ -26,6 +26,7 @@ use crate::registrar::{Binding, Registrar};
 use crate::replicas::Replicas;
 use crate::task_events::{Outbound, REGISTRAR_TASK, binding_from_proto, kind_name, registrations};
 use crate::transaction::{Output, Peer, Timers, Transactions, TxKey, response_to};
+use crate::wire::private::STATE_HEADER;
 use crate::wire::{self, Inbound};
 use voicecluster_api::grpc::task_event::Kind;
 use voicecluster_api::grpc::{self, TaskEvent};
@@ -249,9 +250,6 @@ pub enum Lifecycle {
     /// Gone, and the buddy told to take every call over now.
     Left,
 }
-
-/// The header of a heartbeat answer from a member handing its calls over.
-pub const STATE_HEADER: &str = "X-VC-State";
 
 /// A response held until the buddy stored the replica it depends on.
 pub(crate) struct HeldAnswer {

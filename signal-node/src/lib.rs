@@ -15,6 +15,7 @@ pub mod legs;
 pub mod management;
 pub mod port_sharing;
 pub mod registrar;
+pub mod rendezvous;
 pub mod replicas;
 pub mod sdp;
 pub mod task_events;

@@ -1,5 +1,5 @@
 //! Calls survive their member: each answered call's state goes to the
-//! member's buddy ([`crate::edge::buddy`]) as a [`CallReplica`] whenever it
+//! member's buddy ([`crate::rendezvous::buddy`]) as a [`CallReplica`] whenever it
 //! changes, and is dropped when the call ends. When the member stops
 //! answering the edges' heartbeats, the edges send the call's in-dialog
 //! requests to the buddy, which turns the replica back into a call and

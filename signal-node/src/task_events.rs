@@ -47,7 +47,7 @@ pub enum Outbound {
     Broadcast(Kind),
     /// To one task.
     To(TaskHandle, Kind),
-    /// To the registrar of this member's buddy (see [`crate::edge::buddy`]).
+    /// To the registrar of this member's buddy (see [`crate::rendezvous::buddy`]).
     Buddy(Kind),
 }
 
@@ -244,7 +244,7 @@ impl Peers {
         let me = sip(&self.member)?;
         let others = self.current();
         let sips: Vec<SocketAddr> = others.iter().filter_map(|m| sip(m)).collect();
-        let chosen = crate::edge::buddy(me, &sips)?;
+        let chosen = crate::rendezvous::buddy(me, &sips)?;
         others.into_iter().find(|m| sip(m) == Some(chosen))
     }
 

@@ -16,13 +16,14 @@ use voicecluster_api::grpc::{
 };
 
 use crate::calls::{Phase, header};
-use crate::edge::{FAILOVER_HEADER, HANDOVER_PARAM, buddy};
 use crate::endpoint::{Endpoint, HeldAnswer};
 use crate::failover_policy::FailoverPolicy;
 use crate::legs::LegRequest;
+use crate::rendezvous::buddy;
 use crate::replicas::{Held, call_from_replica, replica_of};
 use crate::task_events::{Outbound, REGISTRAR_TASK};
 use crate::transaction::{TxKey, response_to};
+use crate::wire::private::{FAILOVER_HEADER, HANDOVER_PARAM};
 
 /// How long an answer waits for the buddy to store its call's replica.
 const REPLICA_WAIT: Duration = Duration::from_millis(250);

@@ -34,21 +34,14 @@ use prometheus_client::registry::Registry;
 use voicecluster_api::grpc::{BackendHealth, FailoverReport};
 
 use crate::calls::{tag_of, target_addr, uri_of};
+use crate::rendezvous::{buddy, fnv, ranked};
 use crate::transaction::Peer;
+use crate::wire::private::{FAILOVER_HEADER, HANDOVER_PARAM, STATE_HEADER};
 use crate::wire::{self, Inbound, split_list};
 
 pub mod drain;
 pub mod heartbeat;
 pub use heartbeat::{Health, HeartbeatConfig, Heartbeats};
-
-/// The header an edge adds to a request it sends to a buddy because the
-/// backend the dialog is pinned to is down; it names that backend, and the
-/// buddy takes the call over only then.
-pub const FAILOVER_HEADER: &str = "X-VC-Failover";
-
-/// The parameter of [`FAILOVER_HEADER`] saying the backend left on purpose
-/// (it answered its heartbeats "gone"): its calls need no approval.
-pub const HANDOVER_PARAM: &str = "handover";
 
 /// The live backends' SIP addresses, asked for each message.
 pub type Backends = Box<dyn Fn() -> Vec<SocketAddr> + Send>;
@@ -207,46 +200,6 @@ impl Message {
         bytes.extend_from_slice(&self.body);
         bytes
     }
-}
-
-/// FNV-1a: stable across processes and versions, which affinity needs
-/// (every edge must pick the same backend for a Call-ID).
-fn fnv(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// The backend for `call_id`: the highest rendezvous score.
-pub fn rendezvous(call_id: &str, backends: &[SocketAddr]) -> Option<SocketAddr> {
-    ranked(call_id, backends).into_iter().next()
-}
-
-/// `backends` in rendezvous order for `key`, best first.
-pub fn ranked(key: &str, backends: &[SocketAddr]) -> Vec<SocketAddr> {
-    let mut scored: Vec<(u64, SocketAddr)> = backends
-        .iter()
-        .map(|b| (fnv(&[key.as_bytes(), b.to_string().as_bytes()]), *b))
-        .collect();
-    scored.sort_by(|x, y| y.cmp(x));
-    scored.into_iter().map(|(_, b)| b).collect()
-}
-
-/// The buddy of backend `owner`: the member that holds replicas of its
-/// calls and takes them over when it goes down. The first of the others in
-/// rendezvous order for the owner's address, so the owner and every edge
-/// agree on it from the same member list, and losing one member moves only
-/// the calls it was buddy for.
-pub fn buddy(owner: SocketAddr, members: &[SocketAddr]) -> Option<SocketAddr> {
-    let others: Vec<SocketAddr> = members.iter().copied().filter(|m| *m != owner).collect();
-    rendezvous(&owner.to_string(), &others)
 }
 
 fn hex(s: &str) -> String {
@@ -557,7 +510,7 @@ impl Edge {
             .and_then(|c| c.parse().ok())
             .unwrap_or(500);
         let state = msg
-            .first(crate::endpoint::STATE_HEADER)
+            .first(STATE_HEADER)
             .unwrap_or_default()
             .trim()
             .to_string();

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::rendezvous::rendezvous;
 
 const EDGE: &str = "198.51.100.1:5060";
 
@@ -323,19 +324,4 @@ fn a_backend_that_misses_its_heartbeats_gets_no_new_calls_and_its_dialogs_go_to_
         "{early} {halfway} {ramped}"
     );
     assert!(ramped > 60, "then its rendezvous share of 200: {ramped}");
-}
-
-#[test]
-fn the_buddy_is_the_same_for_everyone_and_never_the_owner() {
-    let members: Vec<SocketAddr> = (1..=5)
-        .map(|i| format!("10.1.0.{i}:5060").parse().unwrap())
-        .collect();
-    for m in &members {
-        let b = buddy(*m, &members).unwrap();
-        assert_ne!(b, *m);
-        let mut shuffled = members.clone();
-        shuffled.reverse();
-        assert_eq!(buddy(*m, &shuffled), Some(b), "order does not matter");
-    }
-    assert_eq!(buddy(members[0], &members[..1]), None, "alone: no buddy");
 }
