@@ -5,7 +5,24 @@
 
 use std::net::SocketAddr;
 
-use crate::calls::Side;
+/// Which dialog of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The caller's.
+    A,
+    /// The callee's.
+    B,
+}
+
+impl Side {
+    /// The other dialog of the call.
+    pub fn other(self) -> Self {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
 
 /// One call leg: its id on its provider and the address its endpoint sends
 /// media to (the one put in SDP).

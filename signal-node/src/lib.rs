@@ -12,12 +12,15 @@ pub mod failover_policy;
 pub mod framing;
 pub mod leg_providers;
 pub mod legs;
+pub mod lifecycle;
 pub mod management;
+pub mod metrics;
 pub mod port_sharing;
 pub mod registrar;
 pub mod rendezvous;
 pub mod replicas;
 pub mod sdp;
+pub mod tags;
 pub mod task_events;
 #[cfg(feature = "testing")]
 pub mod testing;

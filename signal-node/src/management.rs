@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::Router;
@@ -15,10 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::billing::BillStore;
-
-/// Bills shared between the SIP loop (writer) and the API (reader).
-pub type SharedBills = Arc<Mutex<BillStore>>;
+use crate::billing::SharedBills;
 
 fn error(code: StatusCode, message: String) -> Response {
     (code, Json(serde_json::json!({ "error": message }))).into_response()

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use voicecluster_api::grpc::{CallReplica, DialogState, TaskHandle};
 
-use crate::calls::{Call, Dialog, Phase, header, request_from_text};
+use crate::calls::{Call, Dialog, Phase};
 use crate::legs::{Leg, Media};
 use crate::transaction::{Peer, TxKey};
+use crate::wire::headers::{header, request_from_text};
 
 /// How long a dropped call's version is remembered, so a replica that
 /// overtook its own drop on the way is not taken for a live call.

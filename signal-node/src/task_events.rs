@@ -318,6 +318,19 @@ impl Peers {
         sent
     }
 
+    /// Delivers `kind` to the registrar of this member's buddy and waits
+    /// for it to take it; false when there is no buddy or it did not.
+    pub async fn deliver_to_buddy(&self, from_task: u64, kind: Kind) -> bool {
+        let Some(member) = self.buddy() else {
+            return false;
+        };
+        let to = TaskHandle {
+            member,
+            task: REGISTRAR_TASK,
+        };
+        self.deliver(to, from_task, kind).await.is_ok()
+    }
+
     /// Sends what the endpoint wants sent, in the background; false when
     /// there was nowhere to send it (no buddy).
     pub fn send(self: &Arc<Self>, out: Outbound, from_task: u64) -> bool {

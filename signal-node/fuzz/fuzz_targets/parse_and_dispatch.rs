@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use voicecluster_signal_node::digest::Authenticator;
-use voicecluster_signal_node::endpoint::{Endpoint, SipMetrics};
+use voicecluster_signal_node::endpoint::Endpoint;
+use voicecluster_signal_node::metrics::SipMetrics;
 use voicecluster_signal_node::framing::{Frame, Framer};
 use voicecluster_signal_node::legs::{Leg, LegReply, LegRequest, Media};
 use voicecluster_signal_node::registrar::Registrar;

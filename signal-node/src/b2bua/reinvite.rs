@@ -10,33 +10,27 @@ use std::time::Instant;
 use rsipstack::sip::Request;
 use rsipstack::sip::Response;
 use rsipstack::sip::headers::make_header;
-use rsipstack::sip::prelude::*;
 
-use super::with_body;
-use crate::calls::{Phase, Relayed, Side, header, is_success, sdp_body};
-use crate::endpoint::Endpoint;
-use crate::legs::LegRequest;
+use super::{B2bua, Stack};
+use crate::calls::{Phase, Relayed};
+use crate::legs::{LegRequest, Side};
 use crate::sdp::{audio_address, rewrite_audio};
 use crate::transaction::{TxKey, response_to};
+use crate::wire::headers::{cseq_of, header, is_success, sdp_body, with_body};
 
-fn other(side: Side) -> Side {
-    match side {
-        Side::A => Side::B,
-        Side::B => Side::A,
-    }
-}
-
-fn cseq_of(m: &impl HeadersExt) -> u32 {
-    m.cseq_header().ok().and_then(|c| c.seq().ok()).unwrap_or(1)
-}
-
-impl Endpoint {
+impl B2bua {
     /// A re-INVITE from either side of an answered call.
-    pub(crate) fn on_reinvite(&mut self, key: &TxKey, req: &Request, now: Instant) {
+    pub(crate) fn on_reinvite(
+        &mut self,
+        sip: &mut Stack<'_>,
+        key: &TxKey,
+        req: &Request,
+        now: Instant,
+    ) {
         let call_id = header(req, "Call-ID").unwrap_or_default();
         let Some((id, side)) = self.calls.by_call_id(call_id) else {
             let r = response_to(req, 481, None);
-            return self.answer(key, r, now);
+            return self.answer(sip, key, r, now);
         };
         let Some(call) = self.calls.get_mut(id) else {
             return;
@@ -48,7 +42,7 @@ impl Endpoint {
         let tag = dialog.local_tag.clone();
         if call.phase != Phase::Answered || call.reinvite.is_some() {
             let r = response_to(req, 491, Some(&tag));
-            return self.answer(key, r, now);
+            return self.answer(sip, key, r, now);
         }
         let media = call.media.clone();
         let offer = sdp_body(req, req.body());
@@ -63,28 +57,28 @@ impl Endpoint {
                 ok = with_body(ok, "application/sdp", sdp);
             }
             self.remember_answered(id, side, key, req);
-            return self.answer(key, ok, now);
+            return self.answer(sip, key, ok, now);
         };
         let Ok(remote) = audio_address(&offer) else {
             let r = response_to(req, 488, Some(&tag));
-            return self.answer(key, r, now);
+            return self.answer(sip, key, r, now);
         };
         self.leg_requests.push_back(LegRequest::Update {
             media: media.clone(),
             side,
             remote,
         });
-        let towards = other(side);
+        let towards = side.other();
         let relayed = rewrite_audio(&offer, media.leg(towards).addr);
         let Some((reinvite, peer)) =
-            self.dialog_request(id, towards, "INVITE", None, Some(&relayed))
+            self.dialog_request(sip, id, towards, "INVITE", None, Some(&relayed))
         else {
             let r = response_to(req, 500, Some(&tag));
-            return self.answer(key, r, now);
+            return self.answer(sip, key, r, now);
         };
-        let Some(client) = self.send(reinvite, peer, now) else {
+        let Some(client) = self.send(sip, reinvite, peer, now) else {
             let r = response_to(req, 500, Some(&tag));
-            return self.answer(key, r, now);
+            return self.answer(sip, key, r, now);
         };
         if let Some(call) = self.calls.get_mut(id) {
             call.set_sdp_sent(towards, relayed);
@@ -105,7 +99,13 @@ impl Endpoint {
     }
 
     /// The other side answered a re-INVITE we relayed.
-    pub(crate) fn on_reinvite_response(&mut self, key: &TxKey, resp: &Response, now: Instant) {
+    pub(crate) fn on_reinvite_response(
+        &mut self,
+        sip: &mut Stack<'_>,
+        key: &TxKey,
+        resp: &Response,
+        now: Instant,
+    ) {
         let code = resp.status_code().code();
         if code < 200 {
             return;
@@ -120,7 +120,7 @@ impl Endpoint {
             return;
         };
         let from = relayed.from;
-        let towards = other(from);
+        let towards = from.other();
         let media = call.media.clone();
         let tag = match from {
             Side::A => call.a.local_tag.clone(),
@@ -133,9 +133,9 @@ impl Endpoint {
         if !is_success(resp) {
             // Refused (488, 491, ...): the side that asked hears the same.
             let r = response_to(&relayed.request, code, Some(&tag));
-            return self.answer(&relayed.server, r, now);
+            return self.answer(sip, &relayed.server, r, now);
         }
-        self.ack_2xx(id, towards, resp, now);
+        self.ack_2xx(sip, id, towards, resp, now);
         let mut ok = response_to(&relayed.request, 200, Some(&tag));
         ok.headers.push(make_header("Contact", self.contact(peer)));
         if let Some(answer) = sdp_body(resp, resp.body()) {
@@ -155,11 +155,11 @@ impl Endpoint {
         self.remember_answered(id, from, &relayed.server, &relayed.request);
         // The buddy learns the new session (and CSeqs) before the answer goes.
         self.replicate(id);
-        self.answer_when_replicated(id, &relayed.server, ok, now);
+        self.answer_when_replicated(sip, id, &relayed.server, ok, now);
     }
 
     /// The other side never answered a relayed re-INVITE.
-    pub(crate) fn on_reinvite_timeout(&mut self, key: &TxKey, now: Instant) {
+    pub(crate) fn on_reinvite_timeout(&mut self, sip: &mut Stack<'_>, key: &TxKey, now: Instant) {
         let Some(id) = self.reinvites.remove(key) else {
             return;
         };
@@ -172,7 +172,7 @@ impl Endpoint {
                 Side::B => call.b.local_tag.clone(),
             };
             let r = response_to(&relayed.request, 408, Some(&tag));
-            self.answer(&relayed.server, r, now);
+            self.answer(sip, &relayed.server, r, now);
         }
     }
 }

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::digest::{Authenticator, ClientAuth, client_response};
-use crate::endpoint::{Endpoint, SipMetrics};
+use crate::endpoint::Endpoint;
 use crate::legs::{Leg, LegReply, LegRequest, Media};
+use crate::metrics::SipMetrics;
 use crate::registrar::Registrar;
 use crate::transaction::{Peer, Timers};
 
@@ -597,7 +598,7 @@ mod failover {
     };
 
     use super::*;
-    use crate::endpoint::Lifecycle;
+    use crate::lifecycle::Lifecycle;
     use crate::task_events::{Outbound, REGISTRAR_TASK};
 
     const OWNER: &str = "192.0.2.1:9446";
@@ -791,7 +792,7 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
         let refused = buddy.feed(&bye, A);
         assert_eq!(first_line(&refused[0].1), "SIP/2.0 503 Service Unavailable");
         assert!(header(&refused[0].1, "Retry-After").starts_with('5'));
-        assert_eq!(buddy.ep.replicas.len(), 1, "the call waits, not lost");
+        assert_eq!(buddy.ep.b2bua.replicas.len(), 1, "the call waits, not lost");
         assert!(buddy.legs.lock().unwrap().adopted.is_empty());
         let report = buddy.ep.failover_report();
         assert_eq!(report.held[0].member, "192.0.2.1");

@@ -283,5 +283,8 @@ impl BillStore {
     }
 }
 
+mod writer;
+pub use writer::{BillWriter, SharedBills};
+
 #[cfg(test)]
 mod tests;

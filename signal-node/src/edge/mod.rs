@@ -8,11 +8,11 @@
 //!   stay on one backend whichever Call-ID they use.
 //! - The edge records the device's flow (transport and source address) in
 //!   a flow token in the Path it adds to REGISTERs and the Record-Route it
-//!   adds to dialog-creating requests. A request from a backend routed
-//!   through the edge goes back along that flow, through NAT and over the
-//!   device's own TCP connection.
-//! - Responses follow the Via chain: the edge's own Via is removed and the
-//!   next one says where to.
+//!   adds to dialog-creating requests ([`flow`]). A request from a backend
+//!   routed through the edge goes back along that flow, through NAT and
+//!   over the device's own TCP connection.
+//! - Responses follow the Via chain ([`via`]): the edge's own Via is
+//!   removed and the next one says where to.
 //!
 //! - Backends are probed with heartbeats ([`heartbeat`]); new calls go to
 //!   live ones only, a backend that came back is ramped up, and the
@@ -26,297 +26,29 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
-
 use voicecluster_api::grpc::{BackendHealth, FailoverReport};
 
-use crate::calls::{tag_of, target_addr, uri_of};
 use crate::rendezvous::{buddy, fnv, ranked};
 use crate::transaction::Peer;
+use crate::wire::headers::{target_addr, uri_of};
 use crate::wire::private::{FAILOVER_HEADER, HANDOVER_PARAM, STATE_HEADER};
-use crate::wire::{self, Inbound, split_list};
+use crate::wire::{self, Inbound};
 
 pub mod drain;
+mod flow;
 pub mod heartbeat;
+mod message;
+mod metrics;
+mod via;
+
 pub use heartbeat::{Health, HeartbeatConfig, Heartbeats};
+pub use metrics::EdgeMetrics;
+
+use flow::{device_flow, edge_route, pinned_backend};
+use message::Message;
 
 /// The live backends' SIP addresses, asked for each message.
 pub type Backends = Box<dyn Fn() -> Vec<SocketAddr> + Send>;
-
-type Labels = Vec<(String, String)>;
-
-/// Metrics of the edge role.
-#[derive(Clone, Default)]
-pub struct EdgeMetrics {
-    forwarded: Family<Labels, Counter>,
-    refused: Family<Labels, Counter>,
-    dropped: Family<Labels, Counter>,
-    backends: Gauge,
-    backend_changes: Family<Labels, Counter>,
-    failovers: Counter,
-}
-
-impl EdgeMetrics {
-    /// Registers the metrics in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "voicecluster_edge_forwarded",
-            "SIP messages forwarded, by direction (to_backend, to_client) and kind",
-            m.forwarded.clone(),
-        );
-        registry.register(
-            "voicecluster_edge_refused",
-            "Requests the edge answered itself, by status code",
-            m.refused.clone(),
-        );
-        registry.register(
-            "voicecluster_edge_dropped",
-            "Messages the edge dropped, by reason",
-            m.dropped.clone(),
-        );
-        registry.register(
-            "voicecluster_edge_backends",
-            "Backends that answer the edge's heartbeats and take new calls",
-            m.backends.clone(),
-        );
-        registry.register(
-            "voicecluster_edge_backend_changes",
-            "Backend health changes the heartbeats saw, by new health (up, draining, down)",
-            m.backend_changes.clone(),
-        );
-        registry.register(
-            "voicecluster_edge_failovers",
-            "In-dialog requests sent to the buddy of a backend that is down",
-            m.failovers.clone(),
-        );
-        m
-    }
-
-    fn inc(family: &Family<Labels, Counter>, labels: &[(&str, &str)]) {
-        family
-            .get_or_create(
-                &labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-            .inc();
-    }
-}
-
-/// A message as the edge handles it: lines it can rewrite, body untouched.
-struct Message {
-    start_line: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Message {
-    fn parse(bytes: &[u8]) -> Option<Self> {
-        let raw = wire::split(bytes).ok()?;
-        // A datagram may carry more than Content-Length says; the rest is
-        // not part of the message (wire::decode already checked it is not less).
-        let len = wire::content_length(&raw).ok()?.unwrap_or(raw.body.len());
-        Some(Self {
-            start_line: raw.start_line.to_string(),
-            headers: raw.headers.clone(),
-            body: raw.body.get(..len)?.to_vec(),
-        })
-    }
-
-    fn is_request(&self) -> bool {
-        !self.start_line.starts_with("SIP/")
-    }
-
-    fn method(&self) -> &str {
-        self.start_line.split(' ').next().unwrap_or_default()
-    }
-
-    fn first(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The first value of the first `name` header (lists split).
-    fn top(&self, name: &str) -> Option<String> {
-        self.first(name)
-            .and_then(|v| split_list(v).first().map(|s| s.to_string()))
-    }
-
-    /// Removes the first value of the first `name` header.
-    fn pop(&mut self, name: &str) -> Option<String> {
-        let i = self
-            .headers
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(name))?;
-        let values: Vec<String> = split_list(&self.headers[i].1)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        let (first, rest) = values.split_first()?;
-        if rest.is_empty() {
-            self.headers.remove(i);
-        } else {
-            self.headers[i].1 = rest.join(", ");
-        }
-        Some(first.clone())
-    }
-
-    /// Replaces the first value of the first `name` header.
-    fn set_top(&mut self, name: &str, value: String) {
-        if self.pop(name).is_some() {
-            self.push_top(name, value);
-        }
-    }
-
-    /// Adds `value` before every other `name` header.
-    fn push_top(&mut self, name: &str, value: String) {
-        let i = self
-            .headers
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(name))
-            .unwrap_or(self.headers.len());
-        self.headers.insert(i, (name.to_string(), value));
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = self.start_line.clone();
-        out.push_str("\r\n");
-        for (n, v) in &self.headers {
-            if n.eq_ignore_ascii_case("Content-Length") {
-                continue;
-            }
-            out.push_str(&format!("{n}: {v}\r\n"));
-        }
-        // Always stated: a message forwarded onto TCP needs it.
-        out.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
-    }
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
-
-/// A device's flow as a URI parameter value.
-fn flow_token(p: Peer) -> String {
-    format!(
-        "{}{}",
-        if p.reliable { 't' } else { 'u' },
-        hex(&p.addr.to_string())
-    )
-}
-
-fn flow_of(token: &str) -> Option<Peer> {
-    let reliable = match token.get(..1)? {
-        "t" => true,
-        "u" => false,
-        _ => return None,
-    };
-    let addr = unhex(token.get(1..)?)?.parse().ok()?;
-    Some(Peer { addr, reliable })
-}
-
-/// A URI parameter's value (`;name=value`).
-fn uri_param(uri: &str, name: &str) -> Option<String> {
-    uri.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
-/// A Via value's transport, sent-by and parameters.
-struct Via {
-    transport: String,
-    sent_by: String,
-    params: Vec<(String, Option<String>)>,
-}
-
-impl Via {
-    fn parse(value: &str) -> Option<Self> {
-        let (proto, rest) = value.trim().split_once([' ', '\t'])?;
-        let transport = proto.rsplit('/').next()?.trim().to_ascii_uppercase();
-        let mut parts = rest.split(';');
-        let sent_by = parts.next()?.trim().to_string();
-        let params = parts
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
-                None => (p.trim().to_string(), None),
-            })
-            .collect();
-        Some(Self {
-            transport,
-            sent_by,
-            params,
-        })
-    }
-
-    fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.as_deref())
-    }
-
-    /// Where responses for this hop go (RFC 3261 §18.2.2, RFC 3581).
-    fn response_peer(&self) -> Option<Peer> {
-        let sent_by = target_addr(&format!("sip:{}", self.sent_by))?;
-        let ip = self
-            .param("received")
-            .and_then(|r| r.trim_matches(['[', ']']).parse().ok())
-            .unwrap_or(sent_by.ip());
-        let port = self
-            .param("rport")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(sent_by.port());
-        Some(Peer {
-            addr: SocketAddr::new(ip, port),
-            reliable: self.transport != "UDP",
-        })
-    }
-
-    fn text(&self) -> String {
-        let mut s = format!("SIP/2.0/{} {}", self.transport, self.sent_by);
-        for (k, v) in &self.params {
-            match v {
-                Some(v) => s.push_str(&format!(";{k}={v}")),
-                None => s.push_str(&format!(";{k}")),
-            }
-        }
-        s
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        483 => "Too Many Hops",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
-}
 
 /// The edge proxy, sans I/O: bytes in with where they came from, bytes out
 /// with where they go.
@@ -385,9 +117,9 @@ impl Edge {
     }
 
     /// When [`Self::handle_timeout`] is due (the next heartbeat).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         // Before the first round, at once.
-        Some(self.heartbeats.poll_timeout().unwrap_or_else(Instant::now))
+        Some(self.heartbeats.poll_timeout().unwrap_or(now))
     }
 
     /// Sends the heartbeats that are due.
@@ -405,18 +137,14 @@ impl Edge {
     }
 
     fn changed(&self, c: heartbeat::Change) {
-        let health = match c.health {
-            Health::Up => "up",
-            Health::Draining => "draining",
-            Health::Down => "down",
-        };
+        let health = metrics::health_label(c.health);
         match c.health {
             Health::Down => {
                 tracing::warn!(backend = %c.backend, "backend missed its heartbeats: down")
             }
             _ => tracing::info!(backend = %c.backend, health, "backend answers heartbeats"),
         }
-        EdgeMetrics::inc(&self.metrics.backend_changes, &[("health", health)]);
+        self.metrics.backend_changed(c.health);
     }
 
     fn count_up(&self, candidates: &[SocketAddr]) {
@@ -424,9 +152,7 @@ impl Edge {
             .iter()
             .filter(|b| self.heartbeats.health(b) == Health::Up)
             .count();
-        self.metrics
-            .backends
-            .set(i64::try_from(up).unwrap_or(i64::MAX));
+        self.metrics.backends_up(up);
     }
 
     /// The backend for a new call: the first in rendezvous order that is up
@@ -463,7 +189,7 @@ impl Edge {
         } else {
             "malformed"
         };
-        EdgeMetrics::inc(&self.metrics.dropped, &[("reason", outcome)]);
+        self.metrics.dropped(outcome);
         if let Some(bytes) = reply {
             self.out.push_back((from, bytes));
         }
@@ -494,27 +220,19 @@ impl Edge {
 
     /// True when `msg` answers one of our heartbeats (and was counted).
     fn heartbeat_answer(&mut self, msg: &Message, from: SocketAddr, now: Instant) -> bool {
-        let ours = msg
-            .top("Via")
-            .as_deref()
-            .and_then(Via::parse)
-            .and_then(|v| v.param("branch").map(str::to_string))
-            .is_some_and(|b| b.starts_with(heartbeat::BRANCH_PREFIX));
+        let ours = msg.top_via().is_some_and(|v| {
+            v.branch()
+                .is_some_and(|b| b.starts_with(heartbeat::BRANCH_PREFIX))
+        });
         if !ours {
             return false;
         }
-        let code = msg
-            .start_line
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(500);
         let state = msg
             .first(STATE_HEADER)
             .unwrap_or_default()
             .trim()
             .to_string();
-        if let Some(c) = self.heartbeats.on_answer(from, code, &state, now) {
+        if let Some(c) = self.heartbeats.on_answer(from, msg.status(), &state, now) {
             self.changed(c);
             let candidates = (self.backends)();
             self.count_up(&candidates);
@@ -523,11 +241,16 @@ impl Edge {
     }
 
     fn drop_message(&self, why: &str) {
-        EdgeMetrics::inc(&self.metrics.dropped, &[("reason", why)]);
+        self.metrics.dropped(why);
     }
 
-    fn is_ours(&self, route: &str) -> bool {
-        target_addr(&uri_of(route)) == Some(self.local)
+    /// Removes the top Route when it is the edge's own, and gives it back.
+    fn take_own_route(&self, msg: &mut Message) -> Option<String> {
+        let route = msg
+            .top("Route")
+            .filter(|r| target_addr(&uri_of(r)) == Some(self.local))?;
+        msg.pop("Route");
+        Some(route)
     }
 
     /// Answers a request statelessly (never an ACK).
@@ -535,41 +258,8 @@ impl Edge {
         if msg.method() == "ACK" {
             return self.drop_message("unroutable-ack");
         }
-        EdgeMetrics::inc(&self.metrics.refused, &[("code", &code.to_string())]);
-        let mut text = format!("SIP/2.0 {code} {}\r\n", reason(code));
-        for (n, v) in &msg.headers {
-            let keep = ["Via", "From", "Call-ID", "CSeq"]
-                .iter()
-                .any(|k| n.eq_ignore_ascii_case(k));
-            if keep {
-                text.push_str(&format!("{n}: {v}\r\n"));
-            } else if n.eq_ignore_ascii_case("To") {
-                let tag = if tag_of(v).is_some() {
-                    String::new()
-                } else {
-                    format!(";tag=edge{:x}", fnv(&[v.as_bytes()]))
-                };
-                text.push_str(&format!("To: {v}{tag}\r\n"));
-            }
-        }
-        text.push_str("Content-Length: 0\r\n\r\n");
-        self.out.push_back((to, text.into_bytes()));
-    }
-
-    /// Max-Forwards less one; false when it ran out (RFC 3261 §16.3 step 3).
-    fn hop(msg: &mut Message) -> bool {
-        let left = msg
-            .first("Max-Forwards")
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(70);
-        if left == 0 {
-            return false;
-        }
-        msg.headers
-            .retain(|(n, _)| !n.eq_ignore_ascii_case("Max-Forwards"));
-        msg.headers
-            .push(("Max-Forwards".to_string(), (left - 1).to_string()));
-        true
+        self.metrics.refused(code);
+        self.out.push_back((to, msg.answer(code)));
     }
 
     /// The edge's Via for a request it forwards: the branch is derived from
@@ -586,11 +276,6 @@ impl Edge {
         msg.push_top("Via", format!("SIP/2.0/{t} {};branch={branch}", self.local));
     }
 
-    fn dialog_creating(msg: &Message) -> bool {
-        matches!(msg.method(), "INVITE" | "SUBSCRIBE" | "REFER")
-            && msg.first("To").and_then(tag_of).is_none()
-    }
-
     /// A device's request, to a backend.
     fn forward_to_backend(
         &mut self,
@@ -599,158 +284,125 @@ impl Edge {
         backends: &[SocketAddr],
         now: Instant,
     ) {
-        // RFC 3581: the device's real address goes in its Via, so the
-        // responses find it behind NAT.
-        let Some(mut via) = msg.top("Via").as_deref().and_then(Via::parse) else {
+        let Some(branch) = msg.mark_received(from.addr) else {
             return self.drop_message("bad-via");
         };
-        via.params.retain(|(k, _)| {
-            !k.eq_ignore_ascii_case("received") && !k.eq_ignore_ascii_case("rport")
-        });
-        via.params
-            .push(("received".to_string(), Some(from.addr.ip().to_string())));
-        via.params
-            .push(("rport".to_string(), Some(from.addr.port().to_string())));
-        let branch = via.param("branch").unwrap_or_default().to_string();
-        msg.set_top("Via", via.text());
-        if !Self::hop(&mut msg) {
+        if !msg.hop() {
             return self.refuse(&msg, from, 483);
         }
-        if self.draining && Self::dialog_creating(&msg) {
+        if self.draining && msg.dialog_creating() {
             return self.refuse(&msg, from, 503);
         }
-        let mut pinned = None;
-        if let Some(route) = msg.top("Route")
-            && self.is_ours(&route)
-        {
-            msg.pop("Route");
-            pinned = uri_param(&uri_of(&route), "vb")
-                .and_then(|v| unhex(&v))
-                .and_then(|v| v.parse::<SocketAddr>().ok());
-        }
-        let call_id = msg.first("Call-ID").unwrap_or_default().to_string();
+        let pinned = self
+            .take_own_route(&mut msg)
+            .and_then(|route| pinned_backend(&route));
         // A device cannot make a member take a call over.
-        msg.headers
-            .retain(|(n, _)| !n.eq_ignore_ascii_case(FAILOVER_HEADER));
-        let backend = match pinned {
-            Some(b) if backends.contains(&b) && self.heartbeats.health(&b) != Health::Down => {
-                Some(b)
-            }
-            Some(b) => {
-                // Its dialogs go to the member holding their replicas.
-                let up: Vec<SocketAddr> = backends
-                    .iter()
-                    .copied()
-                    .filter(|c| self.heartbeats.health(c) == Health::Up)
-                    .collect();
-                let to = buddy(b, &up);
-                if let Some(to) = to {
-                    tracing::info!(%call_id, down = %b, buddy = %to, "in-dialog request to the buddy");
-                    self.metrics.failovers.inc();
-                    let said = if self.heartbeats.said_gone(&b) {
-                        format!("{b};{HANDOVER_PARAM}")
-                    } else {
-                        b.to_string()
-                    };
-                    msg.headers.push((FAILOVER_HEADER.to_string(), said));
-                }
-                to
-            }
-            None => self.choose(&call_id, backends, now),
-        };
-        let Some(backend) = backend else {
+        msg.remove_all(FAILOVER_HEADER);
+        let Some(backend) = self.backend_for(&mut msg, pinned, backends, now) else {
+            let call_id = msg.first("Call-ID").unwrap_or_default();
             tracing::warn!(%call_id, "no live backend");
             return self.refuse(&msg, from, 503);
         };
-        let me = format!(
-            "<sip:{};lr;ft={};vb={}>",
-            self.local,
-            flow_token(from),
-            hex(&backend.to_string())
-        );
+        let me = edge_route(self.local, from, backend);
         if msg.method() == "REGISTER" {
             msg.push_top("Path", me);
-        } else if Self::dialog_creating(&msg) {
+        } else if msg.dialog_creating() {
             msg.push_top("Record-Route", me);
         }
         self.push_via(&mut msg, false, &branch);
-        EdgeMetrics::inc(
-            &self.metrics.forwarded,
-            &[("direction", "to_backend"), ("kind", "request")],
-        );
-        self.out.push_back((
-            Peer {
-                addr: backend,
-                reliable: false,
-            },
-            msg.bytes(),
-        ));
+        self.metrics.forwarded("to_backend", "request");
+        let to = Peer {
+            addr: backend,
+            reliable: false,
+        };
+        self.out.push_back((to, msg.bytes()));
+    }
+
+    /// Where a device's request goes: the backend its dialog is `pinned`
+    /// to while that one is not down, else that backend's buddy; a request
+    /// of no dialog goes where its Call-ID says.
+    fn backend_for(
+        &self,
+        msg: &mut Message,
+        pinned: Option<SocketAddr>,
+        backends: &[SocketAddr],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let call_id = msg.first("Call-ID").unwrap_or_default().to_string();
+        match pinned {
+            Some(b) if backends.contains(&b) && self.heartbeats.health(&b) != Health::Down => {
+                Some(b)
+            }
+            Some(b) => self.fail_over(msg, b, backends, &call_id),
+            None => self.choose(&call_id, backends, now),
+        }
+    }
+
+    /// The dialogs of `down` go to the member holding their replicas, its
+    /// buddy among the backends that are up; the request names `down` in
+    /// [`FAILOVER_HEADER`] so the buddy takes the call over.
+    fn fail_over(
+        &self,
+        msg: &mut Message,
+        down: SocketAddr,
+        backends: &[SocketAddr],
+        call_id: &str,
+    ) -> Option<SocketAddr> {
+        let up: Vec<SocketAddr> = backends
+            .iter()
+            .copied()
+            .filter(|c| self.heartbeats.health(c) == Health::Up)
+            .collect();
+        let to = buddy(down, &up)?;
+        tracing::info!(%call_id, %down, buddy = %to, "in-dialog request to the buddy");
+        self.metrics.failover();
+        let said = if self.heartbeats.said_gone(&down) {
+            format!("{down};{HANDOVER_PARAM}")
+        } else {
+            down.to_string()
+        };
+        msg.headers.push((FAILOVER_HEADER.to_string(), said));
+        Some(to)
     }
 
     /// A backend's request, to a device along the flow the route names.
     fn forward_to_client(&mut self, mut msg: Message, from: Peer) {
         let branch = msg
-            .top("Via")
-            .as_deref()
-            .and_then(Via::parse)
-            .and_then(|v| v.param("branch").map(str::to_string))
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string))
             .unwrap_or_default();
-        if !Self::hop(&mut msg) {
+        if !msg.hop() {
             return self.refuse(&msg, from, 483);
         }
-        let mut flow = None;
-        if let Some(route) = msg.top("Route")
-            && self.is_ours(&route)
-        {
-            msg.pop("Route");
-            flow = uri_param(&uri_of(&route), "ft").and_then(|t| flow_of(&t));
-        }
+        let flow = self
+            .take_own_route(&mut msg)
+            .and_then(|route| device_flow(&route));
         let target = flow.or_else(|| {
             // Without a flow token, the Request-URI says where (UDP).
-            let uri = msg.start_line.split(' ').nth(1)?;
             Some(Peer {
-                addr: target_addr(uri)?,
+                addr: target_addr(msg.request_uri()?)?,
                 reliable: false,
             })
         });
         let Some(target) = target else {
             return self.refuse(&msg, from, 502);
         };
-        if Self::dialog_creating(&msg) {
-            let me = format!(
-                "<sip:{};lr;ft={};vb={}>",
-                self.local,
-                flow_token(target),
-                hex(&from.addr.to_string())
-            );
-            msg.push_top("Record-Route", me);
+        if msg.dialog_creating() {
+            msg.push_top("Record-Route", edge_route(self.local, target, from.addr));
         }
         self.push_via(&mut msg, target.reliable, &branch);
-        EdgeMetrics::inc(
-            &self.metrics.forwarded,
-            &[("direction", "to_client"), ("kind", "request")],
-        );
+        self.metrics.forwarded("to_client", "request");
         self.out.push_back((target, msg.bytes()));
     }
 
     /// A response: the edge's Via comes off and the next one says where to.
     fn response(&mut self, mut msg: Message, from_backend: bool) {
-        let ours = msg
-            .top("Via")
-            .as_deref()
-            .and_then(Via::parse)
-            .and_then(|v| target_addr(&format!("sip:{}", v.sent_by)))
-            == Some(self.local);
+        let ours = msg.top_via().and_then(|v| v.sent_by_addr()) == Some(self.local);
         if !ours {
             return self.drop_message("not-via-edge");
         }
         msg.pop("Via");
-        let Some(next) = msg
-            .top("Via")
-            .as_deref()
-            .and_then(Via::parse)
-            .and_then(|v| v.response_peer())
-        else {
+        let Some(next) = msg.top_via().and_then(|v| v.response_peer()) else {
             return self.drop_message("no-next-via");
         };
         let direction = if from_backend {
@@ -758,10 +410,7 @@ impl Edge {
         } else {
             "to_backend"
         };
-        EdgeMetrics::inc(
-            &self.metrics.forwarded,
-            &[("direction", direction), ("kind", "response")],
-        );
+        self.metrics.forwarded(direction, "response");
         self.out.push_back((next, msg.bytes()));
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::flow::{flow_of, flow_token, hex, uri_param};
 use super::*;
 use crate::rendezvous::rendezvous;
 
@@ -289,7 +290,7 @@ fn a_backend_that_misses_its_heartbeats_gets_no_new_calls_and_its_dialogs_go_to_
     );
     assert_eq!(out[0].0.addr, alive);
     assert_eq!(Some(alive), buddy(dead, &all));
-    assert_eq!(e.metrics.failovers.get(), 1);
+    assert_eq!(e.metrics.failovers(), 1);
 
     // It comes back: its dialogs are its own again, and new calls ramp.
     let now = heartbeat_rounds(&mut e, now, 1, &all);

@@ -327,6 +327,7 @@ pub fn raw_response(raw: &RawMessage<'_>, code: u16, why: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
+pub mod headers;
 pub mod private;
 
 #[cfg(test)]

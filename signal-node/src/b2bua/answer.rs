@@ -1,0 +1,149 @@
+//! B's answers to our INVITE, relayed to A with the caller-side leg's
+//! address in the SDP; B's silence ends the call with 408.
+
+use std::time::{Instant, SystemTime};
+
+use rsipstack::sip::Response;
+use rsipstack::sip::headers::make_header;
+
+use super::{B2bua, Stack};
+use crate::calls::Phase;
+use crate::legs::{LegRequest, Side};
+use crate::sdp::{audio_address, rewrite_audio};
+use crate::transaction::{TxKey, response_to};
+use crate::wire::headers::{
+    header, header_values, is_success, sdp_body, tag_of, uri_of, with_body,
+};
+
+impl B2bua {
+    /// A response to our INVITE to B.
+    pub(crate) fn on_client_response(
+        &mut self,
+        sip: &mut Stack<'_>,
+        key: &TxKey,
+        resp: &Response,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        if self.reinvites.contains_key(key) {
+            return self.on_reinvite_response(sip, key, resp, now);
+        }
+        let Some(id) = self.calls.by_b_invite(key) else {
+            return;
+        };
+        let code = resp.status_code().code();
+        if code == 100 {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let to = header(resp, "To").unwrap_or_default();
+        if let Some(tag) = tag_of(to) {
+            call.b.remote_tag = Some(tag);
+        }
+        if is_success(resp)
+            && let Some(contact) = header(resp, "Contact")
+        {
+            call.b.remote_target = uri_of(contact);
+        }
+        let recorded = header_values(resp, "Record-Route");
+        if is_success(resp) && !recorded.is_empty() {
+            // RFC 3261 §12.1.2: the UAC's route set is the Record-Route reversed.
+            call.b.route_set = recorded.into_iter().rev().collect();
+        }
+        let media = call.media.clone();
+        let a_key = call.a_invite.0.clone();
+        let a_invite = call.a_invite.1.clone();
+        let a_tag = call.a.local_tag.clone();
+        let a_peer = call.a.peer;
+        let phase = call.phase;
+        // RFC 6076 §4.2: from the INVITE to the first response that is a
+        // 2xx or a provisional other than 100.
+        if (code > 100 && code < 300)
+            && let Some(sent) = call.invite_sent.take()
+        {
+            self.metrics
+                .session_request_delay
+                .observe(now.duration_since(sent).as_secs_f64());
+        }
+        let answer_sdp = sdp_body(resp, resp.body());
+        if let Some(sdp) = &answer_sdp
+            && let Ok(remote) = audio_address(sdp)
+        {
+            self.leg_requests.push_back(LegRequest::Update {
+                media: media.clone(),
+                side: Side::B,
+                remote,
+            });
+        }
+        if is_success(resp) {
+            // ACK B's 2xx (each 2xx retransmission too).
+            self.ack_2xx(sip, id, Side::B, resp, now);
+            if phase != Phase::Calling {
+                return;
+            }
+        }
+        if phase != Phase::Calling {
+            return;
+        }
+        let mut to_a = response_to(&a_invite, code, Some(&a_tag));
+        if code > 100 && code < 300 {
+            to_a.headers
+                .push(make_header("Contact", self.contact(a_peer)));
+            // RFC 3261 §12.1.1: the UAS copies the Record-Route into responses
+            // that make the dialog.
+            for rr in header_values(&a_invite, "Record-Route") {
+                to_a.headers.push(make_header("Record-Route", rr));
+            }
+        }
+        if let Some(sdp) = answer_sdp
+            && code < 300
+        {
+            let to_a_sdp = rewrite_audio(&sdp, media.a.addr);
+            if let Some(call) = self.calls.get_mut(id) {
+                call.set_sdp_sent(Side::A, to_a_sdp.clone());
+            }
+            to_a = with_body(to_a, "application/sdp", to_a_sdp);
+        }
+        if is_success(resp) {
+            if let Some(call) = self.calls.get_mut(id) {
+                call.phase = Phase::Answered;
+                call.answered = Some(wall);
+            }
+            // The buddy holds the call before A hears it is up.
+            self.replicate(id);
+        }
+        self.answer_when_replicated(sip, id, &a_key, to_a, now);
+        if is_success(resp) {
+            tracing::info!(call = id, "call answered");
+        } else if code >= 300 {
+            self.end_call(id, &code.to_string(), wall);
+        }
+    }
+
+    /// Our INVITE to B got no final answer in time.
+    pub(crate) fn on_client_timeout(
+        &mut self,
+        sip: &mut Stack<'_>,
+        key: &TxKey,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        if self.reinvites.contains_key(key) {
+            return self.on_reinvite_timeout(sip, key, now);
+        }
+        let Some(id) = self.calls.by_b_invite(key) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        if call.phase == Phase::Calling {
+            let r = response_to(&call.a_invite.1, 408, Some(&call.a.local_tag));
+            let a_key = call.a_invite.0.clone();
+            self.answer(sip, &a_key, r, now);
+            self.end_call(id, "408", wall);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! A new call: A's INVITE is checked (caller authenticated, callee
+//! registered, an SDP offer), the call waits for its legs, then the INVITE
+//! goes on to B with the callee-side leg's address; a CANCEL from A ends
+//! it on both sides.
+
+use std::time::{Instant, SystemTime};
+
+use rsipstack::sip::Request;
+use rsipstack::sip::headers::make_header;
+use rsipstack::sip::prelude::*;
+
+use super::{B2bua, Pending, Stack, transport};
+use crate::calls::{Call, CallRecord, Dialog, Phase};
+use crate::legs::{LegRequest, Media};
+use crate::sdp::{audio_address, rewrite_audio, telephone_event_payload};
+use crate::transaction::{Peer, TxKey, response_to};
+use crate::wire::headers::{
+    callee_of, header, header_values, request_from_text, route_lines, sdp_body, tag_of, uri_of,
+};
+
+impl B2bua {
+    /// A new INVITE (no To tag) or a re-INVITE.
+    pub(crate) fn on_invite(
+        &mut self,
+        sip: &mut Stack<'_>,
+        key: &TxKey,
+        req: &Request,
+        from: Peer,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let to = header(req, "To").unwrap_or_default().to_string();
+        if tag_of(&to).is_some() {
+            return self.on_reinvite(sip, key, req, now);
+        }
+        let tag = sip.tags.next();
+        let refuse = |code: u16| response_to(req, code, Some(&tag));
+        // Only users of this service place calls, as themselves.
+        let caller = match sip.registrar.authenticate(req, "Proxy-Authorization", wall) {
+            Ok(user) => user,
+            Err(challenge) => {
+                let mut r = refuse(407);
+                r.headers.push(make_header("Proxy-Authenticate", challenge));
+                return self.answer(sip, key, r, now);
+            }
+        };
+        let from_user = crate::registrar::user_of(header(req, "From").unwrap_or_default());
+        if from_user.as_deref() != Some(caller.as_str()) {
+            return self.answer(sip, key, refuse(403), now);
+        }
+        let Some(callee) = callee_of(req) else {
+            return self.answer(sip, key, refuse(404), now);
+        };
+        if !sip.registrar.knows(&callee) {
+            return self.answer(sip, key, refuse(404), now);
+        }
+        let Some(binding) = sip.registrar.lookup(&callee, wall).into_iter().last() else {
+            return self.answer(sip, key, refuse(480), now);
+        };
+        let offer = sdp_body(req, req.body());
+        let Some(Ok(offer_addr)) = offer.as_deref().map(audio_address) else {
+            // An INVITE without an SDP offer (or a broken one) is not served.
+            return self.answer(sip, key, refuse(488), now);
+        };
+        if !self.media_enabled {
+            return self.answer(sip, key, refuse(503), now);
+        }
+        let dtmf = offer.as_deref().and_then(telephone_event_payload);
+        // The call waits for its legs; the INVITE's 100 Trying is out.
+        let task = self.calls.next_id();
+        self.pending.insert(
+            task,
+            Pending {
+                key: key.clone(),
+                req: req.clone(),
+                from,
+                caller,
+                callee,
+                binding,
+                offer: offer.unwrap_or_default(),
+                tag,
+                started: wall,
+            },
+        );
+        self.leg_requests.push_back(LegRequest::Setup {
+            task,
+            caller: offer_addr,
+            dtmf,
+        });
+    }
+
+    /// The legs of a waiting call are made (or cannot be): the INVITE goes
+    /// on to B, or A is refused.
+    pub(crate) fn on_legs_ready(
+        &mut self,
+        sip: &mut Stack<'_>,
+        task: u64,
+        media: Result<Media, String>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let Some(p) = self.pending.remove(&task) else {
+            // The caller gave up meanwhile.
+            if let Ok(media) = media {
+                self.leg_requests.push_back(LegRequest::Release { media });
+            }
+            return;
+        };
+        let key = &p.key;
+        let req = &p.req;
+        let media = match media {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "no call legs for a call");
+                let r = response_to(req, 503, Some(&p.tag));
+                self.answer(sip, key, r, now);
+                return self.finished_unanswered(&p, "503", wall);
+            }
+        };
+        let to = header(req, "To").unwrap_or_default().to_string();
+        let tag = p.tag.clone();
+        let a_from = header(req, "From").unwrap_or_default().to_string();
+        let a_contact = header(req, "Contact").map(uri_of).unwrap_or_default();
+        let a_call_id = header(req, "Call-ID").unwrap_or_default().to_string();
+        let a = Dialog {
+            call_id: a_call_id,
+            local_tag: tag.clone(),
+            remote_tag: tag_of(&a_from),
+            local_uri: uri_of(&to),
+            remote_uri: uri_of(&a_from),
+            remote_target: a_contact,
+            peer: p.from,
+            cseq: 1,
+            // RFC 3261 §12.1.1: the UAS's route set is the Record-Route as received.
+            route_set: header_values(req, "Record-Route"),
+        };
+        let binding = &p.binding;
+        let b_peer = binding.source;
+        let b_tag = sip.tags.next();
+        let b_call_id = format!("{}-b@{}", sip.tags.next(), self.local.ip());
+        let branch = sip.tags.branch();
+        let body = rewrite_audio(&p.offer, media.b.addr);
+        let text = format!(
+            "INVITE {target} SIP/2.0\r\n\
+             Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
+             Max-Forwards: 69\r\n\
+             From: <{a_uri}>;tag={b_tag}\r\n\
+             To: <{b_uri}>\r\n\
+             Call-ID: {b_call_id}\r\n\
+             CSeq: 1 INVITE\r\n\
+             {routes}\
+             Contact: {contact}\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {len}\r\n\r\n{body}",
+            // RFC 3327: through the proxies the REGISTER came through.
+            routes = route_lines(&binding.path),
+            target = binding.contact,
+            t = transport(b_peer),
+            local = self.local,
+            a_uri = a.remote_uri,
+            b_uri = a.local_uri,
+            contact = self.contact(b_peer),
+            len = body.len(),
+        );
+        let sent = request_from_text(&text).and_then(|b_invite| {
+            let b_key = self.send(sip, b_invite.clone(), b_peer, now)?;
+            Some((b_key, b_invite))
+        });
+        let Some((b_key, b_invite)) = sent else {
+            tracing::error!(%text, "built an INVITE that does not parse or cannot be sent");
+            self.leg_requests.push_back(LegRequest::Release { media });
+            let r = response_to(req, 500, Some(&tag));
+            self.answer(sip, key, r, now);
+            return self.finished_unanswered(&p, "500", wall);
+        };
+        let b = Dialog {
+            call_id: b_call_id,
+            local_tag: b_tag,
+            remote_tag: None,
+            local_uri: a.remote_uri.clone(),
+            remote_uri: a.local_uri.clone(),
+            remote_target: binding.contact.clone(),
+            peer: b_peer,
+            cseq: 1,
+            route_set: binding.path.clone(),
+        };
+        tracing::info!(caller = %p.caller, callee = %p.callee, call_id = %a.call_id, provider = ?media.provider, "call started");
+        self.calls.insert(
+            task,
+            Call {
+                caller: p.caller,
+                callee: p.callee,
+                a,
+                b,
+                a_invite: (p.key, p.req),
+                b_invite: (b_key, b_invite),
+                media,
+                phase: Phase::Calling,
+                invite_sent: Some(now),
+                started: p.started,
+                answered: None,
+                reinvite: None,
+                awaiting_ack: Vec::new(),
+                sent_sdp: (None, Some(body.clone())),
+                replicated: 0,
+                confirmed: 0,
+                pinned: self.local,
+            },
+        );
+        self.update_call_metrics();
+    }
+
+    /// A call that ended before it had legs and a dialog with B.
+    fn finished_unanswered(&mut self, p: &Pending, reason: &str, wall: SystemTime) {
+        self.finished(CallRecord {
+            call_id: header(&p.req, "Call-ID").unwrap_or_default().to_string(),
+            caller: p.caller.clone(),
+            callee: p.callee.clone(),
+            started: p.started,
+            answered: None,
+            ended: wall,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// CANCEL from A for its pending INVITE.
+    pub(crate) fn on_cancel(
+        &mut self,
+        sip: &mut Stack<'_>,
+        key: &TxKey,
+        req: &Request,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let cancelled = key.cancelled_invite();
+        let waiting = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.key == cancelled)
+            .map(|(task, _)| *task);
+        if let Some(p) = waiting.and_then(|task| self.pending.remove(&task)) {
+            // No INVITE went to B yet; the legs are released when they come.
+            let ok = response_to(req, 200, Some(&p.tag));
+            self.answer(sip, key, ok, now);
+            let terminated = response_to(&p.req, 487, Some(&p.tag));
+            self.answer(sip, &p.key, terminated, now);
+            return self.finished_unanswered(&p, "cancelled", wall);
+        }
+        let Some(id) = self.calls.by_a_invite(&cancelled) else {
+            let r = response_to(req, 481, None);
+            return self.answer(sip, key, r, now);
+        };
+        let Some(call) = self.calls.get_mut(id) else {
+            return;
+        };
+        let ok = response_to(req, 200, Some(&call.a.local_tag));
+        if call.phase != Phase::Calling {
+            // Too late: the call is up; the CANCEL changes nothing.
+            return self.answer(sip, key, ok, now);
+        }
+        let a_key = call.a_invite.0.clone();
+        let terminated = response_to(&call.a_invite.1, 487, Some(&call.a.local_tag));
+        let b_invite = call.b_invite.1.clone();
+        let b_peer = call.b.peer;
+        self.answer(sip, key, ok, now);
+        self.answer(sip, &a_key, terminated, now);
+        // CANCEL to B: same Request-URI, Call-ID, From, To, top Via, CSeq number.
+        let via = header(&b_invite, "Via").unwrap_or_default();
+        let seq = b_invite.cseq_header().and_then(|c| c.seq()).unwrap_or(1);
+        let text = format!(
+            "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: {call_id}\r\nCSeq: {seq} CANCEL\r\n{routes}Content-Length: 0\r\n\r\n",
+            // RFC 3261 §9.1: the same Route as the INVITE.
+            routes = route_lines(&header_values(&b_invite, "Route")),
+            uri = b_invite.uri,
+            from = header(&b_invite, "From").unwrap_or_default(),
+            to = header(&b_invite, "To").unwrap_or_default(),
+            call_id = header(&b_invite, "Call-ID").unwrap_or_default(),
+        );
+        if let Some(cancel) = request_from_text(&text) {
+            self.send(sip, cancel, b_peer, now);
+        }
+        self.end_call(id, "cancelled", wall);
+    }
+}
