@@ -73,13 +73,27 @@ pub struct Credentials {
     pub algorithm: Option<String>,
 }
 
+/// Why an `Authorization` header could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizationError {
+    /// Another scheme (`Basic`, …).
+    #[error("not a Digest authorization")]
+    NotDigest,
+    /// A quoted value that never ends.
+    #[error("unterminated quote in {0}")]
+    UnterminatedQuote(String),
+    /// A field every digest answer carries is missing.
+    #[error("Authorization has no {0}")]
+    Missing(&'static str),
+}
+
 /// Parses `Digest k=v, k="v", …`.
-pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
+pub fn parse_authorization(value: &str) -> Result<Credentials, AuthorizationError> {
     let rest = value
         .trim()
         .strip_prefix("Digest")
         .or_else(|| value.trim().strip_prefix("digest"))
-        .ok_or("not a Digest authorization")?;
+        .ok_or(AuthorizationError::NotDigest)?;
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut chars = rest.chars().peekable();
     loop {
@@ -114,7 +128,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
                 }
             }
             if !closed {
-                return Err(format!("unterminated quote in {key}"));
+                return Err(AuthorizationError::UnterminatedQuote(key));
             }
         } else {
             while let Some(c) = chars.peek() {
@@ -129,7 +143,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, String> {
         fields.insert(key, val);
     }
     let mut take = |k: &str| fields.remove(k);
-    let need = |v: Option<String>, k: &str| v.ok_or_else(|| format!("Authorization has no {k}"));
+    let need = |v: Option<String>, k: &'static str| v.ok_or(AuthorizationError::Missing(k));
     Ok(Credentials {
         username: need(take("username"), "username")?,
         realm: need(take("realm"), "realm")?,
@@ -237,19 +251,28 @@ impl Authenticator {
     }
 }
 
+/// What is wrong with a users file, by line (from 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsersError {
+    /// A line without the colon between user and password.
+    #[error("line {0}: expected user:password")]
+    NoColon(usize),
+    /// A line with nothing before or after the colon.
+    #[error("line {0}: empty user or password")]
+    Empty(usize),
+}
+
 /// Reads a users file: one `user:password` per line, `#` comments.
-pub fn parse_users(text: &str) -> Result<HashMap<String, String>, String> {
+pub fn parse_users(text: &str) -> Result<HashMap<String, String>, UsersError> {
     let mut users = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (user, password) = line
-            .split_once(':')
-            .ok_or_else(|| format!("line {}: expected user:password", n + 1))?;
+        let (user, password) = line.split_once(':').ok_or(UsersError::NoColon(n + 1))?;
         if user.is_empty() || password.is_empty() {
-            return Err(format!("line {}: empty user or password", n + 1));
+            return Err(UsersError::Empty(n + 1));
         }
         users.insert(user.to_string(), password.to_string());
     }
@@ -342,15 +365,27 @@ mod tests {
         assert_eq!(c.username, "a\"b");
         assert_eq!(c.realm, "r, with comma");
         assert_eq!(c.nonce, "n");
-        assert!(parse_authorization("Basic abc").is_err());
+        assert_eq!(
+            parse_authorization("Basic abc"),
+            Err(AuthorizationError::NotDigest)
+        );
         assert!(parse_authorization("Digest username=\"open").is_err());
-        assert!(parse_authorization("Digest username=x").is_err());
+        assert_eq!(
+            parse_authorization("Digest username=x").map_err(|e| e.to_string()),
+            Err("Authorization has no realm".to_string())
+        );
     }
 
     #[test]
     fn users_files_are_checked() {
         let u = parse_users("# people\nalice:wonder\n\nbob:builder\n").unwrap();
         assert_eq!(u.len(), 2);
-        assert!(parse_users("alice\n").unwrap_err().contains("line 1"));
+        assert!(
+            parse_users("alice\n")
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
+        assert_eq!(parse_users("bob:\n"), Err(UsersError::Empty(1)));
     }
 }

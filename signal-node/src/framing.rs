@@ -66,19 +66,17 @@ impl Framer {
             return Ok(None);
         };
         let total = {
-            let raw = wire::split(&self.buf[..head_end + 4])
-                .map_err(|why| Broken { why, reply: None })?;
+            let raw = self.head(head_end)?;
             match wire::content_length(&raw) {
                 Ok(Some(n)) => head_end + 4 + n,
                 Ok(None) => {
                     return Err(self.refuse(&raw, "Content-Length is required on a stream"));
                 }
-                Err(why) => return Err(self.refuse(&raw, &why)),
+                Err(why) => return Err(self.refuse(&raw, &why.to_string())),
             }
         };
         if total > MAX_MESSAGE {
-            let raw = wire::split(&self.buf[..head_end + 4])
-                .map_err(|why| Broken { why, reply: None })?;
+            let raw = self.head(head_end)?;
             return Err(self.refuse(&raw, &format!("message of {total} bytes is too large")));
         }
         if self.buf.len() < total {
@@ -87,6 +85,14 @@ impl Framer {
         let rest = self.buf.split_off(total);
         let frame = std::mem::replace(&mut self.buf, rest);
         Ok(Some(Frame::Message(frame)))
+    }
+
+    /// The headers of the next message, which end at `head_end`.
+    fn head(&self, head_end: usize) -> Result<wire::RawMessage<'_>, Broken> {
+        wire::split(&self.buf[..head_end + 4]).map_err(|why| Broken {
+            why: why.to_string(),
+            reply: None,
+        })
     }
 
     fn refuse(&self, raw: &wire::RawMessage<'_>, why: &str) -> Broken {

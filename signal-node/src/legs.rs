@@ -1,7 +1,7 @@
 //! What a call asks of its call legs, as data: the endpoint queues
 //! [`LegRequest`]s and is told the outcome with [`LegReply`]s, so the SIP
 //! core stays free of I/O while legs are made in this process or on a media
-//! pod across the network (see [`crate::leg_providers`]).
+//! pod across the network (the leg providers module).
 
 use std::net::SocketAddr;
 

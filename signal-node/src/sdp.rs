@@ -5,9 +5,32 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// Why an SDP says nowhere to send audio to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    /// An `m=audio` line without a port that parses.
+    #[error("bad m= line {0:?}")]
+    BadMedia(String),
+    /// A `c=` line of another network or address type than IP4/IP6.
+    #[error("unsupported c= line {0:?}")]
+    UnsupportedConnection(String),
+    /// A `c=` line that stops after the address type.
+    #[error("c= without an address")]
+    NoConnectionAddress,
+    /// A `c=` address that is not an IP address.
+    #[error("bad c= address {0:?}")]
+    BadConnectionAddress(String),
+    /// No audio stream at all.
+    #[error("no m=audio line")]
+    NoAudio,
+    /// An audio stream with no `c=` for it, at either level.
+    #[error("no c= line for the audio")]
+    NoAudioConnection,
+}
+
 /// Where the SDP's first audio stream is received: the media-level `c=`
 /// if any, else the session-level one, and the `m=audio` port.
-pub fn audio_address(sdp: &str) -> Result<SocketAddr, String> {
+pub fn audio_address(sdp: &str) -> Result<SocketAddr, SdpError> {
     let mut session_ip: Option<IpAddr> = None;
     let mut in_audio = false;
     let mut audio_port: Option<u16> = None;
@@ -24,7 +47,7 @@ pub fn audio_address(sdp: &str) -> Result<SocketAddr, String> {
                     .nth(1)
                     .and_then(|p| p.split('/').next())
                     .and_then(|p| p.parse::<u16>().ok())
-                    .ok_or_else(|| format!("bad m= line {line:?}"))?;
+                    .ok_or_else(|| SdpError::BadMedia(line.to_string()))?;
                 audio_port = Some(port);
             }
         } else if let Some(c) = line.strip_prefix("c=") {
@@ -36,24 +59,24 @@ pub fn audio_address(sdp: &str) -> Result<SocketAddr, String> {
             }
         }
     }
-    let port = audio_port.ok_or("no m=audio line")?;
-    let ip = media_ip.or(session_ip).ok_or("no c= line for the audio")?;
+    let port = audio_port.ok_or(SdpError::NoAudio)?;
+    let ip = media_ip.or(session_ip).ok_or(SdpError::NoAudioConnection)?;
     Ok(SocketAddr::new(ip, port))
 }
 
-fn parse_connection(c: &str) -> Result<IpAddr, String> {
+fn parse_connection(c: &str) -> Result<IpAddr, SdpError> {
     let mut parts = c.split_whitespace();
     let (net, kind, addr) = (parts.next(), parts.next(), parts.next());
     if net != Some("IN") || !matches!(kind, Some("IP4" | "IP6")) {
-        return Err(format!("unsupported c= line {c:?}"));
+        return Err(SdpError::UnsupportedConnection(c.to_string()));
     }
-    let addr = addr.ok_or("c= without an address")?;
+    let addr = addr.ok_or(SdpError::NoConnectionAddress)?;
     // Multicast TTL suffixes ("/127") are not for unicast calls.
     addr.split('/')
         .next()
         .unwrap_or_default()
         .parse()
-        .map_err(|_| format!("bad c= address {addr:?}"))
+        .map_err(|_| SdpError::BadConnectionAddress(addr.to_string()))
 }
 
 /// The SDP with every `c=` line and the first audio port pointing at `to`.
@@ -124,15 +147,31 @@ a=rtpmap:101 telephone-event/8000\r\n";
 
     #[test]
     fn bad_sdp_is_an_error_not_a_panic() {
-        for bad in [
-            "",
-            "v=0\r\nm=audio x RTP/AVP 0\r\n",
-            "v=0\r\nm=audio 5000 RTP/AVP 0\r\n",
-            "v=0\r\nc=IN IP4 nowhere\r\nm=audio 5000 RTP/AVP 0\r\n",
-            "v=0\r\nc=ATM x y\r\nm=audio 5000 RTP/AVP 0\r\n",
+        for (bad, why) in [
+            ("", SdpError::NoAudio),
+            (
+                "v=0\r\nm=audio x RTP/AVP 0\r\n",
+                SdpError::BadMedia("m=audio x RTP/AVP 0".to_string()),
+            ),
+            (
+                "v=0\r\nm=audio 5000 RTP/AVP 0\r\n",
+                SdpError::NoAudioConnection,
+            ),
+            (
+                "v=0\r\nc=IN IP4 nowhere\r\nm=audio 5000 RTP/AVP 0\r\n",
+                SdpError::BadConnectionAddress("nowhere".to_string()),
+            ),
+            (
+                "v=0\r\nc=ATM x y\r\nm=audio 5000 RTP/AVP 0\r\n",
+                SdpError::UnsupportedConnection("ATM x y".to_string()),
+            ),
         ] {
-            assert!(audio_address(bad).is_err(), "{bad:?}");
+            assert_eq!(audio_address(bad), Err(why), "{bad:?}");
         }
+        assert_eq!(
+            SdpError::BadConnectionAddress("nowhere".to_string()).to_string(),
+            "bad c= address \"nowhere\""
+        );
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use std::time::{Instant, SystemTime};
 
-use rsipstack::sip::Response;
 use rsipstack::sip::headers::make_header;
+use rsipstack::sip::{Request, Response};
 
 use super::{B2bua, Stack};
-use crate::calls::Phase;
+use crate::calls::{Dialog, Phase};
 use crate::legs::{LegRequest, Side};
 use crate::sdp::{audio_address, rewrite_audio};
-use crate::transaction::{TxKey, response_to};
+use crate::transaction::{Peer, TxKey, response_to};
 use crate::wire::headers::{
     header, header_values, is_success, sdp_body, tag_of, uri_of, with_body,
 };
@@ -38,20 +38,7 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(id) else {
             return;
         };
-        let to = header(resp, "To").unwrap_or_default();
-        if let Some(tag) = tag_of(to) {
-            call.b.remote_tag = Some(tag);
-        }
-        if is_success(resp)
-            && let Some(contact) = header(resp, "Contact")
-        {
-            call.b.remote_target = uri_of(contact);
-        }
-        let recorded = header_values(resp, "Record-Route");
-        if is_success(resp) && !recorded.is_empty() {
-            // RFC 3261 §12.1.2: the UAC's route set is the Record-Route reversed.
-            call.b.route_set = recorded.into_iter().rev().collect();
-        }
+        learn_b_dialog(&mut call.b, resp);
         let media = call.media.clone();
         let a_key = call.a_invite.0.clone();
         let a_invite = call.a_invite.1.clone();
@@ -87,25 +74,7 @@ impl B2bua {
         if phase != Phase::Calling {
             return;
         }
-        let mut to_a = response_to(&a_invite, code, Some(&a_tag));
-        if code > 100 && code < 300 {
-            to_a.headers
-                .push(make_header("Contact", self.contact(a_peer)));
-            // RFC 3261 §12.1.1: the UAS copies the Record-Route into responses
-            // that make the dialog.
-            for rr in header_values(&a_invite, "Record-Route") {
-                to_a.headers.push(make_header("Record-Route", rr));
-            }
-        }
-        if let Some(sdp) = answer_sdp
-            && code < 300
-        {
-            let to_a_sdp = rewrite_audio(&sdp, media.a.addr);
-            if let Some(call) = self.calls.get_mut(id) {
-                call.set_sdp_sent(Side::A, to_a_sdp.clone());
-            }
-            to_a = with_body(to_a, "application/sdp", to_a_sdp);
-        }
+        let to_a = self.relayed_to_a(id, resp, answer_sdp, (&a_invite, &a_tag, a_peer));
         if is_success(resp) {
             if let Some(call) = self.calls.get_mut(id) {
                 call.phase = Phase::Answered;
@@ -120,6 +89,41 @@ impl B2bua {
         } else if code >= 300 {
             self.end_call(id, &code.to_string(), wall);
         }
+    }
+
+    /// B's answer as A's: A's tag, our Contact and A's Record-Route on a
+    /// dialog-making answer, the SDP pointed at A's leg.
+    fn relayed_to_a(
+        &mut self,
+        id: u64,
+        resp: &Response,
+        answer_sdp: Option<String>,
+        (a_invite, a_tag, a_peer): (&Request, &str, Peer),
+    ) -> Response {
+        let code = resp.status_code().code();
+        let mut to_a = response_to(a_invite, code, Some(a_tag));
+        if code > 100 && code < 300 {
+            to_a.headers
+                .push(make_header("Contact", self.contact(a_peer)));
+            // RFC 3261 §12.1.1: the UAS copies the Record-Route into responses
+            // that make the dialog.
+            for rr in header_values(a_invite, "Record-Route") {
+                to_a.headers.push(make_header("Record-Route", rr));
+            }
+        }
+        if let Some(sdp) = answer_sdp
+            && code < 300
+        {
+            let Some(a_leg) = self.calls.get(id).map(|c| c.media.a.addr) else {
+                return to_a;
+            };
+            let to_a_sdp = rewrite_audio(&sdp, a_leg);
+            if let Some(call) = self.calls.get_mut(id) {
+                call.set_sdp_sent(Side::A, to_a_sdp.clone());
+            }
+            to_a = with_body(to_a, "application/sdp", to_a_sdp);
+        }
+        to_a
     }
 
     /// Our INVITE to B got no final answer in time.
@@ -145,5 +149,24 @@ impl B2bua {
             self.answer(sip, &a_key, r, now);
             self.end_call(id, "408", wall);
         }
+    }
+}
+
+/// What B's answer says of its dialog: its tag, and on a 2xx its target
+/// and route set.
+fn learn_b_dialog(b: &mut Dialog, resp: &Response) {
+    let to = header(resp, "To").unwrap_or_default();
+    if let Some(tag) = tag_of(to) {
+        b.remote_tag = Some(tag);
+    }
+    if is_success(resp)
+        && let Some(contact) = header(resp, "Contact")
+    {
+        b.remote_target = uri_of(contact);
+    }
+    let recorded = header_values(resp, "Record-Route");
+    if is_success(resp) && !recorded.is_empty() {
+        // RFC 3261 §12.1.2: the UAC's route set is the Record-Route reversed.
+        b.route_set = recorded.into_iter().rev().collect();
     }
 }

@@ -40,11 +40,12 @@ impl B2bua {
             Ok(user) => user,
             Err(challenge) => {
                 let mut r = refuse(407);
-                r.headers.push(make_header("Proxy-Authenticate", challenge));
+                r.headers
+                    .push(make_header("Proxy-Authenticate", challenge.value));
                 return self.answer(sip, key, r, now);
             }
         };
-        let from_user = crate::registrar::user_of(header(req, "From").unwrap_or_default());
+        let from_user = crate::wire::headers::user_of(header(req, "From").unwrap_or_default());
         if from_user.as_deref() != Some(caller.as_str()) {
             return self.answer(sip, key, refuse(403), now);
         }
@@ -106,40 +107,65 @@ impl B2bua {
             }
             return;
         };
-        let key = &p.key;
-        let req = &p.req;
         let media = match media {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "no call legs for a call");
-                let r = response_to(req, 503, Some(&p.tag));
-                self.answer(sip, key, r, now);
+                let r = response_to(&p.req, 503, Some(&p.tag));
+                self.answer(sip, &p.key, r, now);
                 return self.finished_unanswered(&p, "503", wall);
             }
         };
-        let to = header(req, "To").unwrap_or_default().to_string();
-        let tag = p.tag.clone();
-        let a_from = header(req, "From").unwrap_or_default().to_string();
-        let a_contact = header(req, "Contact").map(uri_of).unwrap_or_default();
-        let a_call_id = header(req, "Call-ID").unwrap_or_default().to_string();
-        let a = Dialog {
-            call_id: a_call_id,
-            local_tag: tag.clone(),
-            remote_tag: tag_of(&a_from),
-            local_uri: uri_of(&to),
-            remote_uri: uri_of(&a_from),
-            remote_target: a_contact,
-            peer: p.from,
-            cseq: 1,
-            // RFC 3261 §12.1.1: the UAS's route set is the Record-Route as received.
-            route_set: header_values(req, "Record-Route"),
+        let a = a_dialog(&p);
+        let body = rewrite_audio(&p.offer, media.b.addr);
+        let sent = self.invite_b(sip, &p, &a, &body, now);
+        let Some((b, b_key, b_invite)) = sent else {
+            self.leg_requests.push_back(LegRequest::Release { media });
+            let r = response_to(&p.req, 500, Some(&p.tag));
+            self.answer(sip, &p.key, r, now);
+            return self.finished_unanswered(&p, "500", wall);
         };
+        tracing::info!(caller = %p.caller, callee = %p.callee, call_id = %a.call_id, provider = ?media.provider, "call started");
+        self.calls.insert(
+            task,
+            Call {
+                caller: p.caller,
+                callee: p.callee,
+                a,
+                b,
+                a_invite: (p.key, p.req),
+                b_invite: (b_key, b_invite),
+                media,
+                phase: Phase::Calling,
+                invite_sent: Some(now),
+                started: p.started,
+                answered: None,
+                reinvite: None,
+                awaiting_ack: Vec::new(),
+                sent_sdp: (None, Some(body)),
+                replicated: 0,
+                confirmed: 0,
+                pinned: self.local,
+            },
+        );
+        self.update_call_metrics();
+    }
+
+    /// Sends the call's INVITE to B, with `body` as its offer; B's dialog,
+    /// the client transaction and the INVITE.
+    fn invite_b(
+        &mut self,
+        sip: &mut Stack<'_>,
+        p: &Pending,
+        a: &Dialog,
+        body: &str,
+        now: Instant,
+    ) -> Option<(Dialog, TxKey, Request)> {
         let binding = &p.binding;
         let b_peer = binding.source;
         let b_tag = sip.tags.next();
         let b_call_id = format!("{}-b@{}", sip.tags.next(), self.local.ip());
         let branch = sip.tags.branch();
-        let body = rewrite_audio(&p.offer, media.b.addr);
         let text = format!(
             "INVITE {target} SIP/2.0\r\n\
              Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
@@ -162,17 +188,11 @@ impl B2bua {
             contact = self.contact(b_peer),
             len = body.len(),
         );
-        let sent = request_from_text(&text).and_then(|b_invite| {
-            let b_key = self.send(sip, b_invite.clone(), b_peer, now)?;
-            Some((b_key, b_invite))
-        });
-        let Some((b_key, b_invite)) = sent else {
-            tracing::error!(%text, "built an INVITE that does not parse or cannot be sent");
-            self.leg_requests.push_back(LegRequest::Release { media });
-            let r = response_to(req, 500, Some(&tag));
-            self.answer(sip, key, r, now);
-            return self.finished_unanswered(&p, "500", wall);
+        let Some(b_invite) = request_from_text(&text) else {
+            tracing::error!(%text, "built an INVITE that does not parse");
+            return None;
         };
+        let b_key = self.send(sip, b_invite.clone(), b_peer, now)?;
         let b = Dialog {
             call_id: b_call_id,
             local_tag: b_tag,
@@ -184,30 +204,7 @@ impl B2bua {
             cseq: 1,
             route_set: binding.path.clone(),
         };
-        tracing::info!(caller = %p.caller, callee = %p.callee, call_id = %a.call_id, provider = ?media.provider, "call started");
-        self.calls.insert(
-            task,
-            Call {
-                caller: p.caller,
-                callee: p.callee,
-                a,
-                b,
-                a_invite: (p.key, p.req),
-                b_invite: (b_key, b_invite),
-                media,
-                phase: Phase::Calling,
-                invite_sent: Some(now),
-                started: p.started,
-                answered: None,
-                reinvite: None,
-                awaiting_ack: Vec::new(),
-                sent_sdp: (None, Some(body.clone())),
-                replicated: 0,
-                confirmed: 0,
-                pinned: self.local,
-            },
-        );
-        self.update_call_metrics();
+        Some((b, b_key, b_invite))
     }
 
     /// A call that ended before it had legs and a dialog with B.
@@ -281,5 +278,24 @@ impl B2bua {
             self.send(sip, cancel, b_peer, now);
         }
         self.end_call(id, "cancelled", wall);
+    }
+}
+
+/// The caller's side of a call, from its INVITE.
+fn a_dialog(p: &Pending) -> Dialog {
+    let req = &p.req;
+    let to = header(req, "To").unwrap_or_default();
+    let a_from = header(req, "From").unwrap_or_default();
+    Dialog {
+        call_id: header(req, "Call-ID").unwrap_or_default().to_string(),
+        local_tag: p.tag.clone(),
+        remote_tag: tag_of(a_from),
+        local_uri: uri_of(to),
+        remote_uri: uri_of(a_from),
+        remote_target: header(req, "Contact").map(uri_of).unwrap_or_default(),
+        peer: p.from,
+        cseq: 1,
+        // RFC 3261 §12.1.1: the UAS's route set is the Record-Route as received.
+        route_set: header_values(req, "Record-Route"),
     }
 }

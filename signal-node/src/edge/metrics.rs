@@ -25,36 +25,36 @@ impl EdgeMetrics {
         let m = Self::default();
         register_all(
             registry,
-            [
+            &[
                 (
                     "voicecluster_edge_forwarded",
                     "SIP messages forwarded, by direction (to_backend, to_client) and kind",
-                    Box::new(m.forwarded.clone()),
+                    &m.forwarded,
                 ),
                 (
                     "voicecluster_edge_refused",
                     "Requests the edge answered itself, by status code",
-                    Box::new(m.refused.clone()),
+                    &m.refused,
                 ),
                 (
                     "voicecluster_edge_dropped",
                     "Messages the edge dropped, by reason",
-                    Box::new(m.dropped.clone()),
+                    &m.dropped,
                 ),
                 (
                     "voicecluster_edge_backends",
                     "Backends that answer the edge's heartbeats and take new calls",
-                    Box::new(m.backends.clone()),
+                    &m.backends,
                 ),
                 (
                     "voicecluster_edge_backend_changes",
                     "Backend health changes the heartbeats saw, by new health (up, draining, down)",
-                    Box::new(m.backend_changes.clone()),
+                    &m.backend_changes,
                 ),
                 (
                     "voicecluster_edge_failovers",
                     "In-dialog requests sent to the buddy of a backend that is down",
-                    Box::new(m.failovers.clone()),
+                    &m.failovers,
                 ),
             ],
         );

@@ -10,6 +10,7 @@ use rsipstack::sip::{Request, Response};
 
 use crate::digest::{Authenticator, Refusal, parse_authorization};
 use crate::transaction::{Peer, response_to};
+use crate::wire::headers::user_of;
 use crate::wire::split_list;
 
 /// Shortest registration accepted (a shorter one gets 423).
@@ -46,6 +47,14 @@ pub struct Registrar {
     changed: Vec<String>,
 }
 
+/// A request without credentials that pass: ask for them again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("credentials required: {value}")]
+pub struct Challenge {
+    /// The `WWW-Authenticate`/`Proxy-Authenticate` value to send.
+    pub value: String,
+}
+
 /// A Contact header entry.
 #[derive(Debug, PartialEq, Eq)]
 struct ContactEntry {
@@ -53,18 +62,32 @@ struct ContactEntry {
     expires: Option<u32>,
 }
 
-fn parse_contact(entry: &str) -> Result<ContactEntry, String> {
+/// Why a Contact entry of a REGISTER was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ContactError {
+    /// Angle brackets that do not pair up.
+    #[error("bad Contact {0:?}")]
+    Malformed(String),
+    /// Neither `sip:`, `sips:` nor `tel:`.
+    #[error("Contact URI {0:?} is not a SIP URI")]
+    NotSip(String),
+    /// An `expires` parameter that is not a number of seconds.
+    #[error("bad expires {0:?}")]
+    BadExpires(String),
+}
+
+fn parse_contact(entry: &str) -> Result<ContactEntry, ContactError> {
     let (uri, params) = match (entry.find('<'), entry.rfind('>')) {
         (Some(a), Some(b)) if a < b => (&entry[a + 1..b], &entry[b + 1..]),
         (None, None) => match entry.split_once(';') {
             Some((u, p)) => (u, p),
             None => (entry, ""),
         },
-        _ => return Err(format!("bad Contact {entry:?}")),
+        _ => return Err(ContactError::Malformed(entry.to_string())),
     };
     let uri = uri.trim();
     if !(uri.starts_with("sip:") || uri.starts_with("sips:") || uri.starts_with("tel:")) {
-        return Err(format!("Contact URI {uri:?} is not a SIP URI"));
+        return Err(ContactError::NotSip(uri.to_string()));
     }
     let mut expires = None;
     for p in params.split(';') {
@@ -74,7 +97,7 @@ fn parse_contact(entry: &str) -> Result<ContactEntry, String> {
             expires = Some(
                 v.trim()
                     .parse::<u32>()
-                    .map_err(|_| format!("bad expires {v:?}"))?,
+                    .map_err(|_| ContactError::BadExpires(v.to_string()))?,
             );
         }
     }
@@ -82,20 +105,6 @@ fn parse_contact(entry: &str) -> Result<ContactEntry, String> {
         uri: uri.to_string(),
         expires,
     })
-}
-
-/// The user part of a To/From value such as `"A" <sip:alice@host>;tag=x`.
-pub fn user_of(value: &str) -> Option<String> {
-    let uri = match (value.find('<'), value.find('>')) {
-        (Some(a), Some(b)) if a < b => &value[a + 1..b],
-        _ => value.split(';').next().unwrap_or_default(),
-    };
-    let rest = uri
-        .strip_prefix("sip:")
-        .or_else(|| uri.strip_prefix("sips:"))?;
-    let (user, _) = rest.split_once('@')?;
-    let user = user.split(':').next().unwrap_or_default();
-    (!user.is_empty()).then(|| user.to_string())
 }
 
 impl Registrar {
@@ -140,25 +149,28 @@ impl Registrar {
 
     /// Checks a request's credentials in `header` (`Authorization` or
     /// `Proxy-Authorization`): the authenticated user, or the challenge to
-    /// send (a `WWW-Authenticate`/`Proxy-Authenticate` value).
+    /// send.
     pub fn authenticate(
         &self,
         req: &Request,
         header: &str,
         now: SystemTime,
-    ) -> Result<String, String> {
+    ) -> Result<String, Challenge> {
         let value = req
             .headers
             .iter()
             .find(|h| h.name().eq_ignore_ascii_case(header))
             .map(|h| h.value().to_string());
+        let challenge = |stale| Challenge {
+            value: self.auth.challenge(now, stale),
+        };
         let Some(Ok(creds)) = value.as_deref().map(parse_authorization) else {
-            return Err(self.auth.challenge(now, false));
+            return Err(challenge(false));
         };
         match self.auth.verify(&creds, &req.method().to_string(), now) {
             Ok(()) => Ok(creds.username),
-            Err(Refusal::Stale) => Err(self.auth.challenge(now, true)),
-            Err(Refusal::Wrong) => Err(self.auth.challenge(now, false)),
+            Err(Refusal::Stale) => Err(challenge(true)),
+            Err(Refusal::Wrong) => Err(challenge(false)),
         }
     }
 
@@ -216,6 +228,42 @@ impl Registrar {
         now: SystemTime,
     ) -> Response {
         let reply = |code: u16| response_to(req, code, Some(to_tag));
+        match self.try_register(req, source, &reply, now) {
+            Ok(ok) | Err(ok) => ok,
+        }
+    }
+
+    /// The steps of [`Self::register`]: the 200 with the user's bindings,
+    /// or the response that refuses the REGISTER.
+    fn try_register(
+        &mut self,
+        req: &Request,
+        source: Peer,
+        reply: &dyn Fn(u16) -> Response,
+        now: SystemTime,
+    ) -> Result<Response, Response> {
+        let user = self.registering_user(req, reply, now)?;
+        let update = Update::read(req, reply)?;
+        let current = self.bindings.entry(user.clone()).or_default();
+        current.retain(|b| b.expires_at > now);
+        update.check(current, reply)?;
+        update.apply(current, source, now);
+        let ok = update.registered(reply(200), current, now);
+        if current.is_empty() {
+            self.bindings.remove(&user);
+        }
+        self.changed.push(user);
+        Ok(ok)
+    }
+
+    /// The user a REGISTER authenticates as, who may register their own
+    /// address only; or the 401, 400 or 403 that refuses it.
+    fn registering_user(
+        &self,
+        req: &Request,
+        reply: &dyn Fn(u16) -> Response,
+        now: SystemTime,
+    ) -> Result<String, Response> {
         let challenge = |stale: bool| {
             let mut r = reply(401);
             r.headers.push(make_header(
@@ -225,27 +273,48 @@ impl Registrar {
             r
         };
         let Some(authorization) = req.authorization_header() else {
-            return challenge(false);
+            return Err(challenge(false));
         };
-        let creds = match parse_authorization(authorization.value()) {
-            Ok(c) => c,
-            Err(why) => return with_warning(reply(400), &why),
-        };
+        let creds = parse_authorization(authorization.value())
+            .map_err(|why| with_warning(reply(400), &why.to_string()))?;
         match self.auth.verify(&creds, "REGISTER", now) {
             Ok(()) => {}
-            Err(Refusal::Stale) => return challenge(true),
-            Err(Refusal::Wrong) => return challenge(false),
+            Err(Refusal::Stale) => return Err(challenge(true)),
+            Err(Refusal::Wrong) => return Err(challenge(false)),
         }
         let to = req
             .to_header()
             .map(|t| t.value().to_string())
             .unwrap_or_default();
         let Some(user) = user_of(&to) else {
-            return with_warning(reply(400), "To has no user");
+            return Err(with_warning(reply(400), "To has no user"));
         };
         if user != creds.username {
-            return with_warning(reply(403), "may only register your own address");
+            return Err(with_warning(
+                reply(403),
+                "may only register your own address",
+            ));
         }
+        Ok(user)
+    }
+}
+
+/// What a REGISTER asks of the bindings of its user.
+struct Update {
+    call_id: String,
+    cseq: u32,
+    /// The request's Expires, for the contacts that say none.
+    default_expires: Option<u32>,
+    /// Its Path, stored with every binding it makes.
+    path: Vec<String>,
+    contacts: Vec<ContactEntry>,
+    /// `Contact: *`: every binding goes.
+    star: bool,
+}
+
+impl Update {
+    /// Reads a REGISTER's headers, or the 400 that refuses it.
+    fn read(req: &Request, reply: &dyn Fn(u16) -> Response) -> Result<Self, Response> {
         let call_id = req
             .call_id_header()
             .map(|c| c.value().to_string())
@@ -256,7 +325,7 @@ impl Registrar {
             .map(|e| e.value().trim().parse::<u32>())
             .transpose();
         let Ok(default_expires) = default_expires else {
-            return with_warning(reply(400), "bad Expires");
+            return Err(with_warning(reply(400), "bad Expires"));
         };
         let path: Vec<String> = req
             .headers
@@ -272,45 +341,71 @@ impl Registrar {
                     star = true;
                     continue;
                 }
-                match parse_contact(entry) {
-                    Ok(c) => contacts.push(c),
-                    Err(why) => return with_warning(reply(400), &why),
-                }
+                let contact = parse_contact(entry)
+                    .map_err(|why| with_warning(reply(400), &why.to_string()))?;
+                contacts.push(contact);
             }
         }
-        let current = self.bindings.entry(user.clone()).or_default();
-        current.retain(|b| b.expires_at > now);
-        if star {
+        Ok(Self {
+            call_id,
+            cseq,
+            default_expires,
+            path,
+            contacts,
+            star,
+        })
+    }
+
+    /// How long `c` asks to be bound for, in seconds.
+    fn requested(&self, c: &ContactEntry) -> u32 {
+        c.expires
+            .or(self.default_expires)
+            .unwrap_or(DEFAULT_EXPIRES)
+    }
+
+    /// Whether the update may be made to the `current` bindings; the 400,
+    /// 500 or 423 that refuses it when not.
+    fn check(&self, current: &[Binding], reply: &dyn Fn(u16) -> Response) -> Result<(), Response> {
+        if self.star {
             // RFC 3261 §10.3 step 6: `*` only alone and with Expires: 0.
-            if !contacts.is_empty() || default_expires != Some(0) {
-                return with_warning(
+            if !self.contacts.is_empty() || self.default_expires != Some(0) {
+                return Err(with_warning(
                     reply(400),
                     "Contact * needs Expires: 0 and no other contact",
-                );
+                ));
             }
             if current
                 .iter()
-                .any(|b| b.call_id == call_id && b.cseq >= cseq)
+                .any(|b| b.call_id == self.call_id && b.cseq >= self.cseq)
             {
-                return with_warning(reply(500), "out-of-order REGISTER");
+                return Err(with_warning(reply(500), "out-of-order REGISTER"));
             }
-            current.clear();
         }
-        for c in &contacts {
-            let requested = c.expires.or(default_expires).unwrap_or(DEFAULT_EXPIRES);
+        for c in &self.contacts {
+            let requested = self.requested(c);
             if requested > 0 && requested < MIN_EXPIRES {
                 let mut r = reply(423);
                 r.headers
                     .push(make_header("Min-Expires", MIN_EXPIRES.to_string()));
-                return r;
+                return Err(r);
             }
         }
-        for c in contacts {
-            let requested = c.expires.or(default_expires).unwrap_or(DEFAULT_EXPIRES);
+        Ok(())
+    }
+
+    /// Makes the update to the `current` bindings: new and refreshed
+    /// contacts bound, expired (0) ones and, with `*`, all removed; a
+    /// contact last bound by a later REGISTER of the same Call-ID stays.
+    fn apply(&self, current: &mut Vec<Binding>, source: Peer, now: SystemTime) {
+        if self.star {
+            current.clear();
+        }
+        for c in &self.contacts {
+            let requested = self.requested(c);
             let existing = current.iter().position(|b| b.contact == c.uri);
             if let Some(i) = existing
-                && current[i].call_id == call_id
-                && current[i].cseq >= cseq
+                && current[i].call_id == self.call_id
+                && current[i].cseq >= self.cseq
             {
                 continue;
             }
@@ -319,31 +414,31 @@ impl Registrar {
             }
             if requested > 0 {
                 current.push(Binding {
-                    contact: c.uri,
+                    contact: c.uri.clone(),
                     expires_at: now + Duration::from_secs(u64::from(requested.min(MAX_EXPIRES))),
-                    call_id: call_id.clone(),
-                    cseq,
+                    call_id: self.call_id.clone(),
+                    cseq: self.cseq,
                     source,
-                    path: path.clone(),
+                    path: self.path.clone(),
                 });
             }
         }
-        let mut ok = reply(200);
+    }
+
+    /// The 200 that says what is bound now: the `current` bindings with
+    /// the seconds each has left.
+    fn registered(&self, mut ok: Response, current: &[Binding], now: SystemTime) -> Response {
         // RFC 3327 §5.3: the Path the registrar stored goes back in the 200.
-        for p in &path {
+        for p in &self.path {
             ok.headers.push(make_header("Path", p.clone()));
         }
-        for b in current.iter() {
+        for b in current {
             let left = b.expires_at.duration_since(now).map_or(0, |d| d.as_secs());
             ok.headers.push(make_header(
                 "Contact",
                 format!("<{}>;expires={left}", b.contact),
             ));
         }
-        if current.is_empty() {
-            self.bindings.remove(&user);
-        }
-        self.changed.push(user);
         ok
     }
 }

@@ -8,7 +8,6 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Request, Response};
 
-use crate::registrar::user_of;
 use crate::wire::{self, Inbound};
 
 /// A request or response from text we wrote ourselves; `None` only if our
@@ -75,6 +74,20 @@ pub fn tag_of(value: &str) -> Option<String> {
             .eq_ignore_ascii_case("tag")
             .then(|| v.trim().to_string())
     })
+}
+
+/// The user part of a To/From value such as `"A" <sip:alice@host>;tag=x`.
+pub fn user_of(value: &str) -> Option<String> {
+    let uri = match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or_default(),
+    };
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let (user, _) = rest.split_once('@')?;
+    let user = user.split(':').next().unwrap_or_default();
+    (!user.is_empty()).then(|| user.to_string())
 }
 
 /// The callee's user name from the Request-URI.

@@ -107,20 +107,49 @@ pub fn split_list(v: &str) -> Vec<&str> {
     parts.into_iter().filter(|p| !p.is_empty()).collect()
 }
 
+/// Why bytes are not a SIP message, before any header is interpreted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// The headers never end.
+    #[error("no blank line after the headers")]
+    NoBlankLine,
+    /// Header bytes that are not text.
+    #[error("headers are not UTF-8")]
+    NotUtf8,
+    /// Nothing before the first line end.
+    #[error("empty start line")]
+    EmptyStartLine,
+    /// A folded line with nothing to fold into.
+    #[error("continuation line before any header")]
+    LeadingContinuation,
+    /// A header line without a colon (its start, clipped).
+    #[error("header line without a colon: {0:?}")]
+    NoColon(String),
+    /// A header name with other than token characters (clipped).
+    #[error("bad header name {0:?}")]
+    BadHeaderName(String),
+    /// Two Content-Length headers, which may say different things.
+    #[error("more than one Content-Length")]
+    ContentLengths,
+    /// A Content-Length that is not a number.
+    #[error("Content-Length {0:?} is not a number")]
+    BadContentLength(String),
+}
+
 /// Splits `bytes` into start line, headers and body.
-pub fn split(bytes: &[u8]) -> Result<RawMessage<'_>, String> {
-    let end = find(bytes, b"\r\n\r\n").ok_or("no blank line after the headers")?;
-    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| "headers are not UTF-8")?;
+pub fn split(bytes: &[u8]) -> Result<RawMessage<'_>, Malformed> {
+    let end = find(bytes, b"\r\n\r\n").ok_or(Malformed::NoBlankLine)?;
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| Malformed::NotUtf8)?;
     let mut lines = head.split("\r\n");
     let start_line = lines.next().unwrap_or_default();
     if start_line.is_empty() {
-        return Err("empty start line".into());
+        return Err(Malformed::EmptyStartLine);
     }
     let mut headers: Vec<(String, String)> = Vec::new();
     for line in lines {
         if line.starts_with([' ', '\t']) {
             let Some(last) = headers.last_mut() else {
-                return Err("continuation line before any header".into());
+                return Err(Malformed::LeadingContinuation);
             };
             last.1.push(' ');
             last.1.push_str(line.trim());
@@ -128,10 +157,10 @@ pub fn split(bytes: &[u8]) -> Result<RawMessage<'_>, String> {
         }
         let (name, value) = line
             .split_once(':')
-            .ok_or_else(|| format!("header line without a colon: {:?}", clip(line)))?;
+            .ok_or_else(|| Malformed::NoColon(clip(line).to_string()))?;
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(format!("bad header name {:?}", clip(name)));
+            return Err(Malformed::BadHeaderName(clip(name).to_string()));
         }
         headers.push((canonical_name(name), value.trim().to_string()));
     }
@@ -160,17 +189,17 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// The length the Content-Length header declares: `Ok(None)` without one.
-pub fn content_length(raw: &RawMessage<'_>) -> Result<Option<usize>, String> {
+pub fn content_length(raw: &RawMessage<'_>) -> Result<Option<usize>, Malformed> {
     let mut values = raw.values("Content-Length");
     let Some(v) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err("more than one Content-Length".into());
+        return Err(Malformed::ContentLengths);
     }
     v.parse::<usize>()
         .map(Some)
-        .map_err(|_| format!("Content-Length {v:?} is not a number"))
+        .map_err(|_| Malformed::BadContentLength(v.to_string()))
 }
 
 /// The mandatory headers every request and response carries (RFC 3261 §8.1.1).
@@ -191,7 +220,12 @@ pub fn decode(bytes: &[u8], framed: bool) -> Inbound {
     }
     let raw = match split(bytes) {
         Ok(raw) => raw,
-        Err(why) => return Inbound::Rejected { why, reply: None },
+        Err(why) => {
+            return Inbound::Rejected {
+                why: why.to_string(),
+                reply: None,
+            };
+        }
     };
     match check(&raw, framed) {
         Ok(body_len) => parse(bytes, &raw, body_len),
@@ -202,7 +236,7 @@ pub fn decode(bytes: &[u8], framed: bool) -> Inbound {
 /// Framing and mandatory headers; the body length to keep, or the status
 /// code and reason to refuse with.
 fn check(raw: &RawMessage<'_>, framed: bool) -> Result<usize, (u16, String)> {
-    let declared = content_length(raw).map_err(|e| (400, e))?;
+    let declared = content_length(raw).map_err(|e| (400, e.to_string()))?;
     let body_len = match declared {
         Some(n) if n > raw.body.len() => {
             return Err((
@@ -261,7 +295,7 @@ fn parse(bytes: &[u8], raw: &RawMessage<'_>, body_len: usize) -> Inbound {
         SipMessage::Response(r) => typed_ok(r),
     };
     if let Err(why) = typed {
-        return reject(raw, 400, why);
+        return reject(raw, 400, why.to_string());
     }
     match msg {
         SipMessage::Request(r) => Inbound::Request(Box::new(r)),
@@ -269,23 +303,36 @@ fn parse(bytes: &[u8], raw: &RawMessage<'_>, body_len: usize) -> Inbound {
     }
 }
 
-fn typed_ok(m: &impl HeadersExt) -> Result<(), String> {
+/// A header every layer above relies on that rsip cannot read.
+#[derive(Debug, thiserror::Error)]
+enum BadHeader {
+    /// A header that does not parse as its type.
+    #[error("bad {name}: {source}")]
+    Unparsable {
+        /// The header's name.
+        name: &'static str,
+        /// What rsip said.
+        source: sip::Error,
+    },
+    /// A top Via without the branch that names its transaction.
+    #[error("Via has no branch")]
+    NoBranch,
+}
+
+fn typed_ok(m: &impl HeadersExt) -> Result<(), BadHeader> {
+    let bad = |name| move |source| BadHeader::Unparsable { name, source };
     let via = m
         .top_via_header()
         .and_then(|v| v.typed())
-        .map_err(|e| format!("bad Via: {e}"))?;
+        .map_err(bad("Via"))?;
     if via.branch().is_none() {
-        return Err("Via has no branch".into());
+        return Err(BadHeader::NoBranch);
     }
-    m.cseq_header()
-        .and_then(|c| c.seq())
-        .map_err(|e| format!("bad CSeq: {e}"))?;
+    m.cseq_header().and_then(|c| c.seq()).map_err(bad("CSeq"))?;
     m.from_header()
         .and_then(|f| f.typed())
-        .map_err(|e| format!("bad From: {e}"))?;
-    m.to_header()
-        .and_then(|t| t.typed())
-        .map_err(|e| format!("bad To: {e}"))?;
+        .map_err(bad("From"))?;
+    m.to_header().and_then(|t| t.typed()).map_err(bad("To"))?;
     Ok(())
 }
 
