@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use tonic::transport::{Channel, Endpoint};
 use voicecluster_api::grpc::ReplicaAcks;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
+use voicecluster_telemetry::metrics::inc;
 
 use crate::acks::{AckBook, REPORT_TTL};
 use crate::controller::Election;
@@ -90,10 +91,27 @@ pub async fn run(
 }
 
 fn count(metrics: &DirectoryMetrics, result: &str) {
-    metrics
-        .reports_sent
-        .get_or_create(&vec![("result".to_string(), result.to_string())])
-        .inc();
+    inc(&metrics.reports_sent, &[("result", result)]);
+}
+
+/// Why the leader's Directory cannot be reached.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The leader's pod could not be read.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The Lease names a pod that is gone.
+    #[error("the leader's pod does not exist")]
+    NoPod,
+    /// The leader's pod is not running yet.
+    #[error("the leader's pod has no IP yet")]
+    NoIp,
+    /// The pod's IP is not an address.
+    #[error(transparent)]
+    BadIp(#[from] std::net::AddrParseError),
+    /// The address is no endpoint.
+    #[error(transparent)]
+    Endpoint(#[from] tonic::transport::Error),
 }
 
 /// A client for the Directory of the pod named `holder`.
@@ -101,15 +119,12 @@ async fn connect(
     pods: &Api<Pod>,
     holder: &str,
     port: u16,
-) -> anyhow::Result<DirectoryClient<Channel>> {
-    let pod = pods
-        .get_opt(holder)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the leader's pod does not exist"))?;
+) -> Result<DirectoryClient<Channel>, ConnectError> {
+    let pod = pods.get_opt(holder).await?.ok_or(ConnectError::NoPod)?;
     let ip: IpAddr = pod
         .status
         .and_then(|s| s.pod_ip)
-        .ok_or_else(|| anyhow::anyhow!("the leader's pod has no IP yet"))?
+        .ok_or(ConnectError::NoIp)?
         .parse()?;
     let endpoint = Endpoint::from_shared(format!("http://{}", SocketAddr::new(ip, port)))?
         .connect_timeout(Duration::from_secs(2))

@@ -4,7 +4,6 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
@@ -21,6 +20,20 @@ use crate::acks::AckBook;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::resources::Settings;
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Lease could not be read or created.
+    #[error("setting up leader election")]
+    Election(#[source] kube_lease_manager::LeaseManagerError),
+    /// The election's task ended before this replica became the leader.
+    #[error("leader election stopped")]
+    ElectionStopped(#[source] tokio::sync::watch::error::RecvError),
+    /// Another replica holds the Lease now.
+    #[error("lost leadership")]
+    LostLeadership,
+}
 
 /// How this replica takes part in leader election.
 #[derive(Clone, Debug)]
@@ -53,13 +66,8 @@ fn node_shape(node: &Node) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Runs the controller until it fails.
-async fn run_controller(
-    client: Client,
-    settings: Settings,
-    metrics: Metrics,
-    acks: Arc<AckBook>,
-) -> anyhow::Result<()> {
+/// Runs the controller until its watches end (only when the process does).
+async fn run_controller(client: Client, settings: Settings, metrics: Metrics, acks: Arc<AckBook>) {
     let managed = format!("{LABEL_MANAGED_BY}={MANAGER_NAME}");
     let owned = || watcher::Config::default().labels(&managed);
 
@@ -129,7 +137,6 @@ async fn run_controller(
             }
         })
         .await;
-    Ok(())
 }
 
 /// Runs the operator: with an election, only the replica holding the Lease
@@ -142,10 +149,11 @@ pub async fn run(
     acks: Arc<AckBook>,
     election: Option<Election>,
     readiness: Readiness,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let Some(election) = election else {
         readiness.set_ready();
-        return run_controller(client, settings, metrics, acks).await;
+        run_controller(client, settings, metrics, acks).await;
+        return Ok(());
     };
     let manager = LeaseManagerBuilder::new(client.clone(), &election.lease)
         .with_namespace(&election.namespace)
@@ -154,16 +162,13 @@ pub async fn run(
         .with_grace(5)
         .build()
         .await
-        .context("setting up leader election")?;
+        .map_err(Error::Election)?;
     let (mut is_leader, _task) = manager.watch().await;
     // Followers are ready too: they serve from their caches and stand by.
     readiness.set_ready();
     tracing::info!(lease = %election.lease, identity = %election.identity, "waiting for leadership");
     while !*is_leader.borrow_and_update() {
-        is_leader
-            .changed()
-            .await
-            .context("leader election stopped")?;
+        is_leader.changed().await.map_err(Error::ElectionStopped)?;
     }
     tracing::info!("became the leader");
     let lost = async move {
@@ -174,7 +179,7 @@ pub async fn run(
         }
     };
     tokio::select! {
-        result = run_controller(client, settings, metrics, acks) => result,
-        () = lost => anyhow::bail!("lost leadership"),
+        () = run_controller(client, settings, metrics, acks) => Ok(()),
+        () = lost => Err(Error::LostLeadership),
     }
 }

@@ -83,25 +83,6 @@ pub fn failover_status(o: &Observed) -> FailoverStatus {
         })
         .collect();
 
-    // A pod's name outlives the pod in the status, for the messages.
-    let known_pod = |address: &str| {
-        let previous = o.previous.into_iter().flat_map(|p| {
-            p.members
-                .iter()
-                .map(|m| (m.address.as_str(), Some(m.pod.as_str())))
-                .chain(
-                    p.failed
-                        .iter()
-                        .map(|f| (f.address.as_str(), f.pod.as_deref())),
-                )
-        });
-        o.members
-            .iter()
-            .map(|m| (m.address.as_str(), Some(m.pod.as_str())))
-            .chain(previous)
-            .find(|(a, _)| *a == address)
-            .and_then(|(_, pod)| pod.map(str::to_string))
-    };
     let approvals: Vec<&str> = o
         .approvals
         .unwrap_or_default()
@@ -116,7 +97,7 @@ pub fn failover_status(o: &Observed) -> FailoverStatus {
             !live || heartbeat(address) == Heartbeat::Down
         })
         .map(|(address, calls)| {
-            let pod = known_pod(address);
+            let pod = known_pod(o, address);
             let approved = o.mode == FailoverMode::Manual
                 && approvals
                     .iter()
@@ -138,6 +119,27 @@ pub fn failover_status(o: &Observed) -> FailoverStatus {
         performed,
         calls_taken_over,
     }
+}
+
+/// The pod that had `address`: a pod's name outlives the pod in the
+/// status, for the messages.
+fn known_pod(o: &Observed, address: &str) -> Option<String> {
+    let previous = o.previous.into_iter().flat_map(|p| {
+        p.members
+            .iter()
+            .map(|m| (m.address.as_str(), Some(m.pod.as_str())))
+            .chain(
+                p.failed
+                    .iter()
+                    .map(|f| (f.address.as_str(), f.pod.as_deref())),
+            )
+    });
+    o.members
+        .iter()
+        .map(|m| (m.address.as_str(), Some(m.pod.as_str())))
+        .chain(previous)
+        .find(|(a, _)| *a == address)
+        .and_then(|(_, pod)| pod.map(str::to_string))
 }
 
 /// The takeovers so far: each reporter's count per failed member only

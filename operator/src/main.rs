@@ -79,6 +79,41 @@ fn print_crd() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where pods reach the Directory: the flag's URL, or else the address of
+/// the operator's Service.
+async fn directory_url(client: &Client, args: &Args) -> anyhow::Result<Option<String>> {
+    match (&args.directory_url, &args.directory_service) {
+        (Some(url), _) => Ok(Some(url.clone())),
+        (None, Some(service)) => directory::service_url(client, &args.pod_namespace, service)
+            .await
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "finding the Directory Service {}/{service}",
+                    args.pod_namespace
+                )
+            }),
+        (None, None) => {
+            tracing::warn!(
+                "neither --directory-url nor --directory-service is set: pods will not watch the Directory"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// This replica's part in the election, unless it is turned off.
+fn election(args: &Args) -> Option<Election> {
+    args.leader_election.then(|| Election {
+        lease: args.lease_name.clone(),
+        namespace: args.pod_namespace.clone(),
+        identity: args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", BUILD.binary, std::process::id())),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -99,39 +134,14 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let directory_url = match (args.directory_url, &args.directory_service) {
-        (Some(url), _) => Some(url),
-        (None, Some(service)) => Some(
-            directory::service_url(&client, &args.pod_namespace, service)
-                .await
-                .with_context(|| {
-                    format!(
-                        "finding the Directory Service {}/{service}",
-                        args.pod_namespace
-                    )
-                })?,
-        ),
-        (None, None) => {
-            tracing::warn!(
-                "neither --directory-url nor --directory-service is set: pods will not watch the Directory"
-            );
-            None
-        }
-    };
+    let election = election(&args);
     let settings = Settings {
+        directory_url: directory_url(&client, &args).await?,
         images: Images {
             signal: args.signal_image,
             media: args.media_image,
         },
-        directory_url,
     };
-    let election = args.leader_election.then(|| Election {
-        lease: args.lease_name,
-        namespace: args.pod_namespace.clone(),
-        identity: args
-            .pod_name
-            .unwrap_or_else(|| format!("{}-{}", BUILD.binary, std::process::id())),
-    });
     tracing::info!(
         version = BUILD.version,
         admin_addr = %telemetry.admin_addr(),
@@ -162,9 +172,12 @@ async fn main() -> anyhow::Result<()> {
         election,
         telemetry.readiness().clone(),
     );
-    let outcome = tokio::select! {
-        result = run => Some(result),
-        result = directory => Some(result.and_then(|()| anyhow::bail!("the Directory server stopped"))),
+    let outcome: Option<anyhow::Result<()>> = tokio::select! {
+        result = run => Some(result.map_err(anyhow::Error::from)),
+        result = directory => Some(match result {
+            Ok(()) => Err(anyhow::anyhow!("the Directory server stopped")),
+            Err(e) => Err(e.into()),
+        }),
         signal = shutdown => {
             tracing::info!(%signal, "shutting down");
             None

@@ -1,5 +1,7 @@
-//! One reconcile of one VoiceCluster: apply what it should own, observe the
-//! pods, write the status. Runs on the leader only.
+//! One reconcile of one VoiceCluster: apply what it should own
+//! ([`crate::resources`]), read the caches and the pods' reports, build the
+//! status from them ([`crate::status`]) and write it. The I/O lives here,
+//! the decisions in those pure modules. Runs on the leader only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,26 +12,21 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use voicecluster_api::voicecluster::{PodCounts, VoiceClusterStatus};
-use voicecluster_api::{
-    ANNOTATION_APPROVE_FAILOVER, COMPONENT_MEDIA, COMPONENT_SIGNAL, LABEL_CLUSTER, LABEL_COMPONENT,
-    MANAGER_NAME, VoiceCluster,
-};
+use voicecluster_api::{MANAGER_NAME, VoiceCluster};
 
 use crate::acks::AckBook;
-use crate::conditions::{self, Facts};
-use crate::failover::{Observed, awaiting_approval, failover_status, policy};
+use crate::conditions::transition_events;
+use crate::directory::versions::DirectoryVersions;
 use crate::metrics::Metrics;
-use crate::providers::{
-    Lists, directory_status, draining_media, is_eligible_media_node, is_ready, providers,
-    signal_members,
-};
+use crate::providers::eligible_media_nodes;
 use crate::resources::{self, MediaWorkload, Settings, child_name};
+use crate::status::{self, Observed, Reports, Workloads};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -48,7 +45,7 @@ pub struct Context {
     /// Which Directory version each pod applied.
     pub acks: Arc<AckBook>,
     /// The Directory versions this replica wrote.
-    pub directory_versions: crate::providers::DirectoryVersions,
+    pub directory_versions: DirectoryVersions,
 }
 
 /// A failed reconcile; retried with back-off.
@@ -112,22 +109,8 @@ where
     }
 }
 
-fn selector_string(vc: &VoiceCluster) -> String {
-    vc.spec
-        .media
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Applies the owned objects and returns the signal and media pod counts.
-async fn apply_all(
-    vc: &VoiceCluster,
-    ns: &str,
-    ctx: &Context,
-) -> Result<(PodCounts, PodCounts), Error> {
+/// Applies the owned objects and returns what their workloads said.
+async fn apply_all(vc: &VoiceCluster, ns: &str, ctx: &Context) -> Result<Workloads, Error> {
     let d = resources::desired(vc, &ctx.settings)?;
     let c = &ctx.client;
     apply::<ConfigMap>(c, ns, &d.config).await?;
@@ -143,40 +126,34 @@ async fn apply_all(
             .unwrap_or(0),
         vc.spec.signal.replicas,
     );
+    // One placement at a time: switching removes the other one's workload.
     let media_name = child_name(vc, "media");
-    let media = match &d.media {
+    let media_desired = match &d.media {
         MediaWorkload::DaemonSet(ds) => {
             delete_if_present::<Deployment>(c, ns, &media_name).await?;
             let ds = apply::<DaemonSet>(c, ns, ds).await?;
-            let st = ds.status.unwrap_or_default();
-            PodCounts::new(st.number_ready, st.desired_number_scheduled)
+            ds.status.unwrap_or_default().desired_number_scheduled
         }
         MediaWorkload::Deployment(dep) => {
             delete_if_present::<DaemonSet>(c, ns, &media_name).await?;
-            let dep = apply::<Deployment>(c, ns, dep).await?;
-            let ready = dep.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-            PodCounts::new(ready, vc.spec.media.placement.replicas.unwrap_or(1))
+            apply::<Deployment>(c, ns, dep).await?;
+            vc.spec.media.placement.replicas.unwrap_or(1)
         }
     };
-    Ok((signal, media))
-}
-
-fn media_pods<'a>(vc: &'a VoiceCluster, pods: &'a [Arc<Pod>]) -> impl Iterator<Item = &'a Pod> {
-    component_pods(vc, pods, COMPONENT_MEDIA)
-}
-
-fn component_pods<'a>(
-    vc: &'a VoiceCluster,
-    pods: &'a [Arc<Pod>],
-    component: &'a str,
-) -> impl Iterator<Item = &'a Pod> {
-    let name = vc.name_any();
-    let ns = vc.namespace();
-    pods.iter().map(|p| p.as_ref()).filter(move |p| {
-        p.namespace() == ns
-            && p.labels().get(LABEL_CLUSTER) == Some(&name)
-            && p.labels().get(LABEL_COMPONENT).map(String::as_str) == Some(component)
+    Ok(Workloads {
+        signal,
+        media_desired,
     })
+}
+
+/// What the cluster's pods reported to this replica and its followers.
+fn reports(acks: &AckBook, ns: &str, name: &str) -> Reports {
+    Reports {
+        call_legs_ports: acks.call_legs_ports(ns, name),
+        failovers: acks.failovers(ns, name),
+        versions: acks.versions(ns, name),
+        loads: acks.loads(ns, name),
+    }
 }
 
 /// Reconciles one VoiceCluster.
@@ -203,152 +180,73 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         .wait_until_ready()
         .await
         .map_err(|_| Error::CacheGone("pods"))?;
-    let eligible = ctx
-        .nodes
-        .state()
-        .iter()
-        .filter(|n| is_eligible_media_node(&vc.spec.media, n))
-        .count();
+    let eligible = eligible_media_nodes(&vc.spec.media, &ctx.nodes.state());
 
     // A spec no node can serve creates nothing, rather than signal pods
     // that could never place a call.
-    let (signal, media) = if eligible == 0 {
-        (
-            PodCounts::new(0, vc.spec.signal.replicas),
-            PodCounts::new(0, 0),
-        )
+    let workloads = if eligible == 0 {
+        None
     } else {
-        apply_all(vc, &ns, ctx).await?
+        Some(apply_all(vc, &ns, ctx).await?)
     };
 
-    let pods = ctx.pods.state();
-    let nodes = &ctx.nodes;
-    let view = providers(
-        &vc.spec.media,
-        media_pods(vc, &pods),
-        |n| nodes.get(&kube::runtime::reflector::ObjectRef::new(n)),
-        &ctx.acks.call_legs_ports(&ns, &name),
-    );
-    // Pods from the watch are newer than the workload's status.
-    let media_ready = media_pods(vc, &pods).filter(|p| is_ready(p)).count();
-    let media = PodCounts::new(
-        i32::try_from(media_ready).unwrap_or(i32::MAX),
-        media.desired,
-    );
-
-    let members = signal_members(component_pods(vc, &pods, COMPONENT_SIGNAL));
-    let failover = failover_status(&Observed {
-        mode: vc.spec.failover.mode,
-        members: &members,
-        reports: &ctx.acks.failovers(&ns, &name),
-        approvals: vc
-            .annotations()
-            .get(ANNOTATION_APPROVE_FAILOVER)
-            .map(String::as_str),
-        previous: vc.status.as_ref().and_then(|s| s.failover.as_ref()),
-    });
-    let facts = Facts {
-        generation: vc.metadata.generation,
+    let (pods, nodes) = (ctx.pods.state(), ctx.nodes.state());
+    let observed = Observed {
         eligible_media_nodes: eligible,
-        media_node_selector: selector_string(vc),
-        signal,
-        media,
-        providers: view.providers.len(),
-        without_address: view.without_address.clone(),
-        call_leg_mode: vc.spec.signal.call_leg_mode,
-        name: name.clone(),
-        awaiting_approval: awaiting_approval(&failover),
+        workloads,
+        pods: &pods,
+        nodes: &nodes,
+        reports: reports(&ctx.acks, &ns, &name),
+        now: Time(k8s_openapi::jiff::Timestamp::now()),
     };
-    let previous: Vec<Condition> = vc
+    let key = (ns.clone(), name.clone());
+    let status = status::build(vc, &observed, |lists| {
+        ctx.directory_versions.next(key, vc.status.as_ref(), lists)
+    });
+    if vc.status.as_ref() != Some(&status) {
+        write_status(&ctx.client, &ns, &name, &status).await?;
+    }
+    let previous = vc
         .status
         .as_ref()
-        .map(|s| s.conditions.clone())
+        .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let conditions = conditions::conditions(&facts, &previous, &now);
-    let version = ctx.directory_versions.next(
-        (ns.clone(), name.clone()),
-        vc.status.as_ref(),
-        &Lists {
-            providers: view.providers.clone(),
-            members: members.clone(),
-            policy: policy(Some(&failover)),
-        },
-    );
-    let directory = directory_status(
-        version,
-        component_pods(vc, &pods, COMPONENT_SIGNAL).chain(media_pods(vc, &pods)),
-        &ctx.acks.versions(&ns, &name),
-    );
-    let status = VoiceClusterStatus {
-        observed_generation: vc.metadata.generation,
-        conditions: conditions.clone(),
-        signal: Some(facts.signal.clone()),
-        media: Some(facts.media.clone()),
-        provider_count: i32::try_from(view.providers.len()).unwrap_or(i32::MAX),
-        call_leg_providers: view.providers,
-        draining_media_pods: draining_media(media_pods(vc, &pods), &ctx.acks.loads(&ns, &name)),
-        signal_members: members,
-        directory: Some(directory),
-        failover: Some(failover),
-    };
-    if vc.status.as_ref() != Some(&status) {
-        let api: Api<VoiceCluster> = Api::namespaced(ctx.client.clone(), &ns);
-        let body = serde_json::json!({
-            "apiVersion": VoiceCluster::api_version(&()),
-            "kind": VoiceCluster::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER_NAME).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(kube_err(format!("writing the status of {ns}/{name}")))?;
-    }
-    publish_transitions(vc, &previous, &conditions, ctx).await;
+    publish_transitions(vc, previous, &status.conditions, ctx).await;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// An Event for every condition whose status changed, so `kubectl describe`
-/// tells the story.
+/// Writes the status with server-side apply, as the only manager of it.
+async fn write_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &VoiceClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<VoiceCluster> = Api::namespaced(client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": VoiceCluster::api_version(&()),
+        "kind": VoiceCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER_NAME).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_err(format!("writing the status of {ns}/{name}")))?;
+    Ok(())
+}
+
+/// Publishes the Events of the conditions' changes; a lost Event is only
+/// logged, as the status says it all.
 async fn publish_transitions(
     vc: &VoiceCluster,
     previous: &[Condition],
     now: &[Condition],
     ctx: &Context,
 ) {
-    for c in now {
-        let before = previous.iter().find(|p| p.type_ == c.type_);
-        if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) {
-            continue;
-        }
-        let was_ready = before.is_some_and(|b| b.status == "True");
-        // Not ready while starting up is no news.
-        if c.type_ == "Ready" && c.status == "False" && !was_ready {
-            continue;
-        }
-        // Nothing pending from the start is no news either.
-        if c.type_ == "FailoverPending" && c.status == "False" && before.is_none() {
-            continue;
-        }
-        let bad = ((c.type_ == "Degraded" || c.type_ == "FailoverPending") && c.status == "True")
-            || (c.type_ == "Ready" && c.status == "False" && was_ready);
-        if c.type_ == "Progressing" {
-            continue;
-        }
-        let event = Event {
-            type_: if bad {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: c.reason.clone(),
-            note: Some(format!("{} is {}: {}", c.type_, c.status, c.message)),
-            action: "Reconcile".to_string(),
-            secondary: None,
-        };
+    for event in transition_events(previous, now) {
         if let Err(e) = ctx.recorder.publish(&event, &vc.object_ref(&())).await {
             tracing::warn!(error = %e, "cannot publish an event");
         }

@@ -94,6 +94,25 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, AuthorizationErro
         .strip_prefix("Digest")
         .or_else(|| value.trim().strip_prefix("digest"))
         .ok_or(AuthorizationError::NotDigest)?;
+    let mut fields = fields(rest)?;
+    let mut take = |k: &str| fields.remove(k);
+    let need = |v: Option<String>, k: &'static str| v.ok_or(AuthorizationError::Missing(k));
+    Ok(Credentials {
+        username: need(take("username"), "username")?,
+        realm: need(take("realm"), "realm")?,
+        nonce: need(take("nonce"), "nonce")?,
+        uri: need(take("uri"), "uri")?,
+        response: need(take("response"), "response")?,
+        qop: take("qop"),
+        nc: take("nc"),
+        cnonce: take("cnonce"),
+        algorithm: take("algorithm"),
+    })
+}
+
+/// The `k=v, k="v"` fields after the scheme, keys in lower case, quoted
+/// values unescaped.
+fn fields(rest: &str) -> Result<HashMap<String, String>, AuthorizationError> {
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut chars = rest.chars().peekable();
     loop {
@@ -142,19 +161,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, AuthorizationErro
         }
         fields.insert(key, val);
     }
-    let mut take = |k: &str| fields.remove(k);
-    let need = |v: Option<String>, k: &'static str| v.ok_or(AuthorizationError::Missing(k));
-    Ok(Credentials {
-        username: need(take("username"), "username")?,
-        realm: need(take("realm"), "realm")?,
-        nonce: need(take("nonce"), "nonce")?,
-        uri: need(take("uri"), "uri")?,
-        response: need(take("response"), "response")?,
-        qop: take("qop"),
-        nc: take("nc"),
-        cnonce: take("cnonce"),
-        algorithm: take("algorithm"),
-    })
+    Ok(fields)
 }
 
 /// Why credentials were not accepted.

@@ -319,7 +319,7 @@ impl Endpoint {
             Method::Cancel => return b2bua.on_cancel(&mut sip, key, req, now, wall),
             _ => {}
         }
-        let tag = self.tags.next();
+        let tag = self.tags.tag();
         let response = match req.method() {
             Method::Options => self.heartbeat_answer(req, &tag),
             Method::Register => {

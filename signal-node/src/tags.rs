@@ -10,13 +10,13 @@ pub struct Tags {
 
 impl Tags {
     /// A new From/To tag.
-    pub fn next(&mut self) -> String {
+    pub fn tag(&mut self) -> String {
         self.next += 1;
         format!("vc{:x}{:x}", std::process::id(), self.next)
     }
 
     /// A new Via branch (RFC 3261 magic cookie first).
     pub fn branch(&mut self) -> String {
-        format!("z9hG4bK{}", self.next())
+        format!("z9hG4bK{}", self.tag())
     }
 }

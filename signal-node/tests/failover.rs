@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use voicecluster_signal_node::testing::{ALICE, BOB};
-use voicecluster_telemetry::testing::http_get;
+use voicecluster_telemetry::testing::{eventually, http_get};
 
 mod common;
 
@@ -68,10 +68,16 @@ async fn forwarded(edge: SocketAddr) -> f64 {
 
 /// Waits until `check` holds, up to `within`.
 async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut check: F) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let held = eventually(what, within, async || {
+        if check().await {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    if let Err(e) = held {
+        panic!("{e}");
     }
 }
 
@@ -568,7 +574,16 @@ async fn an_edge_hands_its_sip_port_to_its_successor_with_fifty_calls_up_and_fai
     let next = Cluster::edge(c.edge.sip, &c.backends, &c.media, base);
     next.backends_up().await;
     assert_ne!(next.bin.admin_addr(), old_admin, "another port slot");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Traffic goes on through the old edge (new calls at 2/s and their
+    // dialogs): once it carried another hundred messages, the new edge
+    // must still have carried none.
+    let before = forwarded(old_admin).await;
+    until(
+        "the old edge carries more traffic",
+        Duration::from_secs(20),
+        async || forwarded(old_admin).await >= before + 100.0,
+    )
+    .await;
     assert_eq!(
         forwarded(next.bin.admin_addr()).await,
         0.0,

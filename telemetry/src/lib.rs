@@ -28,7 +28,7 @@ mod args;
 mod error;
 pub mod instance;
 mod logging;
-mod metrics;
+pub mod metrics;
 mod readiness;
 mod signal;
 #[cfg(any(test, feature = "testing"))]

@@ -358,6 +358,33 @@ pub async fn assert_serves_admin_then_stops(
     }
 }
 
+/// Polls `check` until it gives `Ok`, or fails after `within` with the
+/// last state it reported (its `Err`), so a failure says what the system
+/// was doing rather than only that it took too long. Every test suite
+/// waits on conditions through this one helper.
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match check().await {
+            Ok(v) => return Ok(v),
+            Err(state) => state,
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what}: not true after {within:?}; last seen: {last}"
+            ));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// How often [`eventually`] looks again.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ impl B2bua {
         if tag_of(&to).is_some() {
             return self.on_reinvite(sip, key, req, now);
         }
-        let tag = sip.tags.next();
+        let tag = sip.tags.tag();
         let refuse = |code: u16| response_to(req, code, Some(&tag));
         // Only users of this service place calls, as themselves.
         let caller = match sip.registrar.authenticate(req, "Proxy-Authorization", wall) {
@@ -163,8 +163,8 @@ impl B2bua {
     ) -> Option<(Dialog, TxKey, Request)> {
         let binding = &p.binding;
         let b_peer = binding.source;
-        let b_tag = sip.tags.next();
-        let b_call_id = format!("{}-b@{}", sip.tags.next(), self.local.ip());
+        let b_tag = sip.tags.tag();
+        let b_call_id = format!("{}-b@{}", sip.tags.tag(), self.local.ip());
         let branch = sip.tags.branch();
         let text = format!(
             "INVITE {target} SIP/2.0\r\n\

@@ -85,7 +85,7 @@ impl B2bua {
         if req.method() == &rsipstack::sip::Method::Ack {
             return;
         }
-        let tag = sip.tags.next();
+        let tag = sip.tags.tag();
         let mut r = response_to(req, 503, Some(&tag));
         r.headers.push(make_header("Retry-After", "5".into()));
         r.headers.push(make_header(

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use voicecluster_telemetry::instance::{http_ok, reachable, read_instance, slot_addr};
 
@@ -72,24 +72,104 @@ pub fn media_admin(instance: Option<&Path>, fixed: Option<SocketAddr>) -> Option
         .or(fixed)
 }
 
+/// An edge's wait for the media node beside it, sans I/O: it asks the
+/// node how many legs it carries, every [`POLL`] while there are some,
+/// until there are none (or the node stopped) or the deadline passes. The
+/// caller asks when [`Self::next`] says so and brings the answer and the
+/// time; the state decides.
+#[derive(Debug)]
+pub struct MediaDrain {
+    /// When the edge leaves with calls up; `None`: a limit too far off to
+    /// name, never.
+    deadline: Option<Instant>,
+    /// When to ask the media node next.
+    next_ask: Instant,
+    /// It said it carries no leg, or did not answer.
+    idle: bool,
+}
+
+/// What the edge does next in its drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainStep {
+    /// Ask the media node for its legs and bring the answer to
+    /// [`MediaDrain::on_legs`]; give up asking at `until` (the deadline).
+    Ask {
+        /// The deadline, if any.
+        until: Option<Instant>,
+    },
+    /// Nothing until then.
+    Wait(Instant),
+    /// The media node carries no leg: the edge may go.
+    Idle,
+    /// The drain time is over: the edge goes with calls up.
+    Overdue,
+}
+
+impl MediaDrain {
+    /// A drain starting `now` that lasts at most `max`.
+    pub fn new(now: Instant, max: Duration) -> Self {
+        Self {
+            deadline: now.checked_add(max),
+            next_ask: now,
+            idle: false,
+        }
+    }
+
+    /// What to do at `now`.
+    pub fn next(&self, now: Instant) -> DrainStep {
+        if self.idle {
+            return DrainStep::Idle;
+        }
+        match self.deadline {
+            Some(deadline) if now >= deadline => DrainStep::Overdue,
+            _ if now >= self.next_ask => DrainStep::Ask {
+                until: self.deadline,
+            },
+            Some(deadline) => DrainStep::Wait(self.next_ask.min(deadline)),
+            None => DrainStep::Wait(self.next_ask),
+        }
+    }
+
+    /// The media node's answer at `now`: the legs it carries, `None` when
+    /// it does not answer (it stopped) or says nothing usable.
+    pub fn on_legs(&mut self, legs: Option<f64>, now: Instant) {
+        match legs {
+            Some(legs) if legs > 0.0 => {
+                tracing::debug!(legs, "the pod's calls go on; the edge stays");
+                self.next_ask = now + POLL;
+            }
+            _ => self.idle = true,
+        }
+    }
+}
+
 /// Waits until the media node at `admin` carries no leg or stopped, for
-/// at most `max`; at once without a media node to watch.
+/// at most `max`; at once without a media node to watch. The driver of
+/// [`MediaDrain`].
 pub async fn until_media_idle(admin: Option<SocketAddr>, max: Duration) {
     let Some(admin) = admin else { return };
-    let waited = tokio::time::timeout(max, async {
-        loop {
-            match media_legs(admin).await {
-                Some(legs) if legs > 0.0 => {
-                    tracing::debug!(legs, "the pod's calls go on; the edge stays");
-                }
-                _ => return,
+    let mut drain = MediaDrain::new(Instant::now(), max);
+    loop {
+        match drain.next(Instant::now()) {
+            DrainStep::Idle => return,
+            DrainStep::Overdue => {
+                tracing::warn!(?max, "the edge's drain time is over; leaving with calls up");
+                return;
             }
-            tokio::time::sleep(POLL).await;
+            DrainStep::Wait(until) => tokio::time::sleep_until(until.into()).await,
+            DrainStep::Ask { until } => {
+                let legs = match until {
+                    Some(deadline) => tokio::time::timeout_at(deadline.into(), media_legs(admin))
+                        .await
+                        // Cut short by the deadline, which the next step says.
+                        .ok(),
+                    None => Some(media_legs(admin).await),
+                };
+                if let Some(legs) = legs {
+                    drain.on_legs(legs, Instant::now());
+                }
+            }
         }
-    })
-    .await;
-    if waited.is_err() {
-        tracing::warn!(?max, "the edge's drain time is over; leaving with calls up");
     }
 }
 
@@ -134,6 +214,35 @@ voicecluster_media_legs_active_total 9\n";
             None,
             "no edge shares the port"
         );
+    }
+
+    #[test]
+    fn the_drain_asks_while_legs_remain_until_none_or_the_deadline() {
+        let t0 = Instant::now();
+        let max = Duration::from_secs(2);
+        let mut drain = MediaDrain::new(t0, max);
+        let deadline = Some(t0 + max);
+        assert_eq!(drain.next(t0), DrainStep::Ask { until: deadline });
+        drain.on_legs(Some(3.0), t0);
+        assert_eq!(drain.next(t0), DrainStep::Wait(t0 + POLL), "legs up: wait");
+        let later = t0 + POLL;
+        assert_eq!(drain.next(later), DrainStep::Ask { until: deadline });
+        drain.on_legs(Some(1.0), t0 + Duration::from_millis(1900));
+        assert_eq!(
+            drain.next(t0 + Duration::from_millis(1900)),
+            DrainStep::Wait(t0 + max),
+            "never past the deadline"
+        );
+        assert_eq!(drain.next(t0 + max), DrainStep::Overdue);
+
+        let mut done = MediaDrain::new(t0, max);
+        done.on_legs(Some(0.0), t0);
+        assert_eq!(done.next(t0), DrainStep::Idle, "no leg left");
+        let mut stopped = MediaDrain::new(t0, max);
+        stopped.on_legs(None, t0);
+        assert_eq!(stopped.next(t0 + max), DrainStep::Idle, "the node stopped");
+        let endless = MediaDrain::new(t0, Duration::MAX);
+        assert_eq!(endless.next(t0), DrainStep::Ask { until: None });
     }
 
     #[tokio::test]

@@ -8,10 +8,10 @@
 //!   stay on one backend whichever Call-ID they use.
 //! - The edge records the device's flow (transport and source address) in
 //!   a flow token in the Path it adds to REGISTERs and the Record-Route it
-//!   adds to dialog-creating requests ([`flow`]). A request from a backend
+//!   adds to dialog-creating requests (`flow`). A request from a backend
 //!   routed through the edge goes back along that flow, through NAT and
 //!   over the device's own TCP connection.
-//! - Responses follow the Via chain ([`via`]): the edge's own Via is
+//! - Responses follow the Via chain (`via`): the edge's own Via is
 //!   removed and the next one says where to.
 //!
 //! - Backends are probed with heartbeats ([`heartbeat`]); new calls go to

@@ -28,7 +28,7 @@ mod sockets;
 
 pub use core::{Member, SipCore};
 pub use sockets::Listeners;
-use sockets::{AbortOnDrop, Connections, Event, accept_loop};
+use sockets::{AbortOnDrop, Connections, Event, Received, accept_loop};
 
 /// How often the member checks whether its buddy changed.
 const BUDDY_CHECK: Duration = Duration::from_millis(500);
@@ -63,7 +63,7 @@ enum Wake {
     Datagram(usize, SocketAddr),
     Probe(usize, SocketAddr),
     Connection(Event),
-    TaskEvent(TaskEvent),
+    TaskEvent(Box<TaskEvent>),
     LegReply(LegReply),
     Lifecycle(Lifecycle),
     BuddyCheck,
@@ -228,7 +228,7 @@ impl<C: SipCore> Driver<C> {
                 Err(_) => Wake::Nothing,
             },
             event = self.accepted.recv() => event.map_or(Wake::ListenerStopped, Wake::Connection),
-            Some(event) = task_events => Wake::TaskEvent(event),
+            Some(event) = task_events => Wake::TaskEvent(Box::new(event)),
             Some(reply) = self.replies.recv() => Wake::LegReply(reply),
             to = changed(&mut self.lifecycle) => Wake::Lifecycle(to),
             _ = self.buddy_check.tick(), if is_member => Wake::BuddyCheck,
@@ -253,8 +253,10 @@ impl<C: SipCore> Driver<C> {
                     .on_bytes(&self.probe_buf[..n], datagram(from), now, wall)
             }
             Wake::Connection(event) => match self.connections.on_event(event) {
-                Some((from, Ok(frame))) => self.core.on_bytes(&frame, from, now, wall),
-                Some((from, Err((why, reply)))) => self.core.reject(from, &why, reply),
+                Some((from, Received::Frame(frame))) => self.core.on_bytes(&frame, from, now, wall),
+                Some((from, Received::Broken { why, reply })) => {
+                    self.core.reject(from, &why, reply)
+                }
                 None => {}
             },
             Wake::Lifecycle(to) => self.core.set_lifecycle(to),
@@ -262,7 +264,7 @@ impl<C: SipCore> Driver<C> {
             Wake::Timer => self.core.handle_timeout(now, wall),
             Wake::TaskEvent(event) => {
                 if let Some(m) = self.core.member() {
-                    m.on_task_event(event, now, wall);
+                    m.on_task_event(*event, now, wall);
                 }
             }
             Wake::LegReply(reply) => {

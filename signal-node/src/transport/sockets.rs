@@ -61,16 +61,21 @@ impl Listeners {
     }
 }
 
+/// What a connection delivered to the engine.
+pub(crate) enum Received {
+    /// A whole message.
+    Frame(Vec<u8>),
+    /// Framing broke; `reply` answers the request that broke it.
+    Broken { why: String, reply: Option<Vec<u8>> },
+}
+
 /// The writing halves of the open TCP connections, by peer.
 #[derive(Default)]
 pub(crate) struct Connections(HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>);
 
 impl Connections {
     /// A connection task's news; a frame comes back to be served.
-    pub(crate) fn on_event(
-        &mut self,
-        event: Event,
-    ) -> Option<(Peer, Result<Vec<u8>, (String, Option<Vec<u8>>)>)> {
+    pub(crate) fn on_event(&mut self, event: Event) -> Option<(Peer, Received)> {
         match event {
             Event::Connected(addr, writer) => {
                 self.0.insert(addr, writer);
@@ -85,14 +90,14 @@ impl Connections {
                     addr,
                     reliable: true,
                 },
-                Ok(bytes),
+                Received::Frame(bytes),
             )),
             Event::Broken(addr, why, reply) => Some((
                 Peer {
                     addr,
                     reliable: true,
                 },
-                Err((why, reply)),
+                Received::Broken { why, reply },
             )),
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use voicecluster_api::grpc::ListLegsRequest;
 use voicecluster_api::grpc::call_legs_client::CallLegsClient;
 use voicecluster_signal_node::testing::{self, ALICE, BOB, Sipp};
-use voicecluster_telemetry::testing::{RunningBinary, http_get};
+use voicecluster_telemetry::testing::{RunningBinary, eventually, http_get};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_signal-node");
 
@@ -201,12 +201,16 @@ impl Server {
                 .await;
         }
         for admin in &self.backends {
-            for _ in 0..50 {
-                if metric_at(*admin, "voicecluster_sip_registered_users").await == Some(2.0) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            // As before: a member that never hears of Bob fails the call.
+            let _ = eventually(
+                "both users registered",
+                Duration::from_secs(5),
+                async || match metric_at(*admin, "voicecluster_sip_registered_users").await {
+                    Some(2.0) => Ok(()),
+                    n => Err(format!("{n:?} users")),
+                },
+            )
+            .await;
         }
         // The hold scenario has a callee of its own.
         let callee = if scenario.starts_with("hold-") {
@@ -225,27 +229,34 @@ impl Server {
         // The members first: until they synced they answer "starting", and
         // an edge that has not heard from them yet counts them up.
         for admin in &self.backends {
-            let mut ready = false;
-            for _ in 0..200 {
-                if http_get(*admin, "/readyz")
-                    .await
-                    .is_ok_and(|r| r.status == 200)
-                {
-                    ready = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let ready =
+                eventually(
+                    "a backend ready",
+                    Duration::from_secs(10),
+                    async || match http_get(*admin, "/readyz").await {
+                        Ok(r) if r.status == 200 => Ok(()),
+                        other => Err(format!("{admin}: {:?}", other.map(|r| r.status))),
+                    },
+                )
+                .await;
+            if let Err(e) = ready {
+                panic!("{e}");
             }
-            assert!(ready, "backend {admin} not ready within 10 s");
         }
         let want = self.backends.len() as f64;
-        for _ in 0..200 {
-            if metric_at(self.bin.admin_addr(), "voicecluster_edge_backends").await == Some(want) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let edge = self.bin.admin_addr();
+        let up = eventually(
+            "the edge sees its backends up",
+            Duration::from_secs(10),
+            async || match metric_at(edge, "voicecluster_edge_backends").await {
+                Some(n) if n == want => Ok(()),
+                n => Err(format!("{n:?} of {want} up")),
+            },
+        )
+        .await;
+        if let Err(e) = up {
+            panic!("{e}");
         }
-        panic!("the edge did not see its {want} backends up within 10 s");
     }
 
     /// A metric once it reached `at_least` (work after a call, like
@@ -253,13 +264,15 @@ impl Server {
     pub async fn metric_reaching(&self, name: &str, at_least: f64) -> f64 {
         let mut last = 0.0;
         // Up to 10 s: a member syncs every 2 s, slower on a loaded machine.
-        for _ in 0..100 {
+        let _ = eventually(name, Duration::from_secs(10), async || {
             last = self.metric(name).await.unwrap_or(0.0);
             if last >= at_least {
-                break;
+                Ok(())
+            } else {
+                Err(last.to_string())
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
         last
     }
 
@@ -360,16 +373,18 @@ impl EdgeCluster {
     /// A metric summed over the backends, once the sum reached `at_least`.
     pub async fn backends_metric(&self, name: &str, at_least: f64) -> f64 {
         let mut sum = 0.0;
-        for _ in 0..50 {
+        let _ = eventually(name, Duration::from_secs(5), async || {
             sum = 0.0;
             for b in &self.backends {
                 sum += b.metric(name).await.unwrap_or(0.0);
             }
             if sum >= at_least {
-                break;
+                Ok(())
+            } else {
+                Err(sum.to_string())
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
         sum
     }
 

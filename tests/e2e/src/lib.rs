@@ -3,8 +3,7 @@
 
 pub mod operator;
 
-use std::future::Future;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -245,25 +244,17 @@ impl TestNamespace {
     }
 }
 
-/// Polls `check` until it returns `Ok`, or fails after `timeout` with the
-/// last state it reported (its `Err`), so a failure says what the cluster
-/// was doing rather than only that it took too long.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check().await {
-            Ok(v) => return Ok(v),
-            Err(state) => state,
-        };
-        if Instant::now() > deadline {
-            bail!("{what}: not true after {timeout:?}; last seen: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+/// Polls `check` until it returns `Ok` (see the shared
+/// [`voicecluster_telemetry::testing::eventually`]), as an error of this
+/// crate's kind.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    check: impl AsyncFnMut() -> std::result::Result<T, String>,
+) -> Result<T> {
+    voicecluster_telemetry::testing::eventually(what, timeout, check)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// The Secret `voice-users` in `namespace`: the users who may register

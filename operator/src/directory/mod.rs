@@ -1,6 +1,9 @@
 //! The Directory gRPC service. Every replica serves it from its own watch
 //! cache of VoiceClusters; the versions and lists come from the status the
-//! leader writes, so all replicas serve the same version for the same lists.
+//! leader writes, so all replicas serve the same version for the same lists;
+//! [`versions`] decides which version the leader writes for which lists.
+
+pub mod versions;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -28,6 +31,7 @@ use voicecluster_api::grpc::{
     SignalMember, WatchMessage, WatchRequest, watch_message,
 };
 use voicecluster_api::voicecluster::{FailoverMode, VoiceClusterStatus};
+use voicecluster_telemetry::metrics::{Labels, register_all};
 
 use crate::acks::{AckBook, StreamEntry};
 
@@ -44,7 +48,7 @@ pub struct DirectoryMetrics {
     propagation: Histogram,
     reports_received: Counter,
     /// Reports this replica sent to the leader, by result.
-    pub(crate) reports_sent: Family<Vec<(String, String)>, Counter>,
+    pub(crate) reports_sent: Family<Labels, Counter>,
 }
 
 impl Default for DirectoryMetrics {
@@ -66,40 +70,45 @@ impl DirectoryMetrics {
     /// Registers the metrics in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register(
-            "voicecluster_directory_watchers",
-            "Directory streams open on this replica",
-            m.watchers.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_snapshots_sent",
-            "Directory versions pushed to watchers by this replica",
-            m.snapshots.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_acks",
-            "Versions pods acknowledged on this replica's streams",
-            m.acks.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_stray_acks",
-            "Acks ignored because the stream was never sent that version",
-            m.stray_acks.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_propagation_seconds",
-            "Time from pushing a Directory version on a stream to the pod's ack of it",
-            m.propagation.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_ack_reports_received",
-            "Ack reports received from other replicas",
-            m.reports_received.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_ack_reports_sent",
-            "Ack reports sent to the leader, by result",
-            m.reports_sent.clone(),
+        register_all(
+            registry,
+            &[
+                (
+                    "voicecluster_directory_watchers",
+                    "Directory streams open on this replica",
+                    &m.watchers,
+                ),
+                (
+                    "voicecluster_directory_snapshots_sent",
+                    "Directory versions pushed to watchers by this replica",
+                    &m.snapshots,
+                ),
+                (
+                    "voicecluster_directory_acks",
+                    "Versions pods acknowledged on this replica's streams",
+                    &m.acks,
+                ),
+                (
+                    "voicecluster_directory_stray_acks",
+                    "Acks ignored because the stream was never sent that version",
+                    &m.stray_acks,
+                ),
+                (
+                    "voicecluster_directory_propagation_seconds",
+                    "Time from pushing a Directory version on a stream to the pod's ack of it",
+                    &m.propagation,
+                ),
+                (
+                    "voicecluster_directory_ack_reports_received",
+                    "Ack reports received from other replicas",
+                    &m.reports_received,
+                ),
+                (
+                    "voicecluster_directory_ack_reports_sent",
+                    "Ack reports sent to the leader, by result",
+                    &m.reports_sent,
+                ),
+            ],
         );
         m
     }
@@ -381,37 +390,64 @@ impl DirectoryService {
     }
 }
 
+/// Why the operator's own Service gives no Directory address.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceUrlError {
+    /// The Service could not be read.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The Service has no spec.
+    #[error("the Service has no spec")]
+    NoSpec,
+    /// The Service is headless or has no cluster IP yet.
+    #[error("the Service has no cluster IP")]
+    NoClusterIp,
+    /// The cluster IP is not an address.
+    #[error(transparent)]
+    BadClusterIp(#[from] std::net::AddrParseError),
+    /// The Service has no port named [`DIRECTORY_PORT_NAME`].
+    #[error("the Service has no port named {DIRECTORY_PORT_NAME}")]
+    NoPort,
+    /// The port is out of range.
+    #[error(transparent)]
+    BadPort(#[from] std::num::TryFromIntError),
+}
+
 /// `http://<cluster IP>:<port>` of the operator's Service: pods reach any
 /// replica through it.
-pub async fn service_url(client: &Client, namespace: &str, name: &str) -> anyhow::Result<String> {
+pub async fn service_url(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, ServiceUrlError> {
     let svc = Api::<Service>::namespaced(client.clone(), namespace)
         .get(name)
         .await?;
-    let spec = svc
-        .spec
-        .ok_or_else(|| anyhow::anyhow!("the Service has no spec"))?;
+    let spec = svc.spec.ok_or(ServiceUrlError::NoSpec)?;
     let ip: std::net::IpAddr = spec
         .cluster_ip
         .filter(|ip| ip != "None")
-        .ok_or_else(|| anyhow::anyhow!("the Service has no cluster IP"))?
+        .ok_or(ServiceUrlError::NoClusterIp)?
         .parse()?;
     let ports = spec.ports.unwrap_or_default();
     let port = ports
         .iter()
         .find(|p| p.name.as_deref() == Some(DIRECTORY_PORT_NAME))
-        .ok_or_else(|| anyhow::anyhow!("the Service has no port named {DIRECTORY_PORT_NAME}"))?
+        .ok_or(ServiceUrlError::NoPort)?
         .port;
     let port = u16::try_from(port)?;
     Ok(format!("http://{}", SocketAddr::new(ip, port)))
 }
 
 /// Serves the Directory on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, service: DirectoryService) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    service: DirectoryService,
+) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(DirectoryServer::new(service))
         .serve(addr)
-        .await?;
-    Ok(())
+        .await
 }
 
 #[cfg(test)]
