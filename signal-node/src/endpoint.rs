@@ -43,6 +43,8 @@ pub struct Endpoint {
     member: Option<String>,
     /// The registrar's task events for other members.
     events_out: VecDeque<(u64, Outbound)>,
+    /// Members whose answers to this member's sync all arrived.
+    synced: VecDeque<String>,
     metrics: SipMetrics,
     out: VecDeque<(Peer, Vec<u8>)>,
 }
@@ -66,6 +68,7 @@ impl Endpoint {
             lifecycle: Lifecycle::Serving,
             member: None,
             events_out: VecDeque::new(),
+            synced: VecDeque::new(),
             metrics,
             out: VecDeque::new(),
         }
@@ -118,6 +121,11 @@ impl Endpoint {
             .or_else(|| self.b2bua.poll_task_event())
     }
 
+    /// The next member whose answers to this member's sync all arrived.
+    pub fn poll_sync_done(&mut self) -> Option<String> {
+        self.synced.pop_front()
+    }
+
     /// An event from another member for one of this member's tasks.
     pub fn on_task_event(&mut self, event: TaskEvent, now: Instant, wall: SystemTime) {
         let (Some(to), Some(kind)) = (event.to, event.kind) else {
@@ -134,15 +142,25 @@ impl Endpoint {
             }
             Kind::Sync(_) if to.task == REGISTRAR_TASK => {
                 let Some(from) = event.from else { return };
-                for user in self.registrar.users(wall) {
-                    let bindings = self.registrar.lookup(&user, wall);
-                    self.events_out.push_back((
-                        REGISTRAR_TASK,
-                        Outbound::To(from.clone(), registrations(&user, &bindings)),
-                    ));
-                }
+                let mut answers: Vec<(u64, Kind)> = self
+                    .registrar
+                    .users(wall)
+                    .into_iter()
+                    .map(|user| {
+                        let bindings = self.registrar.lookup(&user, wall);
+                        (REGISTRAR_TASK, registrations(&user, &bindings))
+                    })
+                    .collect();
                 // A member (re)started: it gets back the replicas it needs.
-                self.b2bua.on_member_back(&from.member);
+                answers.extend(self.b2bua.on_member_back(&from.member));
+                answers.push((REGISTRAR_TASK, Kind::SyncDone(grpc::SyncDone {})));
+                self.events_out
+                    .push_back((REGISTRAR_TASK, Outbound::InOrder(from, answers)));
+            }
+            Kind::SyncDone(_) if to.task == REGISTRAR_TASK => {
+                if let Some(from) = event.from {
+                    self.synced.push_back(from.member);
+                }
             }
             kind => {
                 let (b2bua, mut sip) = self.split();

@@ -10,6 +10,7 @@ pub mod edge;
 pub mod endpoint;
 pub mod failover_policy;
 pub mod framing;
+pub mod handover;
 pub mod leg_providers;
 pub mod legs;
 pub mod lifecycle;

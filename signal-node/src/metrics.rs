@@ -7,8 +7,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use voicecluster_telemetry::metrics::register_all;
 
-type Labels = Vec<(String, String)>;
+use voicecluster_telemetry::metrics::Labels;
 
 /// SIP metrics of a signal node.
 #[derive(Clone)]
@@ -68,125 +69,112 @@ impl SipMetrics {
     /// Registers the metrics in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        m.register_sip(registry);
-        m.register_calls(registry);
-        m.register_failover(registry);
+        register_all(
+            registry,
+            &[
+                (
+                    "voicecluster_sip_requests",
+                    "SIP requests received, by method",
+                    &m.requests,
+                ),
+                (
+                    "voicecluster_sip_responses_sent",
+                    "SIP responses sent by the transaction user, by status code",
+                    &m.responses,
+                ),
+                (
+                    "voicecluster_sip_rejected",
+                    "Malformed messages, by outcome (answered with a 4xx/5xx, or dropped)",
+                    &m.rejected,
+                ),
+                (
+                    "voicecluster_sip_registered_users",
+                    "Users with at least one live registration on this member",
+                    &m.registered_users,
+                ),
+                (
+                    "voicecluster_sip_transactions",
+                    "Open SIP transactions",
+                    &m.transactions,
+                ),
+                (
+                    "voicecluster_sip_session_request_delay_seconds",
+                    "Session request delay (RFC 6076 SRD) of INVITEs sent to callees",
+                    &m.session_request_delay,
+                ),
+                (
+                    "voicecluster_calls_active",
+                    "Calls in progress on this member",
+                    &m.calls_active,
+                ),
+                (
+                    "voicecluster_calls_completed",
+                    "Calls ended on this member, by outcome (answered, or the refusal's status code, cancelled)",
+                    &m.calls_completed,
+                ),
+                (
+                    "voicecluster_bill_write_errors",
+                    "Bills that could not be written at once (kept and retried)",
+                    &m.bill_write_errors,
+                ),
+                (
+                    "voicecluster_dtmf_digits",
+                    "DTMF digits (RFC 4733) the call legs reported",
+                    &m.dtmf_digits,
+                ),
+                (
+                    "voicecluster_call_leg_reports",
+                    "Statistics reports the call legs of answered calls sent",
+                    &m.leg_reports,
+                ),
+                (
+                    "voicecluster_call_leg_fraction_lost",
+                    "Fraction of packets lost, as endpoints report it in RTCP, per leg report",
+                    &m.leg_fraction_lost,
+                ),
+                (
+                    "voicecluster_call_leg_jitter_seconds",
+                    "Interarrival jitter endpoints report in RTCP (8 kHz audio), per leg report",
+                    &m.leg_jitter,
+                ),
+                (
+                    "voicecluster_call_media_packets",
+                    "RTP packets relayed in ended calls, by direction",
+                    &m.call_media_packets,
+                ),
+                (
+                    "voicecluster_call_replicas_held",
+                    "Calls of other members this member holds replicas of, as their buddy",
+                    &m.replicas_held,
+                ),
+                (
+                    "voicecluster_call_takeovers",
+                    "Calls of a failed member this member took over from their replicas",
+                    &m.takeovers,
+                ),
+                (
+                    "voicecluster_call_moves",
+                    "Calls taken from a live member because the edges now send their dialogs here (the member set changed after a takeover)",
+                    &m.moves,
+                ),
+                (
+                    "voicecluster_call_takeovers_awaiting_approval",
+                    "Requests for calls of a failed member refused (503) because the takeover awaits approval (Manual failover)",
+                    &m.takeovers_waiting,
+                ),
+                (
+                    "voicecluster_call_replica_timeouts",
+                    "Answers sent without the buddy's confirmation that it holds the call's replica",
+                    &m.replica_timeouts,
+                ),
+                (
+                    "voicecluster_calls_taken_over",
+                    "Calls of this member that another member took over",
+                    &m.taken_over,
+                ),
+            ],
+        );
         m
-    }
-
-    /// Messages, transactions and registrations.
-    fn register_sip(&self, registry: &mut Registry) {
-        let m = self;
-        registry.register(
-            "voicecluster_sip_requests",
-            "SIP requests received, by method",
-            m.requests.clone(),
-        );
-        registry.register(
-            "voicecluster_sip_responses_sent",
-            "SIP responses sent by the transaction user, by status code",
-            m.responses.clone(),
-        );
-        registry.register(
-            "voicecluster_sip_rejected",
-            "Malformed messages, by outcome (answered with a 4xx/5xx, or dropped)",
-            m.rejected.clone(),
-        );
-        registry.register(
-            "voicecluster_sip_registered_users",
-            "Users with at least one live registration on this member",
-            m.registered_users.clone(),
-        );
-        registry.register(
-            "voicecluster_sip_transactions",
-            "Open SIP transactions",
-            m.transactions.clone(),
-        );
-        registry.register(
-            "voicecluster_sip_session_request_delay_seconds",
-            "Session request delay (RFC 6076 SRD) of INVITEs sent to callees",
-            m.session_request_delay.clone(),
-        );
-    }
-
-    /// Calls, their media and their bills.
-    fn register_calls(&self, registry: &mut Registry) {
-        let m = self;
-        registry.register(
-            "voicecluster_calls_active",
-            "Calls in progress on this member",
-            m.calls_active.clone(),
-        );
-        registry.register(
-            "voicecluster_calls_completed",
-            "Calls ended on this member, by outcome (answered, or the refusal's status code, cancelled)",
-            m.calls_completed.clone(),
-        );
-        registry.register(
-            "voicecluster_bill_write_errors",
-            "Bills that could not be written at once (kept and retried)",
-            m.bill_write_errors.clone(),
-        );
-        registry.register(
-            "voicecluster_dtmf_digits",
-            "DTMF digits (RFC 4733) the call legs reported",
-            m.dtmf_digits.clone(),
-        );
-        registry.register(
-            "voicecluster_call_leg_reports",
-            "Statistics reports the call legs of answered calls sent",
-            m.leg_reports.clone(),
-        );
-        registry.register(
-            "voicecluster_call_leg_fraction_lost",
-            "Fraction of packets lost, as endpoints report it in RTCP, per leg report",
-            m.leg_fraction_lost.clone(),
-        );
-        registry.register(
-            "voicecluster_call_leg_jitter_seconds",
-            "Interarrival jitter endpoints report in RTCP (8 kHz audio), per leg report",
-            m.leg_jitter.clone(),
-        );
-        registry.register(
-            "voicecluster_call_media_packets",
-            "RTP packets relayed in ended calls, by direction",
-            m.call_media_packets.clone(),
-        );
-    }
-
-    /// Replicas, takeovers and moves.
-    fn register_failover(&self, registry: &mut Registry) {
-        let m = self;
-        registry.register(
-            "voicecluster_call_replicas_held",
-            "Calls of other members this member holds replicas of, as their buddy",
-            m.replicas_held.clone(),
-        );
-        registry.register(
-            "voicecluster_call_takeovers",
-            "Calls of a failed member this member took over from their replicas",
-            m.takeovers.clone(),
-        );
-        registry.register(
-            "voicecluster_call_moves",
-            "Calls taken from a live member because the edges now send their dialogs here (the member set changed after a takeover)",
-            m.moves.clone(),
-        );
-        registry.register(
-            "voicecluster_call_takeovers_awaiting_approval",
-            "Requests for calls of a failed member refused (503) because the takeover awaits approval (Manual failover)",
-            m.takeovers_waiting.clone(),
-        );
-        registry.register(
-            "voicecluster_call_replica_timeouts",
-            "Answers sent without the buddy's confirmation that it holds the call's replica",
-            m.replica_timeouts.clone(),
-        );
-        registry.register(
-            "voicecluster_calls_taken_over",
-            "Calls of this member that another member took over",
-            m.taken_over.clone(),
-        );
     }
 
     pub(crate) fn count(family: &Family<Labels, Counter>, key: &str, value: String) {

@@ -36,8 +36,6 @@ pub const REGISTRAR_TASK: u64 = 0;
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 /// How often a starting member asks the members that did not answer yet.
 const SYNC_RETRY_STARTING: Duration = Duration::from_millis(200);
-/// How long the other members' answers to a first sync may take.
-const SYNC_ANSWERS: Duration = Duration::from_millis(500);
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An event this member's endpoint wants sent.
@@ -49,6 +47,10 @@ pub enum Outbound {
     To(TaskHandle, Kind),
     /// To the registrar of this member's buddy (see [`crate::rendezvous::buddy`]).
     Buddy(Kind),
+    /// To one task, one after the other in this order, each from its own
+    /// task of this member: the answers to a sync, whose last event tells
+    /// the asker that everything before it arrived.
+    InOrder(TaskHandle, Vec<(u64, Kind)>),
 }
 
 /// The metric label of an event's kind.
@@ -62,6 +64,7 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::TakenOver(_) => "taken_over",
         Kind::ReplicaStored(_) => "replica_stored",
         Kind::HandOver(_) => "hand_over",
+        Kind::SyncDone(_) => "sync_done",
     }
 }
 
@@ -98,7 +101,7 @@ pub fn binding_from_proto(b: &grpc::Binding) -> Option<Binding> {
     })
 }
 
-type Labels = Vec<(String, String)>;
+use voicecluster_telemetry::metrics::Labels;
 
 /// Task event metrics of a member.
 #[derive(Clone, Default)]
@@ -201,8 +204,12 @@ pub struct Peers {
     fixed: Vec<String>,
     directory: Option<DirectoryView>,
     clients: Mutex<HashMap<String, TaskEventsClient<Channel>>>,
-    /// Members whose registrations this member has.
+    /// Members asked for their registrations (and replicas).
     synced: Mutex<HashSet<String>>,
+    /// Members whose answers all arrived (their SyncDone came).
+    answered: Mutex<HashSet<String>>,
+    /// Wakes the first sync when an answer is complete.
+    answers: tokio::sync::Notify,
     metrics: EventMetrics,
 }
 
@@ -222,6 +229,8 @@ impl Peers {
             directory,
             clients: Mutex::default(),
             synced: Mutex::default(),
+            answered: Mutex::default(),
+            answers: tokio::sync::Notify::new(),
             metrics,
         }
     }
@@ -334,8 +343,13 @@ impl Peers {
     /// Sends what the endpoint wants sent, in the background; false when
     /// there was nowhere to send it (no buddy).
     pub fn send(self: &Arc<Self>, out: Outbound, from_task: u64) -> bool {
+        let mut in_order = None;
         let targets: Vec<(TaskHandle, Kind)> = match out {
             Outbound::To(to, kind) => vec![(to, kind)],
+            Outbound::InOrder(to, events) => {
+                in_order = Some((to, events));
+                Vec::new()
+            }
             Outbound::Buddy(kind) => match self.buddy() {
                 Some(member) => vec![(
                     TaskHandle {
@@ -364,6 +378,19 @@ impl Peers {
                 .collect(),
         };
         let placed = !targets.is_empty();
+        if let Some((to, events)) = in_order {
+            let peers = Arc::clone(self);
+            tokio::spawn(async move {
+                for (from_task, kind) in events {
+                    // Each waits for the one before: the asker applies them
+                    // in this order, and a broken link stops the rest.
+                    if peers.deliver(to.clone(), from_task, kind).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            return true;
+        }
         for (to, kind) in targets {
             let peers = Arc::clone(self);
             tokio::spawn(async move {
@@ -373,10 +400,26 @@ impl Peers {
         placed
     }
 
+    /// Every member known now was asked and answered in full.
+    fn all_answered(&self) -> bool {
+        let asked = Self::lock(&self.synced);
+        let answered = Self::lock(&self.answered);
+        self.current()
+            .iter()
+            .all(|m| asked.contains(m) && answered.contains(m))
+    }
+
+    /// Member `member` delivered every answer to this member's sync (its
+    /// SyncDone reached the endpoint, after the answers before it).
+    pub fn sync_answered(&self, member: &str) {
+        Self::lock(&self.answered).insert(member.to_string());
+        self.answers.notify_one();
+    }
+
     /// Asks each member not yet in sync for its registrations, now and
     /// whenever one appears or comes back; runs until dropped. `synced`
     /// hears once every member known then was asked (after the Directory's
-    /// first version, when there is a Directory) and had a moment to answer.
+    /// first version, when there is a Directory) and answered in full.
     pub async fn keep_synced(self: Arc<Self>, synced: tokio::sync::oneshot::Sender<()>) {
         let mut synced = Some(synced);
         if let Some(d) = &self.directory {
@@ -404,15 +447,9 @@ impl Peers {
                     Self::lock(&self.synced).insert(member);
                 }
             }
-            let all_asked = {
-                let done = Self::lock(&self.synced);
-                self.current().iter().all(|m| done.contains(m))
-            };
-            if all_asked && let Some(tell) = synced.take() {
-                // Their answers are on their way.
-                if !self.current().is_empty() {
-                    tokio::time::sleep(SYNC_ANSWERS).await;
-                }
+            if self.all_answered()
+                && let Some(tell) = synced.take()
+            {
                 let _ = tell.send(());
             }
             // A starting member asks again soon: it serves nobody until then.
@@ -421,7 +458,8 @@ impl Peers {
             } else {
                 SYNC_EVERY
             };
-            tokio::time::sleep(pause).await;
+            // An answer completing wakes it at once.
+            let _ = tokio::time::timeout(pause, self.answers.notified()).await;
         }
     }
 }

@@ -7,12 +7,13 @@ use std::time::{Instant, SystemTime};
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Request, Response};
 
-use super::{B2bua, Stack, transport};
+use super::outgoing::{Outgoing, via};
+use super::{B2bua, Stack};
 use crate::calls::Phase;
 use crate::legs::{LegRequest, Side};
 use crate::sdp::audio_address;
 use crate::transaction::{Peer, TxKey, response_to};
-use crate::wire::headers::{header, request_from_text, route_lines, sdp_body};
+use crate::wire::headers::{header, sdp_body};
 use voicecluster_api::grpc::{LegEvent, leg_event};
 
 impl B2bua {
@@ -58,33 +59,21 @@ impl B2bua {
             ),
             None => (String::new(), ""),
         };
-        let text = format!(
-            "{method} {target} SIP/2.0\r\n\
-             Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <{local_uri}>;tag={local_tag}\r\n\
-             To: <{remote_uri}>{remote_tag}\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} {method}\r\n\
-             {routes}\
-             {body_headers}\
-             Content-Length: {len}\r\n\r\n{body}",
-            routes = route_lines(&d.route_set),
-            target = d.remote_target,
-            t = transport(peer),
-            local_uri = d.local_uri,
-            local_tag = d.local_tag,
-            remote_uri = d.remote_uri,
-            call_id = d.call_id,
-            len = body.len(),
-        );
-        match request_from_text(&text) {
-            Some(r) => Some((r, peer)),
-            None => {
-                tracing::error!(%text, "built an in-dialog request that does not parse");
-                None
-            }
+        let request = Outgoing {
+            method,
+            target: &d.remote_target,
+            via: via(peer, local, &branch),
+            max_forwards: 70,
+            from: format!("<{}>;tag={}", d.local_uri, d.local_tag),
+            to: format!("<{}>{remote_tag}", d.remote_uri),
+            call_id: &d.call_id,
+            cseq,
+            routes: &d.route_set,
+            headers: body_headers,
+            body,
         }
+        .build()?;
+        Some((request, peer))
     }
 
     /// ACKs a 2xx from `side` to our INVITE (or re-INVITE) with that CSeq.
@@ -159,10 +148,8 @@ impl B2bua {
         now: Instant,
         wall: SystemTime,
     ) {
-        let call_id = header(req, "Call-ID").unwrap_or_default();
-        let Some((id, side)) = self.calls.by_call_id(call_id) else {
-            let r = response_to(req, 481, None);
-            return self.answer(sip, key, r, now);
+        let Some((id, side)) = self.dialog_of(sip, key, req, now) else {
+            return;
         };
         let Some(call) = self.calls.get_mut(id) else {
             return;
@@ -189,6 +176,24 @@ impl B2bua {
         if let Some((bye, peer)) = self.dialog_request(sip, id, side, "BYE", None, None) {
             self.send(sip, bye, peer, now);
         }
+    }
+
+    /// The call and side an in-dialog request belongs to; a request for a
+    /// dialog this member does not have is answered 481 here.
+    pub(crate) fn dialog_of(
+        &mut self,
+        sip: &mut Stack<'_>,
+        key: &TxKey,
+        req: &Request,
+        now: Instant,
+    ) -> Option<(u64, Side)> {
+        let call_id = header(req, "Call-ID").unwrap_or_default();
+        let found = self.calls.by_call_id(call_id);
+        if found.is_none() {
+            let r = response_to(req, 481, None);
+            self.answer(sip, key, r, now);
+        }
+        found
     }
 
     /// A call leg's provider says the leg went silent or is gone: the call

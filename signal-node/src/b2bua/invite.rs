@@ -9,14 +9,13 @@ use rsipstack::sip::Request;
 use rsipstack::sip::headers::make_header;
 use rsipstack::sip::prelude::*;
 
-use super::{B2bua, Pending, Stack, transport};
+use super::outgoing::{Outgoing, via};
+use super::{B2bua, Pending, Stack};
 use crate::calls::{Call, CallRecord, Dialog, Phase};
 use crate::legs::{LegRequest, Media};
 use crate::sdp::{audio_address, rewrite_audio, telephone_event_payload};
 use crate::transaction::{Peer, TxKey, response_to};
-use crate::wire::headers::{
-    callee_of, header, header_values, request_from_text, route_lines, sdp_body, tag_of, uri_of,
-};
+use crate::wire::headers::{callee_of, header, header_values, sdp_body, tag_of, uri_of};
 
 impl B2bua {
     /// A new INVITE (no To tag) or a re-INVITE.
@@ -166,32 +165,24 @@ impl B2bua {
         let b_tag = sip.tags.tag();
         let b_call_id = format!("{}-b@{}", sip.tags.tag(), self.local.ip());
         let branch = sip.tags.branch();
-        let text = format!(
-            "INVITE {target} SIP/2.0\r\n\
-             Via: SIP/2.0/{t} {local};branch={branch};rport\r\n\
-             Max-Forwards: 69\r\n\
-             From: <{a_uri}>;tag={b_tag}\r\n\
-             To: <{b_uri}>\r\n\
-             Call-ID: {b_call_id}\r\n\
-             CSeq: 1 INVITE\r\n\
-             {routes}\
-             Contact: {contact}\r\n\
-             Content-Type: application/sdp\r\n\
-             Content-Length: {len}\r\n\r\n{body}",
+        let b_invite = Outgoing {
+            method: "INVITE",
+            target: &binding.contact,
+            via: via(b_peer, self.local, &branch),
+            max_forwards: 69,
+            from: format!("<{}>;tag={b_tag}", a.remote_uri),
+            to: format!("<{}>", a.local_uri),
+            call_id: &b_call_id,
+            cseq: 1,
             // RFC 3327: through the proxies the REGISTER came through.
-            routes = route_lines(&binding.path),
-            target = binding.contact,
-            t = transport(b_peer),
-            local = self.local,
-            a_uri = a.remote_uri,
-            b_uri = a.local_uri,
-            contact = self.contact(b_peer),
-            len = body.len(),
-        );
-        let Some(b_invite) = request_from_text(&text) else {
-            tracing::error!(%text, "built an INVITE that does not parse");
-            return None;
-        };
+            routes: &binding.path,
+            headers: format!(
+                "Contact: {}\r\nContent-Type: application/sdp\r\n",
+                self.contact(b_peer)
+            ),
+            body,
+        }
+        .build()?;
         let b_key = self.send(sip, b_invite.clone(), b_peer, now)?;
         let b = Dialog {
             call_id: b_call_id,
@@ -262,19 +253,24 @@ impl B2bua {
         self.answer(sip, key, ok, now);
         self.answer(sip, &a_key, terminated, now);
         // CANCEL to B: same Request-URI, Call-ID, From, To, top Via, CSeq number.
-        let via = header(&b_invite, "Via").unwrap_or_default();
+        let top_via = header(&b_invite, "Via").unwrap_or_default();
         let seq = b_invite.cseq_header().and_then(|c| c.seq()).unwrap_or(1);
-        let text = format!(
-            "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {call_id}\r\nCSeq: {seq} CANCEL\r\n{routes}Content-Length: 0\r\n\r\n",
+        let cancel = Outgoing {
+            method: "CANCEL",
+            target: &b_invite.uri.to_string(),
+            via: top_via.to_string(),
+            max_forwards: 70,
+            from: header(&b_invite, "From").unwrap_or_default().to_string(),
+            to: header(&b_invite, "To").unwrap_or_default().to_string(),
+            call_id: header(&b_invite, "Call-ID").unwrap_or_default(),
+            cseq: seq,
             // RFC 3261 §9.1: the same Route as the INVITE.
-            routes = route_lines(&header_values(&b_invite, "Route")),
-            uri = b_invite.uri,
-            from = header(&b_invite, "From").unwrap_or_default(),
-            to = header(&b_invite, "To").unwrap_or_default(),
-            call_id = header(&b_invite, "Call-ID").unwrap_or_default(),
-        );
-        if let Some(cancel) = request_from_text(&text) {
+            routes: &header_values(&b_invite, "Route"),
+            headers: String::new(),
+            body: "",
+        }
+        .build();
+        if let Some(cancel) = cancel {
             self.send(sip, cancel, b_peer, now);
         }
         self.end_call(id, "cancelled", wall);

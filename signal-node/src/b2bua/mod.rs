@@ -33,6 +33,7 @@ mod dialog;
 mod events;
 mod held;
 mod invite;
+mod outgoing;
 mod reinvite;
 mod replication;
 pub(crate) mod takeover;
@@ -100,10 +101,6 @@ pub struct B2bua {
     /// Finished calls, for the driver to bill.
     records: VecDeque<CallRecord>,
     metrics: SipMetrics,
-}
-
-fn transport(peer: Peer) -> &'static str {
-    if peer.reliable { "TCP" } else { "UDP" }
 }
 
 impl B2bua {

@@ -16,7 +16,7 @@ use crate::calls::{Phase, Relayed};
 use crate::legs::{LegRequest, Side};
 use crate::sdp::{audio_address, rewrite_audio};
 use crate::transaction::{TxKey, response_to};
-use crate::wire::headers::{cseq_of, header, is_success, sdp_body, with_body};
+use crate::wire::headers::{cseq_of, is_success, sdp_body, with_body};
 
 impl B2bua {
     /// A re-INVITE from either side of an answered call.
@@ -27,10 +27,8 @@ impl B2bua {
         req: &Request,
         now: Instant,
     ) {
-        let call_id = header(req, "Call-ID").unwrap_or_default();
-        let Some((id, side)) = self.calls.by_call_id(call_id) else {
-            let r = response_to(req, 481, None);
-            return self.answer(sip, key, r, now);
+        let Some((id, side)) = self.dialog_of(sip, key, req, now) else {
+            return;
         };
         let Some(call) = self.calls.get_mut(id) else {
             return;

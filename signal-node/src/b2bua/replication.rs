@@ -18,17 +18,21 @@ impl B2bua {
         if self.member.is_none() {
             return;
         }
+        if let Some(replica) = self.next_replica(id) {
+            self.events_out
+                .push_back((id, Outbound::Buddy(Kind::CallReplica(replica))));
+        }
+    }
+
+    /// A new replica of call `id` (its version counted), if it is answered.
+    fn next_replica(&mut self, id: u64) -> Option<CallReplica> {
         let local = self.local;
-        let Some(call) = self.calls.get_mut(id) else {
-            return;
-        };
+        let call = self.calls.get_mut(id)?;
         if call.phase != Phase::Answered {
-            return;
+            return None;
         }
         call.replicated += 1;
-        let replica = replica_of(call, call.replicated, local);
-        self.events_out
-            .push_back((id, Outbound::Buddy(Kind::CallReplica(replica))));
+        Some(replica_of(call, call.replicated, local))
     }
 
     /// Member `member` (its TaskEvents address) started or came back. The
@@ -36,38 +40,27 @@ impl B2bua {
     /// (the buddy of a down member is chosen among the live ones), or route
     /// to it the dialogs it set up before a restart: so it gets every
     /// replica this member holds and a replica of every call this member
-    /// carries. It takes a call over only when a request for it comes.
-    pub(crate) fn on_member_back(&mut self, member: &str) {
+    /// carries (returned, for the answer to its sync). It takes a call over
+    /// only when a request for it comes.
+    pub(crate) fn on_member_back(&mut self, member: &str) -> Vec<(u64, Kind)> {
         if self.member.is_none() {
-            return;
+            return Vec::new();
         }
-        let registrar = TaskHandle {
-            member: member.to_string(),
-            task: REGISTRAR_TASK,
-        };
-        let local = self.local;
-        for replica in self.replicas.all() {
-            self.events_out.push_back((
-                REGISTRAR_TASK,
-                Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
-            ));
-        }
+        let mut to_it: Vec<(u64, Kind)> = self
+            .replicas
+            .all()
+            .into_iter()
+            .map(|replica| (REGISTRAR_TASK, Kind::CallReplica(replica)))
+            .collect();
         for id in self.calls.ids() {
-            let Some(call) = self.calls.get_mut(id) else {
+            let Some(replica) = self.next_replica(id) else {
                 continue;
             };
-            if call.phase != Phase::Answered {
-                continue;
-            }
-            call.replicated += 1;
-            let replica = replica_of(call, call.replicated, local);
-            self.events_out.push_back((
-                id,
-                Outbound::To(registrar.clone(), Kind::CallReplica(replica)),
-            ));
+            to_it.push((id, Kind::CallReplica(replica)));
             self.replicate(id);
         }
         tracing::info!(%member, calls = self.calls.active(), replicas = self.replicas.len(), "a member (re)joined: replicas sent to it");
+        to_it
     }
 
     /// Calls whose latest replica no buddy confirmed (it had none then, or

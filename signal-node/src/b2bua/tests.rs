@@ -642,6 +642,55 @@ Call-ID: call-a\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n",
         )
     }
 
+    #[test]
+    fn a_sync_is_answered_in_order_and_ends_with_sync_done() {
+        // The owner carries an answered call; a member that comes back
+        // asks it for what it knows.
+        let (mut owner, _buddy, _task, _tag, _replica) = replicated_call();
+        let _ = events(&mut owner);
+        let asker = TaskHandle {
+            member: BUDDY.into(),
+            task: REGISTRAR_TASK,
+        };
+        let registrar = TaskHandle {
+            member: OWNER.into(),
+            task: REGISTRAR_TASK,
+        };
+        deliver(
+            &mut owner,
+            registrar.clone(),
+            asker.clone(),
+            Kind::Sync(voicecluster_api::grpc::SyncRegistrations {}),
+        );
+        let told = events(&mut owner);
+        let answer = told
+            .iter()
+            .find_map(|(_, o)| match o {
+                Outbound::InOrder(to, answers) if *to == asker => Some(answers),
+                _ => None,
+            })
+            .expect("one answer in order to the asker");
+        let kinds: Vec<&str> = answer
+            .iter()
+            .map(|(_, k)| crate::task_events::kind_name(k))
+            .collect();
+        assert_eq!(
+            kinds,
+            ["registrations", "call_replica", "sync_done"],
+            "Bob's bindings, the call's replica, then the end of the answer"
+        );
+        // The asker's side: a SyncDone says that member's answers all came.
+        let mut asking = as_member(Harness::new(), BUDDY);
+        assert_eq!(asking.ep.poll_sync_done(), None);
+        deliver(
+            &mut asking,
+            asker,
+            registrar,
+            Kind::SyncDone(voicecluster_api::grpc::SyncDone {}),
+        );
+        assert_eq!(asking.ep.poll_sync_done().as_deref(), Some(OWNER));
+    }
+
     /// A call answered at the owner once its replica was stored at a new
     /// buddy: (owner, buddy, the owner's task, A's To tag, the replica).
     fn replicated_call() -> (Harness, Harness, TaskHandle, String, CallReplica) {

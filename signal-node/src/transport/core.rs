@@ -62,6 +62,8 @@ pub trait Member {
     fn on_directory(&mut self, snapshot: &DirectorySnapshot, now: Instant, wall: SystemTime);
     /// The calls finished since the last call, for billing.
     fn take_records(&mut self) -> Vec<CallRecord>;
+    /// The next member whose answers to this member's sync all arrived.
+    fn poll_sync_done(&mut self) -> Option<String>;
 }
 
 impl SipCore for Endpoint {
@@ -124,6 +126,9 @@ impl Member for Endpoint {
     }
     fn take_records(&mut self) -> Vec<CallRecord> {
         Endpoint::take_records(self)
+    }
+    fn poll_sync_done(&mut self) -> Option<String> {
+        Endpoint::poll_sync_done(self)
     }
 }
 

@@ -359,6 +359,11 @@ impl<C: SipCore> Driver<C> {
                 }
             });
         }
+        while let Some(member) = m.poll_sync_done() {
+            if let Some(p) = &self.links.peers {
+                p.sync_answered(&member);
+            }
+        }
         if let Some(s) = &self.settled {
             let settled = m.settled();
             s.send_if_modified(|was| std::mem::replace(was, settled) != settled);

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use voicecluster_media_node::service::LegService;
 use voicecluster_signal_node::billing::{BillStore, BillWriter, RateTable, SharedBills};
 use voicecluster_signal_node::digest::{Authenticator, parse_users};
 use voicecluster_signal_node::endpoint::Endpoint;
+use voicecluster_signal_node::handover::{HandOver, Limits};
 use voicecluster_signal_node::leg_providers::DirectoryView;
 use voicecluster_signal_node::lifecycle::Lifecycle;
 use voicecluster_signal_node::management;
@@ -29,14 +30,15 @@ use crate::{Args, SipTask};
 /// How long a starting member waits for the others' registrations and
 /// replicas before it serves anyway.
 const SYNC_LIMIT: Duration = Duration::from_secs(10);
-/// How long the edges take to hear a lifecycle step: their heartbeats
-/// (200 ms by default) times the failure threshold, with room to spare.
-const HANDOVER_NOTICE: Duration = Duration::from_secs(1);
-/// The longest the buddy may take to confirm the hand-over event.
-const HANDOVER_CONFIRM: Duration = Duration::from_secs(3);
-/// How long calls being set up may take to be answered before the member
-/// hands over anyway (the pod's grace period is 30 s).
-const HANDOVER_WAIT: Duration = Duration::from_secs(20);
+/// The hand-over's limits: the edges hear a lifecycle step within their
+/// heartbeats (200 ms by default) times the failure threshold, with room
+/// to spare; calls being set up get 20 s to be answered (the pod's grace
+/// period is 30 s); the buddy 3 s to confirm.
+const HANDOVER: Limits = Limits {
+    notice: Duration::from_secs(1),
+    settle: Duration::from_secs(20),
+    confirm: Duration::from_secs(3),
+};
 
 /// What the backend needs from the process around it.
 pub(crate) struct Context {
@@ -213,33 +215,40 @@ impl Backend {
         })
     }
 
-    /// Stopping without dropping a call: no new calls (the edges hear 503),
-    /// the calls being set up are answered (and replicated), then the
-    /// heartbeats say the member is gone and the edges send its dialogs to
-    /// its buddy, which takes them over; last the buddy is told to take
-    /// every call at once, and confirms.
+    /// Stopping without dropping a call (see [`HandOver`]): the member
+    /// drains, says it is gone, then tells its buddy to take every call and
+    /// waits for its confirmation.
     pub(crate) async fn stop(mut self) {
-        self.lifecycle.send_replace(Lifecycle::Draining);
-        tokio::time::sleep(HANDOVER_NOTICE).await;
-        if tokio::time::timeout(HANDOVER_WAIT, self.settled.wait_for(|s| *s))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?HANDOVER_WAIT,
-                "calls still being set up; handing over anyway"
-            );
-        }
-        self.lifecycle.send_replace(Lifecycle::Gone);
-        // Requests already on their way are still answered here.
-        tokio::time::sleep(HANDOVER_NOTICE).await;
-        self.lifecycle.send_replace(Lifecycle::Left);
-        match tokio::time::timeout(HANDOVER_CONFIRM, self.handed_over.wait_for(|h| *h)).await {
-            Ok(_) => tracing::info!("calls handed over to the buddy"),
-            Err(_) => tracing::warn!(
-                ?HANDOVER_CONFIRM,
-                "the buddy did not confirm the hand-over; its calls go over at their next request"
-            ),
+        let mut handover = HandOver::start(HANDOVER, Instant::now());
+        handover.on_settled(*self.settled.borrow_and_update(), Instant::now());
+        loop {
+            let to = handover.lifecycle();
+            self.lifecycle
+                .send_if_modified(|l| std::mem::replace(l, to) != to);
+            if let Some(confirmed) = handover.done() {
+                if confirmed {
+                    tracing::info!("calls handed over to the buddy");
+                } else {
+                    tracing::warn!(confirm = ?HANDOVER.confirm, "the buddy did not confirm the hand-over; its calls go over at their next request");
+                }
+                return;
+            }
+            let Some(at) = handover.poll_timeout() else {
+                return;
+            };
+            let left = to == Lifecycle::Left;
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => handover.handle_timeout(Instant::now()),
+                Ok(()) = self.settled.changed() => {
+                    let settled = *self.settled.borrow_and_update();
+                    handover.on_settled(settled, Instant::now());
+                }
+                Ok(()) = self.handed_over.changed(), if left => {
+                    if *self.handed_over.borrow_and_update() {
+                        handover.on_confirmed(Instant::now());
+                    }
+                }
+            }
         }
     }
 }
