@@ -177,6 +177,54 @@ pub fn answered(bytes: &[u8]) -> Option<u32> {
         .ok()
 }
 
+/// The device's side of a dialog the edge pinned to a member: it sends
+/// the dialog's in-dialog requests ([`probe`]) through the edge and reads
+/// the answers.
+pub struct Dialog {
+    sock: UdpSocket,
+    me: SocketAddr,
+    edge: SocketAddr,
+    /// The last request's sequence number.
+    n: u32,
+    buf: [u8; 2048],
+}
+
+impl Dialog {
+    /// A device on `ip` whose requests go through the edge at `edge`.
+    pub fn new(ip: IpAddr, edge: SocketAddr) -> Result<Self> {
+        let sock = UdpSocket::bind((ip, 0))?;
+        sock.set_read_timeout(Some(Duration::from_millis(1)))?;
+        let me = sock.local_addr()?;
+        Ok(Self {
+            sock,
+            me,
+            edge,
+            n: 0,
+            buf: [0; 2048],
+        })
+    }
+
+    /// Sends the next request, for `owner`; its sequence number.
+    pub fn send(&mut self, owner: SocketAddr) -> Result<u32> {
+        self.n += 1;
+        self.sock
+            .send_to(&probe(self.edge, self.me, owner, self.n), self.edge)?;
+        Ok(self.n)
+    }
+
+    /// The sequence number of the last request sent.
+    pub fn sent(&self) -> u32 {
+        self.n
+    }
+
+    /// Waits a millisecond for an answer: the sequence number of the
+    /// request a 200 is for.
+    pub fn answer(&mut self) -> Option<u32> {
+        let (len, _) = self.sock.recv_from(&mut self.buf).ok()?;
+        answered(&self.buf[..len])
+    }
+}
+
 /// A metric of the process whose admin server is at `admin` (0 if none).
 pub fn edge_metric(admin: SocketAddr, name: &str) -> f64 {
     use std::io::{Read, Write};

@@ -19,11 +19,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::transport::Endpoint;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
 use voicecluster_api::grpc::{
     Ack, DirectorySnapshot, FailoverReport, Load, WatchMessage, WatchRequest, watch_message,
 };
+use voicecluster_telemetry::metrics::{Labels, inc, register_all};
 
 /// Back-off between reconnects: from this ...
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -93,40 +95,43 @@ pub struct ClientMetrics {
     version: Gauge,
     providers: Gauge,
     members: Gauge,
-    sessions: Family<Vec<(String, String)>, Counter>,
+    sessions: Family<Labels, Counter>,
 }
 
 impl ClientMetrics {
     /// Registers the metrics in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register(
-            "voicecluster_directory_applied_version",
-            "The Directory version this pod applied last",
-            m.version.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_providers",
-            "Call-leg providers in the applied Directory version",
-            m.providers.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_signal_members",
-            "Signal members in the applied Directory version",
-            m.members.clone(),
-        );
-        registry.register(
-            "voicecluster_directory_sessions",
-            "Directory streams this pod opened, by how they ended",
-            m.sessions.clone(),
+        register_all(
+            registry,
+            &[
+                (
+                    "voicecluster_directory_applied_version",
+                    "The Directory version this pod applied last",
+                    &m.version,
+                ),
+                (
+                    "voicecluster_directory_providers",
+                    "Call-leg providers in the applied Directory version",
+                    &m.providers,
+                ),
+                (
+                    "voicecluster_directory_signal_members",
+                    "Signal members in the applied Directory version",
+                    &m.members,
+                ),
+                (
+                    "voicecluster_directory_sessions",
+                    "Directory streams this pod opened, by how they ended",
+                    &m.sessions,
+                ),
+            ],
         );
         m
     }
 
     fn session(&self, outcome: &str) {
-        self.sessions
-            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
-            .inc();
+        inc(&self.sessions, &[("outcome", outcome)]);
     }
 }
 
@@ -293,6 +298,10 @@ enum End {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One Directory stream, from subscribing until it ends: versions it
+/// delivers go to `received` (or are acked at once when already
+/// `applied`), versions the pod applies are acked, and the pod's reports
+/// go up.
 async fn session(
     target: &Target,
     received: &watch::Sender<Option<Arc<DirectorySnapshot>>>,
@@ -300,6 +309,44 @@ async fn session(
     load: &mut Reports,
     got_any: &mut bool,
 ) -> Result<End, BoxError> {
+    let (out, mut inbound) = subscribe(target).await?;
+    // A new stream may reach another replica: it hears the load again.
+    send_report(&out, load).await?;
+    // A pod that never reports drops its sender; stop watching then.
+    let mut load_open = true;
+    let mut acks = Acks::new(out);
+    loop {
+        tokio::select! {
+            msg = inbound.next() => {
+                let Some(snapshot) = msg.transpose()? else {
+                    return Ok(End::ServerClosed);
+                };
+                *got_any = true;
+                acks.delivered(snapshot, received, applied).await?;
+            }
+            changed = load.changed(), if load_open => {
+                if changed.is_err() {
+                    load_open = false;
+                    continue;
+                }
+                send_report(&acks.out, load).await?;
+            }
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return Ok(End::FollowerGone);
+                }
+                let version = *applied.borrow_and_update();
+                acks.applied(version).await?;
+            }
+        }
+    }
+}
+
+/// Connects to the Directory and subscribes as `target`: where the pod's
+/// messages go on the new stream, and the versions coming down it.
+async fn subscribe(
+    target: &Target,
+) -> Result<(mpsc::Sender<WatchMessage>, Streaming<DirectorySnapshot>), BoxError> {
     let channel = Endpoint::from_shared(target.url.clone())?
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -316,62 +363,79 @@ async fn session(
         })),
     })
     .await?;
-    let mut inbound = DirectoryClient::new(channel)
+    let inbound = DirectoryClient::new(channel)
         .watch(ReceiverStream::new(out_rx))
         .await?
         .into_inner();
-    let ack = |version| WatchMessage {
-        kind: Some(watch_message::Kind::Ack(Ack { version })),
-    };
-    // A new stream may reach another replica: it hears the load again.
+    Ok((out, inbound))
+}
+
+/// Sends the pod's report as it is now, if it has one.
+async fn send_report(out: &mpsc::Sender<WatchMessage>, load: &mut Reports) -> Result<(), BoxError> {
     let now = load.borrow_and_update().clone();
     if let Some(l) = now {
         out.send(l.message()).await?;
     }
-    // A pod that never reports drops its sender; stop watching then.
-    let mut load_open = true;
-    // The newest version this stream delivered, and the last one acked on it.
-    let mut latest: Option<i64> = None;
-    let mut acked: Option<i64> = None;
-    loop {
-        tokio::select! {
-            msg = inbound.next() => {
-                let Some(snapshot) = msg.transpose()? else {
-                    return Ok(End::ServerClosed);
-                };
-                *got_any = true;
-                let version = snapshot.version;
-                latest = Some(version);
-                tracing::debug!(version, "Directory version received");
-                if *applied.borrow() == version {
-                    // Already in use (a reconnect): nothing to apply again.
-                    out.send(ack(version)).await?;
-                    acked = Some(version);
-                } else {
-                    received.send_replace(Some(Arc::new(snapshot)));
-                }
-            }
-            changed = load.changed(), if load_open => {
-                if changed.is_err() {
-                    load_open = false;
-                    continue;
-                }
-                let now = load.borrow_and_update().clone();
-                if let Some(l) = now {
-                    out.send(l.message()).await?;
-                }
-            }
-            changed = applied.changed() => {
-                if changed.is_err() {
-                    return Ok(End::FollowerGone);
-                }
-                let version = *applied.borrow_and_update();
-                if latest == Some(version) && acked != Some(version) {
-                    out.send(ack(version)).await?;
-                    acked = Some(version);
-                }
-            }
+    Ok(())
+}
+
+/// The acknowledgements of one stream: a version is acked on the stream
+/// that delivered it, once, when the pod has it in use.
+struct Acks {
+    out: mpsc::Sender<WatchMessage>,
+    /// The newest version this stream delivered.
+    latest: Option<i64>,
+    /// The last one acked on it.
+    acked: Option<i64>,
+}
+
+impl Acks {
+    fn new(out: mpsc::Sender<WatchMessage>) -> Self {
+        Self {
+            out,
+            latest: None,
+            acked: None,
         }
+    }
+
+    /// The stream delivered `snapshot`: it goes to the follower, unless
+    /// the pod already applied it.
+    async fn delivered(
+        &mut self,
+        snapshot: DirectorySnapshot,
+        received: &watch::Sender<Option<Arc<DirectorySnapshot>>>,
+        applied: &watch::Receiver<i64>,
+    ) -> Result<(), BoxError> {
+        let version = snapshot.version;
+        self.latest = Some(version);
+        tracing::debug!(version, "Directory version received");
+        let in_use = *applied.borrow() == version;
+        if in_use {
+            // Already in use (a reconnect): nothing to apply again.
+            self.ack(version).await
+        } else {
+            received.send_replace(Some(Arc::new(snapshot)));
+            Ok(())
+        }
+    }
+
+    /// The pod applied `version`: acked if this stream delivered it last
+    /// and has not acked it yet.
+    async fn applied(&mut self, version: i64) -> Result<(), BoxError> {
+        if self.latest == Some(version) && self.acked != Some(version) {
+            self.ack(version).await?;
+        }
+        Ok(())
+    }
+
+    async fn ack(&mut self, version: i64) -> Result<(), BoxError> {
+        self.out
+            .send(WatchMessage {
+                kind: Some(watch_message::Kind::Ack(Ack { version })),
+            })
+            .await?;
+        self.acked = Some(version);
+        Ok(())
     }
 }
 

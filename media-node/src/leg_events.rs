@@ -1,25 +1,20 @@
 //! Leg events to the legs' owners: a PBX task on a signal member hears
 //! that its leg went silent, over that member's gRPC `TaskEvents`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use voicecluster_api::grpc::task_event::Kind;
 use voicecluster_api::grpc::task_events_client::TaskEventsClient;
 use voicecluster_api::grpc::{LegEvent, TaskEvent, TaskHandle, leg_event};
+use voicecluster_api::task_events_clients::{DELIVER_TIMEOUT, TaskEventsClients};
 
 use crate::metrics::MediaMetrics;
-
-const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends leg events to owners' members, one cached channel per member.
 #[derive(Clone)]
 pub struct Notifier {
     /// This pod's name in the events' sender handle.
     sender: String,
-    clients: Arc<Mutex<HashMap<String, TaskEventsClient<Channel>>>>,
+    clients: TaskEventsClients,
     metrics: MediaMetrics,
 }
 
@@ -37,28 +32,13 @@ impl Notifier {
     pub fn new(sender: String, metrics: MediaMetrics) -> Self {
         Self {
             sender,
-            clients: Arc::default(),
+            clients: TaskEventsClients::default(),
             metrics,
         }
     }
 
     fn client(&self, member: &str) -> Option<TaskEventsClient<Channel>> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = clients.get(member) {
-            return Some(c.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{member}")).ok()?;
-        let c = TaskEventsClient::new(
-            endpoint
-                .connect_timeout(DELIVER_TIMEOUT)
-                .timeout(DELIVER_TIMEOUT)
-                .connect_lazy(),
-        );
-        clients.insert(member.to_string(), c.clone());
-        Some(c)
+        self.clients.get(member).ok()
     }
 
     /// Tells `owner` about leg `leg`, in the background.

@@ -7,13 +7,18 @@
 //! and exits cleanly on SIGTERM or SIGINT.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use voicecluster_api::grpc::Load;
-use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, Report, follow_target};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use voicecluster_api::grpc::{DirectorySnapshot, Load};
+use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, Report, Target, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::leg_events::Notifier;
 use voicecluster_media_node::metrics::MediaMetrics;
@@ -21,7 +26,9 @@ use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
 use voicecluster_media_node::service::LegService;
 use voicecluster_telemetry::instance::bind_slot;
-use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, probe_if_asked, shutdown_signal};
+use voicecluster_telemetry::{
+    BuildInfo, CommonArgs, Readiness, ShutdownSignal, Telemetry, probe_if_asked, shutdown_signal,
+};
 
 const BUILD: BuildInfo = BuildInfo::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"));
 
@@ -101,7 +108,7 @@ fn leg_service(args: &Args, metrics: MediaMetrics) -> anyhow::Result<(LegService
 async fn offer_legs(
     args: &Args,
     service: &LegService,
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     addr: SocketAddr,
 ) -> anyhow::Error {
     let silent = Duration::from_secs(args.media_timeout_seconds);
@@ -121,6 +128,119 @@ async fn offer_legs(
     }
 }
 
+/// The CallLegs side of this pod: its listener and the legs it serves.
+struct Legs {
+    listener: TcpListener,
+    addr: SocketAddr,
+    service: LegService,
+}
+
+/// Binds CallLegs near `base` for the legs the flags describe, records its
+/// address, gives `target` its port, and names this pod in leg events.
+async fn bind_legs(
+    args: &Args,
+    base: SocketAddr,
+    telemetry: &Telemetry,
+    target: Option<&mut Target>,
+    metrics: MediaMetrics,
+) -> anyhow::Result<Legs> {
+    let (service, public_ip) = leg_service(args, metrics)?;
+    // In the slot the admin server took: a pod's ports go together.
+    let slot = telemetry.slot();
+    let listener = bind_slot(base, slot)
+        .await
+        .with_context(|| format!("CallLegs on {base}, port slot {slot}"))?;
+    let addr = listener.local_addr()?;
+    telemetry.instance().record("grpc", addr)?;
+    if let Some(t) = target {
+        t.call_legs_port = addr.port();
+    }
+    // Leg events name this pod by its CallLegs address.
+    let sender = SocketAddr::new(args.pod_ip.unwrap_or(public_ip), addr.port());
+    let notifier = Notifier::new(sender.to_string(), service.metrics().clone());
+    Ok(Legs {
+        listener,
+        addr,
+        service: service.with_notifier(notifier),
+    })
+}
+
+/// Ready once the operator has heard from this pod (and so knows its
+/// CallLegs port) and it has the Directory in use: only then may it
+/// become a provider, or replace its predecessor.
+fn become_ready(
+    readiness: Readiness,
+    mut directory: Option<watch::Receiver<Option<Arc<DirectorySnapshot>>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Some(rx) = directory.as_mut() {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
+        readiness.set_ready();
+    })
+}
+
+/// Why the pod stops: SIGTERM or SIGINT, or a drain asked for over gRPC
+/// (both `None`: it drains), or the CallLegs server's failure.
+async fn stop_reason(
+    shutdown: impl Future<Output = ShutdownSignal>,
+    service: Option<&LegService>,
+    serving: Pin<&mut impl Future<Output = anyhow::Error>>,
+) -> Option<anyhow::Error> {
+    let drain_asked = async {
+        match service {
+            Some(service) => service.drain_requested().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        signal = shutdown => {
+            tracing::info!(%signal, "shutting down");
+            None
+        }
+        () = drain_asked => {
+            tracing::info!("drain requested");
+            None
+        }
+        e = serving => Some(e),
+    }
+}
+
+/// Refuses new legs and lets the ones running end, within `timeout`,
+/// telling the operator (through `load`) how many are left; cuts off the
+/// rest then. Fails only if the CallLegs server (`serving`) does meanwhile.
+async fn drain(
+    service: &LegService,
+    timeout: Duration,
+    load: &watch::Sender<Option<Report>>,
+    serving: Pin<&mut impl Future<Output = anyhow::Error>>,
+) -> anyhow::Result<()> {
+    service.drain();
+    let left = tokio::select! {
+        left = service.drained(timeout, |legs| {
+            load.send_replace(Some(Report::Load(Load {
+                active_legs: i32::try_from(legs).unwrap_or(i32::MAX),
+                draining: true,
+            })));
+        }) => left,
+        e = serving => return Err(e),
+    };
+    if left > 0 {
+        tracing::warn!(legs = left, ?timeout, "drain timeout: legs cut off");
+        // Their calls hear of it and hang up.
+        let closing = service.close_all("the media pod's drain timeout passed");
+        tokio::select! {
+            () = closing => {}
+            () = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+    } else {
+        tracing::info!("drained: no legs left");
+        // A moment for the last report to reach the operator.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     probe_if_asked(BUILD.binary);
@@ -133,23 +253,9 @@ async fn main() -> anyhow::Result<()> {
     let directory_metrics = ClientMetrics::register(&mut registry);
     let media_metrics = MediaMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
-    let service = match args.grpc_addr {
+    let legs = match args.grpc_addr {
         Some(base) => {
-            let (service, public_ip) = leg_service(&args, media_metrics)?;
-            // In the slot the admin server took: a pod's ports go together.
-            let slot = telemetry.slot();
-            let listener = bind_slot(base, slot)
-                .await
-                .with_context(|| format!("CallLegs on {base}, port slot {slot}"))?;
-            let addr = listener.local_addr()?;
-            telemetry.instance().record("grpc", addr)?;
-            if let Some(t) = target.as_mut() {
-                t.call_legs_port = addr.port();
-            }
-            // Leg events name this pod by its CallLegs address.
-            let sender = SocketAddr::new(args.pod_ip.unwrap_or(public_ip), addr.port());
-            let notifier = Notifier::new(sender.to_string(), service.metrics().clone());
-            Some((listener, addr, service.with_notifier(notifier)))
+            Some(bind_legs(&args, base, &telemetry, target.as_mut(), media_metrics).await?)
         }
         None => {
             tracing::warn!("no VC_GRPC_ADDR: no call legs offered");
@@ -158,10 +264,14 @@ async fn main() -> anyhow::Result<()> {
     };
     // The providers and members in use; what this pod applied and acked.
     // While draining, the legs left go to the operator on the same stream.
-    let (load, load_reports) = tokio::sync::watch::channel(None::<Report>);
+    let (load, load_reports) = watch::channel(None::<Report>);
     let directory = follow_target(target, directory_metrics, load_reports);
-    let (listener, service) = match service {
-        Some((listener, addr, service)) => (Some(listener), Some((addr, service))),
+    let (listener, service) = match legs {
+        Some(Legs {
+            listener,
+            addr,
+            service,
+        }) => (Some(listener), Some((addr, service))),
         None => (None, None),
     };
 
@@ -175,25 +285,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::pin!(serving);
-    let drain_asked = async {
-        match &service {
-            Some((_, service)) => service.drain_requested().await,
-            None => std::future::pending().await,
-        }
-    };
-    // Ready once the operator has heard from this pod (and so knows its
-    // CallLegs port) and it has the Directory in use: only then may it
-    // become a provider, or replace its predecessor.
-    let ready = {
-        let readiness = telemetry.readiness().clone();
-        let mut directory = directory.clone();
-        tokio::spawn(async move {
-            if let Some(rx) = directory.as_mut() {
-                let _ = rx.wait_for(Option::is_some).await;
-            }
-            readiness.set_ready();
-        })
-    };
+    let ready = become_ready(telemetry.readiness().clone(), directory.clone());
     tracing::info!(
         version = BUILD.version,
         admin_addr = %telemetry.admin_addr(),
@@ -201,46 +293,14 @@ async fn main() -> anyhow::Result<()> {
         "started"
     );
 
-    let failure = tokio::select! {
-        signal = shutdown => {
-            tracing::info!(%signal, "shutting down");
-            None
-        }
-        () = drain_asked => {
-            tracing::info!("drain requested");
-            None
-        }
-        e = &mut serving => Some(e),
-    };
+    let failure = stop_reason(shutdown, service.as_ref().map(|s| &s.1), serving.as_mut()).await;
     if let (None, Some((_, service))) = (&failure, &service) {
         // Leave the provider list (not ready), refuse new legs, and let the
         // ones running end, within the drain timeout.
         ready.abort();
         telemetry.readiness().set_not_ready("draining");
-        service.drain();
         let timeout = Duration::from_secs(args.drain_timeout_seconds);
-        let left = tokio::select! {
-            left = service.drained(timeout, |legs| {
-                load.send_replace(Some(Report::Load(Load {
-                    active_legs: i32::try_from(legs).unwrap_or(i32::MAX),
-                    draining: true,
-                })));
-            }) => left,
-            e = &mut serving => return Err(e),
-        };
-        if left > 0 {
-            tracing::warn!(legs = left, ?timeout, "drain timeout: legs cut off");
-            // Their calls hear of it and hang up.
-            let closing = service.close_all("the media pod's drain timeout passed");
-            tokio::select! {
-                () = closing => {}
-                () = tokio::time::sleep(Duration::from_secs(3)) => {}
-            }
-        } else {
-            tracing::info!("drained: no legs left");
-            // A moment for the last report to reach the operator.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        drain(service, timeout, &load, serving.as_mut()).await?;
     }
     telemetry.shutdown().await?;
     match failure {

@@ -72,23 +72,55 @@ const TELEPHONE_EVENT_PT: u8 = 101;
 pub struct WebRtcPeer {
     pc: Arc<dyn PeerConnection>,
     outgoing: mpsc::Sender<Vec<u8>>,
-    gathered: watch::Receiver<bool>,
+    gathering: IceGathering,
     writer: JoinHandle<()>,
     readers: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
+/// Whether a peer connection has gathered its ICE candidates: its event
+/// handler marks it, and its local SDP waits for it (no trickle ICE: the
+/// SDP goes out in one SIP or API message).
+#[derive(Clone, Debug)]
+pub struct IceGathering {
+    complete: watch::Sender<bool>,
+}
+
+impl Default for IceGathering {
+    fn default() -> Self {
+        Self {
+            complete: watch::channel(false).0,
+        }
+    }
+}
+
+impl IceGathering {
+    /// What the handler's `on_ice_gathering_state_change` heard.
+    pub fn observe(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.complete.send_replace(true);
+        }
+    }
+
+    /// Waits up to `timeout` for the candidates; whether they are all in.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let mut complete = self.complete.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, complete.wait_for(|done| *done)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
 struct Events {
     sink: Arc<dyn MediaSink>,
-    gathered: watch::Sender<bool>,
+    gathering: IceGathering,
     readers: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.send_replace(true);
-        }
+        self.gathering.observe(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -147,6 +179,78 @@ fn stack<E: std::fmt::Display>(e: E) -> PeerError {
     PeerError::Stack(e.to_string())
 }
 
+/// The codecs a leg offers and takes (G.711 and telephone-event), with
+/// webrtc-rs's default interceptors.
+fn media_engine() -> Result<(MediaEngine, Registry), PeerError> {
+    let mut media = MediaEngine::default();
+    for (mime, rate, pt) in [
+        ("audio/PCMU", 8000, 0),
+        ("audio/PCMA", 8000, 8),
+        ("audio/telephone-event", 8000, TELEPHONE_EVENT_PT),
+    ] {
+        media
+            .register_codec(codec(mime, rate, pt), RtpCodecKind::Audio)
+            .map_err(stack)?;
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(stack)?;
+    Ok((media, registry))
+}
+
+/// ICE settings of a leg on `bind`: its candidate names `public_ip` when
+/// that is another address, and a leg on loopback gets a loopback one.
+fn settings(bind: SocketAddr, public_ip: IpAddr) -> SettingEngineBuilder {
+    let mut settings = SettingEngineBuilder::new();
+    if public_ip != bind.ip() && !public_ip.is_unspecified() {
+        settings =
+            settings.with_nat_1to1_ips(vec![public_ip.to_string()], RTCIceCandidateType::Host);
+    }
+    if bind.ip().is_loopback() {
+        settings = settings.with_include_loopback_candidate(true);
+    }
+    settings
+}
+
+/// The leg's one audio track, PCMU, sending as `ssrc`.
+fn audio_track(ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "voicecluster".to_string(),
+        format!("leg-{ssrc}"),
+        "call leg".to_string(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec("audio/PCMU", 8000, 0).rtp_codec,
+            ..Default::default()
+        }],
+    )))
+}
+
+/// Writes the RTP queued for the endpoint to `track`, as `ssrc`; the queue,
+/// and the task.
+fn spawn_writer(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+) -> (mpsc::Sender<Vec<u8>>, JoinHandle<()>) {
+    let (outgoing, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            let mut buf = bytes.as_slice();
+            let Ok(mut packet) = rtc::rtp::Packet::unmarshal(&mut buf) else {
+                continue;
+            };
+            // The endpoint knows this leg's stream by the SSRC in our SDP.
+            packet.header.ssrc = ssrc;
+            // Before ICE and DTLS are up the track is not bound yet;
+            // those packets are lost as they would be on the wire.
+            let _ = track.write_rtp(packet).await;
+        }
+    });
+    (outgoing, writer)
+}
+
 impl WebRtcPeer {
     /// A peer connection on `bind` (one UDP port), announcing `public_ip`
     /// in its ICE candidates, handing what it receives to `sink`.
@@ -162,36 +266,18 @@ impl WebRtcPeer {
             source,
         })?;
 
-        let mut media = MediaEngine::default();
-        for (mime, rate, pt) in [
-            ("audio/PCMU", 8000, 0),
-            ("audio/PCMA", 8000, 8),
-            ("audio/telephone-event", 8000, TELEPHONE_EVENT_PT),
-        ] {
-            media
-                .register_codec(codec(mime, rate, pt), RtpCodecKind::Audio)
-                .map_err(stack)?;
-        }
-        let registry = register_default_interceptors(Registry::new(), &mut media).map_err(stack)?;
-        let mut settings = SettingEngineBuilder::new();
-        if public_ip != bind.ip() && !public_ip.is_unspecified() {
-            settings =
-                settings.with_nat_1to1_ips(vec![public_ip.to_string()], RTCIceCandidateType::Host);
-        }
-        if bind.ip().is_loopback() {
-            settings = settings.with_include_loopback_candidate(true);
-        }
-        let (gathered_tx, gathered) = watch::channel(false);
+        let (media, registry) = media_engine()?;
+        let gathering = IceGathering::default();
         let readers = Arc::default();
         let events = Arc::new(Events {
             sink,
-            gathered: gathered_tx,
+            gathering: gathering.clone(),
             readers: Arc::clone(&readers),
         });
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
-            .with_setting_engine(settings.build())
+            .with_setting_engine(settings(bind, public_ip).build())
             .with_handler(events)
             .with_udp_addrs(vec![bind])
             .build()
@@ -200,42 +286,15 @@ impl WebRtcPeer {
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
         let ssrc: u32 = rand::random();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            "voicecluster".to_string(),
-            format!("leg-{ssrc}"),
-            "call leg".to_string(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec("audio/PCMU", 8000, 0).rtp_codec,
-                ..Default::default()
-            }],
-        )));
+        let track = audio_track(ssrc);
         pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
             .await
             .map_err(stack)?;
-
-        let (outgoing, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
-        let writer = tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
-                let mut buf = bytes.as_slice();
-                let Ok(mut packet) = rtc::rtp::Packet::unmarshal(&mut buf) else {
-                    continue;
-                };
-                // The endpoint knows this leg's stream by the SSRC in our SDP.
-                packet.header.ssrc = ssrc;
-                // Before ICE and DTLS are up the track is not bound yet;
-                // those packets are lost as they would be on the wire.
-                let _ = track.write_rtp(packet).await;
-            }
-        });
+        let (outgoing, writer) = spawn_writer(track, ssrc);
         Ok(Self {
             pc,
             outgoing,
-            gathered,
+            gathering,
             writer,
             readers,
         })
@@ -274,8 +333,8 @@ impl WebRtcPeer {
     /// The local description once its candidates are in (no trickle ICE:
     /// the SDP goes out in one SIP or API message).
     async fn local_sdp(&self) -> Result<String, PeerError> {
-        let mut gathered = self.gathered.clone();
-        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
+        // Past the timeout it goes with the candidates it has.
+        self.gathering.wait(GATHER_TIMEOUT).await;
         self.pc
             .local_description()
             .await

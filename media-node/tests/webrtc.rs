@@ -20,6 +20,7 @@ use tonic::Code;
 use voicecluster_api::grpc::{
     AnswerLegRequest, BridgeRequest, CreateLegRequest, DestroyLegRequest, LegKind, ListLegsRequest,
 };
+use voicecluster_media_node::webrtc_peer::IceGathering;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -38,14 +39,14 @@ struct Browser {
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
-    gathered: watch::Receiver<bool>,
+    gathering: IceGathering,
     connected: watch::Receiver<bool>,
     /// Payloads of the RTP packets it received, in arrival order.
     heard: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 struct Events {
-    gathered: watch::Sender<bool>,
+    gathering: IceGathering,
     connected: watch::Sender<bool>,
     heard: mpsc::UnboundedSender<Vec<u8>>,
 }
@@ -53,9 +54,7 @@ struct Events {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.send_replace(true);
-        }
+        self.gathering.observe(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -92,7 +91,7 @@ impl Browser {
         let mut media = MediaEngine::default();
         media.register_default_codecs().unwrap();
         let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
-        let (gathered_tx, gathered) = watch::channel(false);
+        let gathering = IceGathering::default();
         let (connected_tx, connected) = watch::channel(false);
         let (heard_tx, heard) = mpsc::unbounded_channel();
         let pc = PeerConnectionBuilder::new()
@@ -104,7 +103,7 @@ impl Browser {
                     .build(),
             )
             .with_handler(Arc::new(Events {
-                gathered: gathered_tx,
+                gathering: gathering.clone(),
                 connected: connected_tx,
                 heard: heard_tx,
             }))
@@ -135,17 +134,17 @@ impl Browser {
             pc,
             track,
             ssrc,
-            gathered,
+            gathering,
             connected,
             heard,
         }
     }
 
     async fn local_sdp(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(5), self.gathered.wait_for(|g| *g))
-            .await
-            .expect("ICE gathering completes")
-            .unwrap();
+        assert!(
+            self.gathering.wait(Duration::from_secs(5)).await,
+            "ICE gathering completes"
+        );
         self.pc.local_description().await.unwrap().sdp
     }
 

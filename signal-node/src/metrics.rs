@@ -69,6 +69,15 @@ impl SipMetrics {
     /// Registers the metrics in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        m.register_sip(registry);
+        m.register_calls(registry);
+        m.register_failover(registry);
+        m
+    }
+
+    /// Messages, transactions and registrations.
+    fn register_sip(&self, registry: &mut Registry) {
+        let m = self;
         register_all(
             registry,
             &[
@@ -102,6 +111,16 @@ impl SipMetrics {
                     "Session request delay (RFC 6076 SRD) of INVITEs sent to callees",
                     &m.session_request_delay,
                 ),
+            ],
+        );
+    }
+
+    /// Calls, their media and their bills.
+    fn register_calls(&self, registry: &mut Registry) {
+        let m = self;
+        register_all(
+            registry,
+            &[
                 (
                     "voicecluster_calls_active",
                     "Calls in progress on this member",
@@ -142,6 +161,16 @@ impl SipMetrics {
                     "RTP packets relayed in ended calls, by direction",
                     &m.call_media_packets,
                 ),
+            ],
+        );
+    }
+
+    /// Replicas, takeovers and moves.
+    fn register_failover(&self, registry: &mut Registry) {
+        let m = self;
+        register_all(
+            registry,
+            &[
                 (
                     "voicecluster_call_replicas_held",
                     "Calls of other members this member holds replicas of, as their buddy",
@@ -174,7 +203,6 @@ impl SipMetrics {
                 ),
             ],
         );
-        m
     }
 
     pub(crate) fn count(family: &Family<Labels, Counter>, key: &str, value: String) {

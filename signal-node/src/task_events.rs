@@ -8,7 +8,7 @@
 //! it knows with a `SyncRegistrations`, answered to the asker's handle. So
 //! a user registered through one member can be called from a call on any.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,13 +17,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use voicecluster_api::TASK_EVENTS_PORT;
 use voicecluster_api::grpc::task_event::Kind;
 use voicecluster_api::grpc::task_events_client::TaskEventsClient;
 use voicecluster_api::grpc::task_events_server::{TaskEvents, TaskEventsServer};
 use voicecluster_api::grpc::{self, DeliverReply, TaskEvent, TaskHandle};
+use voicecluster_api::task_events_clients::{DELIVER_TIMEOUT, TaskEventsClients};
 
 use crate::leg_providers::DirectoryView;
 use crate::registrar::Binding;
@@ -36,7 +37,6 @@ pub const REGISTRAR_TASK: u64 = 0;
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 /// How often a starting member asks the members that did not answer yet.
 const SYNC_RETRY_STARTING: Duration = Duration::from_millis(200);
-const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An event this member's endpoint wants sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -203,7 +203,7 @@ pub struct Peers {
     sip_port: Option<u16>,
     fixed: Vec<String>,
     directory: Option<DirectoryView>,
-    clients: Mutex<HashMap<String, TaskEventsClient<Channel>>>,
+    clients: TaskEventsClients,
     /// Members asked for their registrations (and replicas).
     synced: Mutex<HashSet<String>>,
     /// Members whose answers all arrived (their SyncDone came).
@@ -227,7 +227,7 @@ impl Peers {
             sip_port: None,
             fixed,
             directory,
-            clients: Mutex::default(),
+            clients: TaskEventsClients::default(),
             synced: Mutex::default(),
             answered: Mutex::default(),
             answers: tokio::sync::Notify::new(),
@@ -280,20 +280,9 @@ impl Peers {
     }
 
     fn client(&self, member: &str) -> Result<TaskEventsClient<Channel>, Status> {
-        let mut clients = Self::lock(&self.clients);
-        if let Some(c) = clients.get(member) {
-            return Ok(c.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{member}"))
-            .map_err(|e| Status::invalid_argument(format!("member {member:?}: {e}")))?;
-        let c = TaskEventsClient::new(
-            endpoint
-                .connect_timeout(DELIVER_TIMEOUT)
-                .timeout(DELIVER_TIMEOUT)
-                .connect_lazy(),
-        );
-        clients.insert(member.to_string(), c.clone());
-        Ok(c)
+        self.clients
+            .get(member)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     /// Delivers `kind` to task `to`, from `from_task` of this member.

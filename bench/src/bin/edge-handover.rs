@@ -17,13 +17,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use voicecluster_bench::loopback::{
-    Member, PROBE_EVERY, answered, edge_metric, free_port, median_p99, probe, rounds, start_edge,
+    Dialog, Member, PROBE_EVERY, Process, edge_metric, free_port, median_p99, rounds, start_edge,
 };
 
 /// Port slots the edges' admin servers may take, ten ports apart.
@@ -82,6 +82,70 @@ struct Round {
     exit: Duration,
 }
 
+/// One hand-over: the dialog's requests go through the edge for
+/// [`BEFORE`], then the old edge gets SIGTERM, and they go on for
+/// [`AFTER`]; the gap, the requests lost, and how long the old edge took
+/// to leave.
+fn hand_over(
+    dialog: &mut Dialog,
+    owner: SocketAddr,
+    old: &mut Process,
+    round: usize,
+) -> Result<Round> {
+    let (mut sent, mut answers) = (BTreeMap::new(), BTreeMap::new());
+    let start = Instant::now();
+    let mut term_at = None;
+    let mut exited = None;
+    let mut next_probe = Instant::now();
+    while start.elapsed() < BEFORE + AFTER {
+        if Instant::now() >= next_probe {
+            let n = dialog.send(owner)?;
+            sent.insert(n, Instant::now());
+            next_probe += PROBE_EVERY;
+        }
+        if let Some(seq) = dialog.answer() {
+            answers.entry(seq).or_insert_with(Instant::now);
+        }
+        if term_at.is_none() && start.elapsed() >= BEFORE {
+            Command::new("kill")
+                .args(["-TERM", &old.0.id().to_string()])
+                .status()?;
+            term_at = Some(Instant::now());
+        }
+        if let (Some(t), None) = (term_at, exited)
+            && old.0.try_wait()?.is_some()
+        {
+            exited = Some(t.elapsed());
+        }
+    }
+    // Late answers of the last probes.
+    let drain = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < drain {
+        if let Some(seq) = dialog.answer() {
+            answers.entry(seq).or_insert_with(Instant::now);
+        }
+    }
+    let Some(exit) = exited else {
+        bail!("round {}: the old edge did not leave", round + 1);
+    };
+    let mut times: Vec<Instant> = answers.values().copied().collect();
+    times.sort();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or(BEFORE + AFTER);
+    let lost = sent.keys().filter(|s| !answers.contains_key(s)).count();
+    println!(
+        "  round {:2}: longest gap {:4} ms, {lost} of {} requests lost, old edge gone {:4} ms after SIGTERM",
+        round + 1,
+        gap.as_millis(),
+        sent.len(),
+        exit.as_millis()
+    );
+    Ok(Round { gap, lost, exit })
+}
+
 fn main() -> Result<()> {
     let rounds = rounds();
     let dir = std::env::temp_dir().join(format!("vc-bench-handover-{}", std::process::id()));
@@ -94,77 +158,17 @@ fn main() -> Result<()> {
     let mut edge = start_edge(edge_sip, base, SLOTS, &members)?;
     let mut edge_admin = new_edge_admin(base, SocketAddr::new(lo, 0))?;
 
-    let sock = UdpSocket::bind((lo, 0))?;
-    sock.set_read_timeout(Some(Duration::from_millis(1)))?;
-    let me = sock.local_addr()?;
+    let mut dialog = Dialog::new(lo, edge_sip)?;
     let owner = members[0].sip;
     println!(
         "edge hand-over: {rounds} rounds of a successor edge taking the SIP port over, a dialog's requests every {} ms",
         PROBE_EVERY.as_millis()
     );
     let mut results = Vec::new();
-    let mut n = 0u32;
-    let mut buf = [0u8; 2048];
     for round in 0..rounds {
         let next = start_edge(edge_sip, base, SLOTS, &members)?;
         let next_admin = new_edge_admin(base, edge_admin)?;
-        let (mut sent, mut answers) = (BTreeMap::new(), BTreeMap::new());
-        let start = Instant::now();
-        let mut term_at = None;
-        let mut exited = None;
-        let mut next_probe = Instant::now();
-        while start.elapsed() < BEFORE + AFTER {
-            if Instant::now() >= next_probe {
-                n += 1;
-                sock.send_to(&probe(edge_sip, me, owner, n), edge_sip)?;
-                sent.insert(n, Instant::now());
-                next_probe += PROBE_EVERY;
-            }
-            if let Ok((len, _)) = sock.recv_from(&mut buf)
-                && let Some(seq) = answered(&buf[..len])
-            {
-                answers.entry(seq).or_insert_with(Instant::now);
-            }
-            if term_at.is_none() && start.elapsed() >= BEFORE {
-                Command::new("kill")
-                    .args(["-TERM", &edge.0.id().to_string()])
-                    .status()?;
-                term_at = Some(Instant::now());
-            }
-            if let (Some(t), None) = (term_at, exited)
-                && edge.0.try_wait()?.is_some()
-            {
-                exited = Some(t.elapsed());
-            }
-        }
-        // Late answers of the last probes.
-        let drain = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < drain {
-            if let Ok((len, _)) = sock.recv_from(&mut buf)
-                && let Some(seq) = answered(&buf[..len])
-            {
-                answers.entry(seq).or_insert_with(Instant::now);
-            }
-        }
-        let Some(exit) = exited else {
-            bail!("round {}: the old edge did not leave", round + 1);
-        };
-        let mut times: Vec<Instant> = answers.values().copied().collect();
-        times.sort();
-        let gap = times
-            .windows(2)
-            .map(|w| w[1].duration_since(w[0]))
-            .max()
-            .unwrap_or(BEFORE + AFTER);
-        let lost = sent.keys().filter(|s| !answers.contains_key(s)).count();
-        println!(
-            "  round {:2}: longest gap {:4} ms, {lost} of {} requests lost, old edge gone {:4} ms after SIGTERM",
-            round + 1,
-            gap.as_millis(),
-            sent.len(),
-            exit.as_millis()
-        );
-        results.push(Round { gap, lost, exit });
+        results.push(hand_over(&mut dialog, owner, &mut edge, round)?);
         edge = next;
         edge_admin = next_admin;
     }

@@ -15,14 +15,72 @@
 //! `cargo build --release -p voicecluster-signal-node` first (`bench/run`
 //! does); `ROUNDS=N` changes the number of kills (10 by default).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use voicecluster_bench::loopback::{
-    HEARTBEAT_MS, Member, PROBE_EVERY, THRESHOLD, answered, edge_metric, free_port, median_p99,
-    probe, rounds, start_edge,
+    Dialog, HEARTBEAT_MS, Member, PROBE_EVERY, Process, THRESHOLD, edge_metric, free_port,
+    median_p99, rounds, start_edge,
 };
+
+/// One round: a warm-up of answered requests, then `victim` (the owner's
+/// process) is killed while the dialog's requests go on; how long until
+/// the edge counted the owner down, and until a request sent after the
+/// kill was answered.
+fn kill(
+    dialog: &mut Dialog,
+    owner: SocketAddr,
+    victim: Option<Process>,
+    edge_admin: SocketAddr,
+    round: usize,
+) -> Result<(Duration, Duration)> {
+    let downs = edge_metric(
+        edge_admin,
+        "voicecluster_edge_backend_changes_total{health=\"down\"}",
+    );
+    // A second of answered probes first: the dialog works.
+    let warm = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < warm {
+        dialog.send(owner)?;
+        std::thread::sleep(PROBE_EVERY);
+    }
+    let first_after = dialog.sent() + 1;
+    let killed = Instant::now();
+    drop(victim);
+    let (mut detected, mut gap) = (None, None);
+    let mut next_probe = Instant::now();
+    let mut next_poll = Instant::now();
+    while (detected.is_none() || gap.is_none()) && killed.elapsed() < Duration::from_secs(10) {
+        if Instant::now() >= next_probe {
+            dialog.send(owner)?;
+            next_probe += PROBE_EVERY;
+        }
+        if dialog.answer().is_some_and(|seq| seq >= first_after) && gap.is_none() {
+            gap = Some(killed.elapsed());
+        }
+        if detected.is_none() && Instant::now() >= next_poll {
+            let now_downs = edge_metric(
+                edge_admin,
+                "voicecluster_edge_backend_changes_total{health=\"down\"}",
+            );
+            if now_downs > downs {
+                detected = Some(killed.elapsed());
+            }
+            next_poll = Instant::now() + Duration::from_millis(5);
+        }
+    }
+    let (Some(detected), Some(gap)) = (detected, gap) else {
+        bail!("round {round}: no failover within 10 s");
+    };
+    println!(
+        "  round {:2}: killed {owner}: detected in {:4} ms, requests unanswered for {:4} ms",
+        round + 1,
+        detected.as_millis(),
+        gap.as_millis()
+    );
+    Ok((detected, gap))
+}
 
 fn main() -> Result<()> {
     let rounds = rounds();
@@ -44,70 +102,22 @@ fn main() -> Result<()> {
         Ok(())
     };
     up(2.0)?;
-    let sock = UdpSocket::bind((lo, 0))?;
-    sock.set_read_timeout(Some(Duration::from_millis(1)))?;
-    let me = sock.local_addr()?;
+    let mut dialog = Dialog::new(lo, edge_sip)?;
 
     println!(
         "failover: {rounds} SIGKILLs of the member a dialog is pinned to; heartbeats every {HEARTBEAT_MS} ms, down after {THRESHOLD} missed"
     );
     let (mut detections, mut gaps) = (Vec::new(), Vec::new());
-    let mut n = 0u32;
     for round in 0..rounds {
         let victim = round % 2;
         let owner = members[victim].sip;
-        let downs = edge_metric(
+        let (detected, gap) = kill(
+            &mut dialog,
+            owner,
+            running[victim].take(),
             edge_admin,
-            "voicecluster_edge_backend_changes_total{health=\"down\"}",
-        );
-        // A second of answered probes first: the dialog works.
-        let warm = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < warm {
-            n += 1;
-            sock.send_to(&probe(edge_sip, me, owner, n), edge_sip)?;
-            std::thread::sleep(PROBE_EVERY);
-        }
-        let first_after = n + 1;
-        let killed = Instant::now();
-        if let Some(p) = running[victim].take() {
-            drop(p);
-        }
-        let (mut detected, mut gap) = (None, None);
-        let mut buf = [0u8; 2048];
-        let mut next_probe = Instant::now();
-        let mut next_poll = Instant::now();
-        while (detected.is_none() || gap.is_none()) && killed.elapsed() < Duration::from_secs(10) {
-            if Instant::now() >= next_probe {
-                n += 1;
-                sock.send_to(&probe(edge_sip, me, owner, n), edge_sip)?;
-                next_probe += PROBE_EVERY;
-            }
-            if let Ok((len, _)) = sock.recv_from(&mut buf)
-                && answered(&buf[..len]).is_some_and(|seq| seq >= first_after)
-                && gap.is_none()
-            {
-                gap = Some(killed.elapsed());
-            }
-            if detected.is_none() && Instant::now() >= next_poll {
-                let now_downs = edge_metric(
-                    edge_admin,
-                    "voicecluster_edge_backend_changes_total{health=\"down\"}",
-                );
-                if now_downs > downs {
-                    detected = Some(killed.elapsed());
-                }
-                next_poll = Instant::now() + Duration::from_millis(5);
-            }
-        }
-        let (Some(detected), Some(gap)) = (detected, gap) else {
-            bail!("round {round}: no failover within 10 s");
-        };
-        println!(
-            "  round {:2}: killed {owner}: detected in {:4} ms, requests unanswered for {:4} ms",
-            round + 1,
-            detected.as_millis(),
-            gap.as_millis()
-        );
+            round,
+        )?;
         detections.push(detected);
         gaps.push(gap);
         running[victim] = Some(members[victim].start()?);

@@ -11,14 +11,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+use tonic::Streaming;
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
-use voicecluster_api::grpc::{Ack, WatchMessage, WatchRequest, watch_message};
+use voicecluster_api::grpc::{Ack, DirectorySnapshot, WatchMessage, WatchRequest, watch_message};
 use voicecluster_e2e::{TestNamespace, client, eventually};
 
 const TARGET: Duration = Duration::from_secs(1);
@@ -46,6 +48,194 @@ fn set_ready(ready: bool) -> serde_json::Value {
     serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": s}]}})
 }
 
+/// The pods in the VoiceCluster's `callLegProviders`.
+fn providers(vc: &VoiceCluster) -> Vec<String> {
+    vc.status
+        .as_ref()
+        .map(|s| s.call_leg_providers.iter().map(|p| p.pod.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn ack(version: i64) -> WatchMessage {
+    WatchMessage {
+        kind: Some(watch_message::Kind::Ack(Ack { version })),
+    }
+}
+
+/// Creates the `bench` VoiceCluster in `namespace` and waits for its two
+/// providers.
+async fn create_cluster(vcs: &Api<VoiceCluster>, namespace: &str) -> Result<()> {
+    // Media pods on the kwok edge nodes only: their Ready condition is data
+    // this benchmark may flip without touching a real process.
+    let vc: VoiceCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "voicecluster.io/v1alpha1", "kind": "VoiceCluster",
+        "metadata": {"name": "bench", "namespace": namespace},
+        "spec": {
+            "sip": {"domain": "bench.example.com"},
+            "signal": {"replicas": 1, "callLegMode": "Locally"},
+            "media": {"nodeSelector": {"voicecluster.io/internet-facing": "true", "type": "kwok"},
+                      "publicAddress": {"source": "NodeExternalIP"}},
+        },
+    }))?;
+    vcs.create(&PostParams::default(), &vc).await?;
+    eventually("two providers", Duration::from_secs(180), || async {
+        let vc = vcs.get("bench").await.map_err(|e| e.to_string())?;
+        if providers(&vc).len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", providers(&vc)))
+        }
+    })
+    .await
+}
+
+/// The names of the `bench` VoiceCluster's media pods.
+async fn media_pods(pods: &Api<Pod>) -> Result<Vec<String>> {
+    Ok(pods
+        .list(
+            &ListParams::default()
+                .labels("voicecluster.io/cluster=bench,app.kubernetes.io/component=media"),
+        )
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect())
+}
+
+/// Subscribes to the operator's Directory as media pod `pod` of the
+/// `bench` VoiceCluster in `namespace`: where its acks go, and the versions.
+async fn watch_directory(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+) -> Result<(mpsc::Sender<WatchMessage>, Streaming<DirectorySnapshot>)> {
+    let operator_pod = Api::<Pod>::namespaced(client.clone(), "voicecluster-system")
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find_map(|p| p.status?.pod_ip)
+        .context("no operator pod: install it first (bench/run does)")?;
+    let (acks, acks_rx) = mpsc::channel(4);
+    acks.send(WatchMessage {
+        kind: Some(watch_message::Kind::Subscribe(WatchRequest {
+            namespace: namespace.to_string(),
+            cluster: "bench".into(),
+            pod: pod.to_string(),
+            call_legs_port: 0,
+        })),
+    })
+    .await?;
+    let directory = DirectoryClient::connect(format!("http://{operator_pod}:9443"))
+        .await?
+        .watch(tokio_stream::wrappers::ReceiverStream::new(acks_rx))
+        .await?
+        .into_inner();
+    Ok((acks, directory))
+}
+
+/// Before the trials: how many pods follow the Directory once all acked
+/// (this watcher acks the first version it gets).
+async fn count_following(
+    vcs: &Api<VoiceCluster>,
+    acks: &mpsc::Sender<WatchMessage>,
+    directory: &mut Streaming<DirectorySnapshot>,
+) -> Result<i32> {
+    let first = directory
+        .message()
+        .await?
+        .context("Directory stream ended")?;
+    acks.send(ack(first.version)).await?;
+    eventually(
+        "the bench's ack counted",
+        Duration::from_secs(30),
+        || async {
+            let vc = vcs.get("bench").await.map_err(|e| e.to_string())?;
+            match vc.status.and_then(|s| s.directory) {
+                Some(d) if d.version == first.version && d.current_pods >= 1 => Ok(d.current_pods),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// When each view showed a trial's change, from the patch on.
+#[derive(Default)]
+struct Times {
+    status: Option<Duration>,
+    directory: Option<Duration>,
+    acked: Option<Duration>,
+}
+
+/// What a trial times: the VoiceCluster's status as a watch sees it, and
+/// the Directory stream of the watcher that acks like a pod.
+struct Views<S> {
+    status: S,
+    directory: Streaming<DirectorySnapshot>,
+    acks: mpsc::Sender<WatchMessage>,
+    /// The pods that follow the Directory: all of them ack a new version.
+    following: i32,
+}
+
+impl<S> Views<S>
+where
+    S: Stream<Item = Result<VoiceCluster, watcher::Error>> + Unpin,
+{
+    /// Flips the Ready condition of `target` to `ready` and times its
+    /// listing (or removal) in the status and in the Directory, and the
+    /// status counting every following pod on the new version.
+    async fn flip(
+        &mut self,
+        pods: &Api<Pod>,
+        target: &str,
+        ready: bool,
+        trial: usize,
+    ) -> Result<Times> {
+        let start = Instant::now();
+        pods.patch_status(
+            target,
+            &PatchParams::default(),
+            &Patch::Merge(set_ready(ready)),
+        )
+        .await?;
+        let listed = |names: &[String]| names.iter().any(|n| n == target);
+        let mut times = Times::default();
+        let mut new_version = None;
+        let deadline = tokio::time::sleep(Duration::from_secs(30));
+        tokio::pin!(deadline);
+        while times.status.is_none() || times.directory.is_none() || times.acked.is_none() {
+            tokio::select! {
+                Some(vc) = self.status.next(), if times.status.is_none() || times.acked.is_none() => {
+                    let vc = vc?;
+                    if times.status.is_none() && listed(&providers(&vc)) == ready {
+                        times.status = Some(start.elapsed());
+                    }
+                    let d = vc.status.and_then(|s| s.directory);
+                    if let (Some(d), Some(v)) = (d, new_version)
+                        && d.version == v
+                        && d.current_pods == self.following
+                    {
+                        times.acked = Some(start.elapsed());
+                    }
+                }
+                msg = self.directory.message(), if times.directory.is_none() => {
+                    let snap = msg?.context("Directory stream ended")?;
+                    let names: Vec<String> = snap.providers.iter().map(|p| p.pod.clone()).collect();
+                    if listed(&names) == ready {
+                        times.directory = Some(start.elapsed());
+                        new_version = Some(snap.version);
+                        self.acks.send(ack(snap.version)).await?;
+                    }
+                }
+                () = &mut deadline => bail!("trial {trial}: no change within 30 s"),
+            }
+        }
+        Ok(times)
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let trials: usize = std::env::args()
@@ -57,93 +247,14 @@ async fn main() -> Result<()> {
     let ns = TestNamespace::create(&client, "bench").await?;
     let vcs: Api<VoiceCluster> = ns.api();
     let pods: Api<Pod> = ns.api();
-
-    // Media pods on the kwok edge nodes only: their Ready condition is data
-    // this benchmark may flip without touching a real process.
-    let vc: VoiceCluster = serde_json::from_value(serde_json::json!({
-        "apiVersion": "voicecluster.io/v1alpha1", "kind": "VoiceCluster",
-        "metadata": {"name": "bench", "namespace": ns.name},
-        "spec": {
-            "sip": {"domain": "bench.example.com"},
-            "signal": {"replicas": 1, "callLegMode": "Locally"},
-            "media": {"nodeSelector": {"voicecluster.io/internet-facing": "true", "type": "kwok"},
-                      "publicAddress": {"source": "NodeExternalIP"}},
-        },
-    }))?;
-    vcs.create(&PostParams::default(), &vc).await?;
-    let providers = |vc: &VoiceCluster| -> Vec<String> {
-        vc.status
-            .as_ref()
-            .map(|s| s.call_leg_providers.iter().map(|p| p.pod.clone()).collect())
-            .unwrap_or_default()
-    };
-    eventually("two providers", Duration::from_secs(180), || async {
-        let vc = vcs.get("bench").await.map_err(|e| e.to_string())?;
-        if providers(&vc).len() == 2 {
-            Ok(())
-        } else {
-            Err(format!("{:?}", providers(&vc)))
-        }
-    })
-    .await?;
-    let media: Vec<String> = pods
-        .list(
-            &ListParams::default()
-                .labels("voicecluster.io/cluster=bench,app.kubernetes.io/component=media"),
-        )
-        .await?
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
+    create_cluster(&vcs, &ns.name).await?;
+    let media = media_pods(&pods).await?;
     let [target, acking] = media.as_slice() else {
         bail!("want two media pods, got {media:?}");
     };
-
-    let operator_pod = Api::<Pod>::namespaced(client.clone(), "voicecluster-system")
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .find_map(|p| p.status?.pod_ip)
-        .context("no operator pod: install it first (bench/run does)")?;
-    let (acks, acks_rx) = tokio::sync::mpsc::channel(4);
-    acks.send(WatchMessage {
-        kind: Some(watch_message::Kind::Subscribe(WatchRequest {
-            namespace: ns.name.clone(),
-            cluster: "bench".into(),
-            pod: acking.clone(),
-            call_legs_port: 0,
-        })),
-    })
-    .await?;
-    let mut directory = DirectoryClient::connect(format!("http://{operator_pod}:9443"))
-        .await?
-        .watch(tokio_stream::wrappers::ReceiverStream::new(acks_rx))
-        .await?
-        .into_inner();
-    let ack = |version| WatchMessage {
-        kind: Some(watch_message::Kind::Ack(Ack { version })),
-    };
-    // Before the trials: how many pods follow the Directory once all acked.
-    let first = directory
-        .message()
-        .await?
-        .context("Directory stream ended")?;
-    acks.send(ack(first.version)).await?;
-    let following = eventually(
-        "the bench's ack counted",
-        Duration::from_secs(30),
-        || async {
-            let vc = vcs.get("bench").await.map_err(|e| e.to_string())?;
-            match vc.status.and_then(|s| s.directory) {
-                Some(d) if d.version == first.version && d.current_pods >= 1 => Ok(d.current_pods),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await?;
-    let mut status_watch = std::pin::pin!(
+    let (acks, mut directory) = watch_directory(&client, &ns.name, acking).await?;
+    let following = count_following(&vcs, &acks, &mut directory).await?;
+    let status = std::pin::pin!(
         watcher(
             vcs.clone(),
             watcher::Config::default().fields("metadata.name=bench")
@@ -151,55 +262,23 @@ async fn main() -> Result<()> {
         .default_backoff()
         .applied_objects()
     );
+    let mut views = Views {
+        status,
+        directory,
+        acks,
+        following,
+    };
 
     let mut status_times = Vec::new();
     let mut directory_times = Vec::new();
     let mut acked_times = Vec::new();
     for trial in 0..trials {
         for ready in [false, true] {
-            let start = Instant::now();
-            pods.patch_status(
-                target,
-                &PatchParams::default(),
-                &Patch::Merge(set_ready(ready)),
-            )
-            .await?;
-            let listed = |names: &[String]| names.contains(target);
-            let (mut status_at, mut directory_at, mut acked_at) = (None, None, None);
-            let mut new_version = None;
-            let deadline = tokio::time::sleep(Duration::from_secs(30));
-            tokio::pin!(deadline);
-            while status_at.is_none() || directory_at.is_none() || acked_at.is_none() {
-                tokio::select! {
-                    Some(vc) = status_watch.next(), if status_at.is_none() || acked_at.is_none() => {
-                        let vc = vc?;
-                        if status_at.is_none() && listed(&providers(&vc)) == ready {
-                            status_at = Some(start.elapsed());
-                        }
-                        let d = vc.status.and_then(|s| s.directory);
-                        if let (Some(d), Some(v)) = (d, new_version)
-                            && d.version == v
-                            && d.current_pods == following
-                        {
-                            acked_at = Some(start.elapsed());
-                        }
-                    }
-                    msg = directory.message(), if directory_at.is_none() => {
-                        let snap = msg?.context("Directory stream ended")?;
-                        let names: Vec<String> = snap.providers.iter().map(|p| p.pod.clone()).collect();
-                        if listed(&names) == ready {
-                            directory_at = Some(start.elapsed());
-                            new_version = Some(snap.version);
-                            acks.send(ack(snap.version)).await?;
-                        }
-                    }
-                    () = &mut deadline => bail!("trial {trial}: no change within 30 s"),
-                }
-            }
+            let times = views.flip(&pods, target, ready, trial).await?;
             if !ready {
-                status_times.push(status_at.unwrap_or_default());
-                directory_times.push(directory_at.unwrap_or_default());
-                acked_times.push(acked_at.unwrap_or_default());
+                status_times.push(times.status.unwrap_or_default());
+                directory_times.push(times.directory.unwrap_or_default());
+                acked_times.push(times.acked.unwrap_or_default());
             }
         }
     }

@@ -183,9 +183,18 @@ async fn connection(stream: TcpStream, addr: SocketAddr, events: mpsc::Sender<Ev
                     let _ = events
                         .send(Event::Broken(addr, broken.why, broken.reply))
                         .await;
-                    // Give the reply a moment to be written before closing.
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    break 'read;
+                    // The loop queues the reply before it reads the Closed
+                    // that follows and lets go of the queue; with this
+                    // task's handle gone too, the writer ends once the
+                    // reply is written.
+                    let _ = events.send(Event::Closed(addr)).await;
+                    drop(pong);
+                    let mut write = write;
+                    if tokio::time::timeout(FLUSH_LIMIT, &mut write).await.is_err() {
+                        tracing::debug!(peer = %addr, "the peer does not read; closing without the reply");
+                        write.abort();
+                    }
+                    return;
                 }
             }
         }
@@ -193,3 +202,6 @@ async fn connection(stream: TcpStream, addr: SocketAddr, events: mpsc::Sender<Ev
     let _ = events.send(Event::Closed(addr)).await;
     write.abort();
 }
+
+/// How long a broken stream's reply may take to be written.
+const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);

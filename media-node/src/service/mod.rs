@@ -18,14 +18,16 @@ use tonic::{Request, Response, Status};
 use voicecluster_api::grpc::call_legs_server::{CallLegs, CallLegsServer};
 use voicecluster_api::grpc::{
     AnswerLegRequest, BridgeReply, BridgeRequest, CreateLegRequest, DestroyLegRequest, DrainReply,
-    DrainRequest, Dtmf, Leg, LegClosed, LegKind, LegStats, ListLegsReply, ListLegsRequest,
-    MediaTimeout, TaskHandle, UpdateLegRequest, leg_event,
+    DrainRequest, Leg, LegKind, LegStats, ListLegsReply, ListLegsRequest, TaskHandle,
+    UpdateLegRequest,
 };
 
 use crate::engine::{EngineError, MediaEngine};
 use crate::leg_events::Notifier;
 use crate::relay::{self, LegId, RelayError};
 use crate::webrtc_peer::PeerError;
+
+mod events;
 
 /// What the service remembers of each leg beyond the engine.
 #[derive(Clone)]
@@ -110,99 +112,6 @@ impl LegService {
         }
     }
 
-    /// Tells every leg's owner that the leg is gone, and returns once the
-    /// events are delivered (or failed).
-    pub async fn close_all(&self, reason: &str) {
-        let Some(notifier) = self.notifier.clone() else {
-            return;
-        };
-        for (id, owner) in self.owners() {
-            notifier
-                .deliver(
-                    owner,
-                    id.0,
-                    leg_event::Kind::Closed(LegClosed {
-                        reason: reason.to_string(),
-                    }),
-                )
-                .await;
-        }
-    }
-
-    /// Tells the owners of legs what happened to them (silent for the
-    /// media timeout, DTMF digits, a failed WebRTC connection), every
-    /// `every`, and their counters every `statistics`, until dropped.
-    pub async fn report_leg_events(
-        self,
-        every: Duration,
-        silent: Duration,
-        statistics: Option<Duration>,
-    ) {
-        let Some(notifier) = self.notifier.clone() else {
-            return;
-        };
-        let mut last_statistics = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(every).await;
-            if let Some(interval) = statistics
-                && last_statistics.elapsed() >= interval
-            {
-                last_statistics = tokio::time::Instant::now();
-                for (id, owner) in self.owners() {
-                    if let Some(s) = self.engine.stats(id) {
-                        notifier.send(owner, id.0, leg_event::Kind::Statistics(stats(s)));
-                    }
-                }
-            }
-            for (id, d) in self.engine.take_digits() {
-                let owner = self.table().get(&id).and_then(|o| o.owner.clone());
-                if let Some(owner) = owner {
-                    notifier.send(
-                        owner,
-                        id.0,
-                        leg_event::Kind::Dtmf(Dtmf {
-                            digit: d.digit.to_string(),
-                            duration: u32::from(d.duration),
-                        }),
-                    );
-                }
-            }
-            for (id, why) in self.engine.failed() {
-                let owner = self.table().get(&id).and_then(|o| o.owner.clone());
-                if let Some(owner) = owner {
-                    notifier.send(
-                        owner,
-                        id.0,
-                        leg_event::Kind::Closed(LegClosed {
-                            reason: format!("webrtc: {why}"),
-                        }),
-                    );
-                }
-            }
-            for id in self.engine.timed_out() {
-                let owner = self.table().get(&id).and_then(|o| o.owner.clone());
-                if let Some(owner) = owner {
-                    tracing::info!(leg = id.0, task = owner.task, member = %owner.member, "media timeout");
-                    notifier.send(
-                        owner,
-                        id.0,
-                        leg_event::Kind::MediaTimeout(MediaTimeout {
-                            silent_seconds: u32::try_from(silent.as_secs()).unwrap_or(u32::MAX),
-                        }),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Each leg with an owner, and the owner.
-    fn owners(&self) -> Vec<(LegId, TaskHandle)> {
-        self.table()
-            .iter()
-            .filter_map(|(id, o)| Some((*id, o.owner.clone()?)))
-            .collect()
-    }
-
     /// The metrics its engine counts into.
     pub fn metrics(&self) -> &crate::metrics::MediaMetrics {
         self.engine.metrics()
@@ -244,12 +153,17 @@ impl LegService {
             table.insert(id, owned);
             table.len()
         };
+        self.count_legs(n);
+        tracing::debug!(leg = id.0, address = %leg.address, kind = leg.kind, "call leg created");
+        leg
+    }
+
+    /// `n` legs now, on `/metrics`.
+    fn count_legs(&self, n: usize) {
         self.engine
             .metrics()
             .legs
             .set(i64::try_from(n).unwrap_or(i64::MAX));
-        tracing::debug!(leg = id.0, address = %leg.address, kind = leg.kind, "call leg created");
-        leg
     }
 
     /// A leg as the table has it, after `change`.
@@ -462,10 +376,7 @@ impl CallLegs for LegService {
             table.remove(&id);
             table.len()
         };
-        self.engine
-            .metrics()
-            .legs
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.count_legs(n);
         tracing::debug!(leg = id.0, "call leg destroyed");
         Ok(Response::new(stats(final_stats)))
     }
