@@ -11,8 +11,9 @@
 //!    dialogs to its buddy; requests already on their way are still
 //!    answered here, for `notice`.
 //! 3. `Left`: the buddy is told to take every call now, and the hand-over
-//!    is done once it confirms, or after `confirm` in any case (its calls
-//!    then move at their next request).
+//!    is done once the event was delivered (or could not be), or after
+//!    `confirm` in any case; calls it did not take move at their next
+//!    request.
 
 use std::time::{Duration, Instant};
 
@@ -87,10 +88,12 @@ impl HandOver {
         self.advance(now);
     }
 
-    /// The buddy confirmed it took every call.
-    pub fn on_confirmed(&mut self, now: Instant) {
+    /// The hand-over event was delivered to the buddy (`confirmed`), or
+    /// could not be (no buddy, or it refused): either way nothing is left
+    /// to wait for.
+    pub fn on_delivered(&mut self, confirmed: bool, now: Instant) {
         if let Step::Left { .. } = self.step {
-            self.step = Step::Done { confirmed: true };
+            self.step = Step::Done { confirmed };
         }
         self.advance(now);
     }
@@ -166,7 +169,7 @@ mod tests {
         h.handle_timeout(at(t0, 2000));
         assert_eq!(h.lifecycle(), Lifecycle::Left);
         assert_eq!(h.done(), None, "waits for the buddy");
-        h.on_confirmed(at(t0, 2010));
+        h.on_delivered(true, at(t0, 2010));
         assert_eq!(h.done(), Some(true));
         assert_eq!(h.poll_timeout(), None);
     }
@@ -203,7 +206,14 @@ mod tests {
         h.handle_timeout(at(t0, 5000));
         assert_eq!(h.done(), Some(false));
         // A late confirmation changes nothing.
-        h.on_confirmed(at(t0, 6000));
+        h.on_delivered(true, at(t0, 6000));
         assert_eq!(h.done(), Some(false));
+        // A delivery that failed ends the wait at once, unconfirmed.
+        let mut refused = HandOver::start(LIMITS, t0);
+        refused.on_settled(true, t0);
+        refused.handle_timeout(at(t0, 1000));
+        refused.handle_timeout(at(t0, 2000));
+        refused.on_delivered(false, at(t0, 2100));
+        assert_eq!(refused.done(), Some(false));
     }
 }

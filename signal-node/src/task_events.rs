@@ -8,10 +8,10 @@
 //! it knows with a `SyncRegistrations`, answered to the asker's handle. So
 //! a user registered through one member can be called from a call on any.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,6 +37,9 @@ pub const REGISTRAR_TASK: u64 = 0;
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 /// How often a starting member asks the members that did not answer yet.
 const SYNC_RETRY_STARTING: Duration = Duration::from_millis(200);
+/// How long a member's answer to a first sync may take before it is asked
+/// again.
+const SYNC_ANSWER_LIMIT: Duration = Duration::from_secs(5);
 
 /// An event this member's endpoint wants sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -204,8 +207,8 @@ pub struct Peers {
     fixed: Vec<String>,
     directory: Option<DirectoryView>,
     clients: TaskEventsClients,
-    /// Members asked for their registrations (and replicas).
-    synced: Mutex<HashSet<String>>,
+    /// Members asked for their registrations (and replicas), and when.
+    synced: Mutex<HashMap<String, Instant>>,
     /// Members whose answers all arrived (their SyncDone came).
     answered: Mutex<HashSet<String>>,
     /// Wakes the first sync when an answer is complete.
@@ -395,7 +398,15 @@ impl Peers {
         let answered = Self::lock(&self.answered);
         self.current()
             .iter()
-            .all(|m| asked.contains(m) && answered.contains(m))
+            .all(|m| asked.contains_key(m) && answered.contains(m))
+    }
+
+    /// A member asked a while ago whose answer never ended (it broke on
+    /// the way, or came before this member listened) is asked again.
+    fn ask_again_the_silent(&self) {
+        let answered = Self::lock(&self.answered);
+        Self::lock(&self.synced)
+            .retain(|m, asked| answered.contains(m) || asked.elapsed() < SYNC_ANSWER_LIMIT);
     }
 
     /// Member `member` delivered every answer to this member's sync (its
@@ -421,7 +432,7 @@ impl Peers {
                 let synced = Self::lock(&self.synced);
                 self.current()
                     .into_iter()
-                    .filter(|m| !synced.contains(m))
+                    .filter(|m| !synced.contains_key(m))
                     .collect()
             };
             for member in due {
@@ -433,8 +444,11 @@ impl Peers {
                     .deliver(to, REGISTRAR_TASK, Kind::Sync(grpc::SyncRegistrations {}))
                     .await;
                 if asked.is_ok() {
-                    Self::lock(&self.synced).insert(member);
+                    Self::lock(&self.synced).insert(member, Instant::now());
                 }
+            }
+            if synced.is_some() {
+                self.ask_again_the_silent();
             }
             if self.all_answered()
                 && let Some(tell) = synced.take()

@@ -53,9 +53,9 @@ pub struct Links {
     pub reports: Option<watch::Sender<Option<Report>>>,
     /// Where the bills of its finished calls go.
     pub bills: Option<BillWriter>,
-    /// Set once the buddy confirmed the hand-over of every call (or there
-    /// is no buddy to hand over to).
-    pub handed_over: Option<watch::Sender<bool>>,
+    /// Where the hand-over's outcome goes: whether the buddy confirmed it
+    /// took every call (false: no buddy, or it did not take the event).
+    pub handed_over: Option<watch::Sender<Option<bool>>>,
 }
 
 /// What woke the loop.
@@ -137,7 +137,7 @@ fn hand_over(links: &Links, from_task: u64, event: HandOver) {
             );
         }
         if let Some(done) = done {
-            done.send_replace(true);
+            done.send_replace(Some(confirmed));
         }
     });
 }
@@ -329,6 +329,14 @@ impl<C: SipCore> Driver<C> {
     fn member_work(&mut self) {
         let Some(m) = self.core.member() else { return };
         let now = || (Instant::now(), SystemTime::now());
+        // Bills first: a call's bill is on disk before its replica's drop
+        // leaves for the buddy.
+        let records = m.take_records();
+        if let Some(bills) = self.links.bills.as_mut() {
+            for record in &records {
+                bills.record(record);
+            }
+        }
         while let Some((from_task, out)) = m.poll_task_event() {
             if let Outbound::Buddy(Kind::HandOver(h)) = out {
                 hand_over(&self.links, from_task, h);
@@ -367,12 +375,6 @@ impl<C: SipCore> Driver<C> {
         if let Some(s) = &self.settled {
             let settled = m.settled();
             s.send_if_modified(|was| std::mem::replace(was, settled) != settled);
-        }
-        let records = m.take_records();
-        if let Some(bills) = self.links.bills.as_mut() {
-            for record in &records {
-                bills.record(record);
-            }
         }
     }
 }

@@ -55,7 +55,7 @@ pub(crate) struct Backend {
     pub(crate) task: SipTask,
     lifecycle: watch::Sender<Lifecycle>,
     settled: watch::Receiver<bool>,
-    handed_over: watch::Receiver<bool>,
+    handed_over: watch::Receiver<Option<bool>>,
 }
 
 fn users(args: &Args) -> anyhow::Result<std::collections::HashMap<String, String>> {
@@ -155,7 +155,7 @@ impl Backend {
         };
         let (lifecycle, lifecycle_rx) = watch::channel(first);
         let (settled_tx, settled) = watch::channel(true);
-        let (handed_tx, handed_over) = watch::channel(false);
+        let (handed_tx, handed_over) = watch::channel(None);
         let member = SocketAddr::new(s.advertised.ip(), args.grpc_addr.port()).to_string();
         let (legs, offered) = call_legs(s, args, cx.directory.clone(), member.clone())?;
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
@@ -169,9 +169,6 @@ impl Backend {
             cx.event_metrics,
         );
         let peers = Arc::new(peers.with_sip_port(s.advertised.port()));
-        let (first_sync, synced) = tokio::sync::oneshot::channel();
-        let syncing = tokio::spawn(Arc::clone(&peers).keep_synced(first_sync));
-        serve_once_synced(synced, lifecycle.clone(), cx.readiness);
         let (writer, bills) = bills(args, s, &cx.sip_metrics)?;
         let auth = Authenticator::new(&s.domain, &nonce_secret(args), users(args)?);
         let endpoint = Endpoint::new(
@@ -184,6 +181,10 @@ impl Backend {
         .with_member(member);
         let management = tokio::spawn(management::serve(args.management_addr, bills));
         let grpc = tokio::spawn(serve_grpc(args.grpc_addr, events, offered));
+        // Asked only once this member listens for the answers.
+        let (first_sync, synced) = tokio::sync::oneshot::channel();
+        let syncing = tokio::spawn(Arc::clone(&peers).keep_synced(first_sync));
+        serve_once_synced(synced, lifecycle.clone(), cx.readiness);
         let listeners = listen(s).await?;
         let links = Links {
             legs: Some(Arc::new(legs)),
@@ -244,8 +245,8 @@ impl Backend {
                     handover.on_settled(settled, Instant::now());
                 }
                 Ok(()) = self.handed_over.changed(), if left => {
-                    if *self.handed_over.borrow_and_update() {
-                        handover.on_confirmed(Instant::now());
+                    if let Some(confirmed) = *self.handed_over.borrow_and_update() {
+                        handover.on_delivered(confirmed, Instant::now());
                     }
                 }
             }

@@ -95,8 +95,11 @@ fn ready_when_serving(
         if let Some(rx) = directory.as_mut() {
             let _ = rx.wait_for(Option::is_some).await;
         }
-        let _ = bound.wait_for(|b| *b).await;
-        readiness.set_ready();
+        // A serve task that ended before it bound the port never makes the
+        // edge ready.
+        if bound.wait_for(|b| *b).await.is_ok() {
+            readiness.set_ready();
+        }
     });
 }
 
