@@ -16,7 +16,7 @@ use voicecluster_api::grpc::task_event::Kind;
 use voicecluster_api::grpc::{self, DirectorySnapshot, FailoverReport, TaskEvent};
 
 use crate::b2bua::takeover::Takeover;
-use crate::b2bua::{B2bua, Stack};
+use crate::b2bua::{At, B2bua, Stack};
 use crate::calls::CallRecord;
 use crate::legs::{LegReply, LegRequest};
 use crate::lifecycle::Lifecycle;
@@ -164,7 +164,7 @@ impl Endpoint {
             }
             kind => {
                 let (b2bua, mut sip) = self.split();
-                b2bua.on_task_event(&mut sip, (to.task, event.from), kind, now, wall);
+                b2bua.on_task_event(&mut sip, (to.task, event.from), kind, At { now, wall });
             }
         }
         self.pump(now, wall);
@@ -236,7 +236,7 @@ impl Endpoint {
     /// What became of a [`LegRequest`].
     pub fn on_leg_reply(&mut self, reply: LegReply, now: Instant, wall: SystemTime) {
         let (b2bua, mut sip) = self.split();
-        b2bua.on_leg_reply(&mut sip, reply, now, wall);
+        b2bua.on_leg_reply(&mut sip, reply, At { now, wall });
         self.pump(now, wall);
     }
 
@@ -313,11 +313,11 @@ impl Endpoint {
                 }
                 Output::Response { key, response } => {
                     let (b2bua, mut sip) = self.split();
-                    b2bua.on_client_response(&mut sip, &key, &response, now, wall)
+                    b2bua.on_client_response(&mut sip, &key, &response, At { now, wall })
                 }
                 Output::Timeout { key } => {
                     let (b2bua, mut sip) = self.split();
-                    b2bua.on_client_timeout(&mut sip, &key, now, wall)
+                    b2bua.on_client_timeout(&mut sip, &key, At { now, wall })
                 }
             }
         }
@@ -332,9 +332,9 @@ impl Endpoint {
     fn serve(&mut self, key: &TxKey, req: &Request, from: Peer, now: Instant, wall: SystemTime) {
         let (b2bua, mut sip) = self.split();
         match req.method() {
-            Method::Invite => return b2bua.on_invite(&mut sip, key, req, from, now, wall),
-            Method::Bye => return b2bua.on_bye(&mut sip, key, req, now, wall),
-            Method::Cancel => return b2bua.on_cancel(&mut sip, key, req, now, wall),
+            Method::Invite => return b2bua.on_invite(&mut sip, key, req, from, At { now, wall }),
+            Method::Bye => return b2bua.on_bye(&mut sip, key, req, At { now, wall }),
+            Method::Cancel => return b2bua.on_cancel(&mut sip, key, req, At { now, wall }),
             _ => {}
         }
         let tag = self.tags.tag();

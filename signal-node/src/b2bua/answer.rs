@@ -1,12 +1,10 @@
 //! B's answers to our INVITE, relayed to A with the caller-side leg's
 //! address in the SDP; B's silence ends the call with 408.
 
-use std::time::{Instant, SystemTime};
-
 use rsipstack::sip::headers::make_header;
 use rsipstack::sip::{Request, Response};
 
-use super::{B2bua, Stack};
+use super::{At, B2bua, Stack};
 use crate::calls::{Dialog, Phase};
 use crate::legs::{LegRequest, Side};
 use crate::sdp::{audio_address, rewrite_audio};
@@ -22,11 +20,10 @@ impl B2bua {
         sip: &mut Stack<'_>,
         key: &TxKey,
         resp: &Response,
-        now: Instant,
-        wall: SystemTime,
+        at: At,
     ) {
         if self.reinvites.contains_key(key) {
-            return self.on_reinvite_response(sip, key, resp, now);
+            return self.on_reinvite_response(sip, key, resp, at.now);
         }
         let Some(id) = self.calls.by_b_invite(key) else {
             return;
@@ -52,7 +49,7 @@ impl B2bua {
         {
             self.metrics
                 .session_request_delay
-                .observe(now.duration_since(sent).as_secs_f64());
+                .observe(at.now.duration_since(sent).as_secs_f64());
         }
         let answer_sdp = sdp_body(resp, resp.body());
         if let Some(sdp) = &answer_sdp
@@ -66,7 +63,7 @@ impl B2bua {
         }
         if is_success(resp) {
             // ACK B's 2xx (each 2xx retransmission too).
-            self.ack_2xx(sip, id, Side::B, resp, now);
+            self.ack_2xx(sip, id, Side::B, resp, at.now);
             if phase != Phase::Calling {
                 return;
             }
@@ -78,16 +75,16 @@ impl B2bua {
         if is_success(resp) {
             if let Some(call) = self.calls.get_mut(id) {
                 call.phase = Phase::Answered;
-                call.answered = Some(wall);
+                call.answered = Some(at.wall);
             }
             // The buddy holds the call before A hears it is up.
             self.replicate(id);
         }
-        self.answer_when_replicated(sip, id, &a_key, to_a, now);
+        self.answer_when_replicated(sip, id, &a_key, to_a, at.now);
         if is_success(resp) {
             tracing::info!(call = id, "call answered");
         } else if code >= 300 {
-            self.end_call(id, &code.to_string(), wall);
+            self.end_call(id, &code.to_string(), at.wall);
         }
     }
 
@@ -127,15 +124,9 @@ impl B2bua {
     }
 
     /// Our INVITE to B got no final answer in time.
-    pub(crate) fn on_client_timeout(
-        &mut self,
-        sip: &mut Stack<'_>,
-        key: &TxKey,
-        now: Instant,
-        wall: SystemTime,
-    ) {
+    pub(crate) fn on_client_timeout(&mut self, sip: &mut Stack<'_>, key: &TxKey, at: At) {
         if self.reinvites.contains_key(key) {
-            return self.on_reinvite_timeout(sip, key, now);
+            return self.on_reinvite_timeout(sip, key, at.now);
         }
         let Some(id) = self.calls.by_b_invite(key) else {
             return;
@@ -146,8 +137,8 @@ impl B2bua {
         if call.phase == Phase::Calling {
             let r = response_to(&call.a_invite.1, 408, Some(&call.a.local_tag));
             let a_key = call.a_invite.0.clone();
-            self.answer(sip, &a_key, r, now);
-            self.end_call(id, "408", wall);
+            self.answer(sip, &a_key, r, at.now);
+            self.end_call(id, "408", at.wall);
         }
     }
 }

@@ -2,13 +2,13 @@
 //! tags), ACKs both ways, BYE from either side, and the call legs' events
 //! that end or annotate a call.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Request, Response};
 
 use super::outgoing::{Outgoing, via};
-use super::{B2bua, Stack};
+use super::{At, B2bua, Stack};
 use crate::calls::Phase;
 use crate::legs::{LegRequest, Side};
 use crate::sdp::audio_address;
@@ -140,15 +140,8 @@ impl B2bua {
     }
 
     /// BYE from either side: answered, and the other side is sent one.
-    pub(crate) fn on_bye(
-        &mut self,
-        sip: &mut Stack<'_>,
-        key: &TxKey,
-        req: &Request,
-        now: Instant,
-        wall: SystemTime,
-    ) {
-        let Some((id, side)) = self.dialog_of(sip, key, req, now) else {
+    pub(crate) fn on_bye(&mut self, sip: &mut Stack<'_>, key: &TxKey, req: &Request, at: At) {
+        let Some((id, side)) = self.dialog_of(sip, key, req, at.now) else {
             return;
         };
         let Some(call) = self.calls.get_mut(id) else {
@@ -159,17 +152,17 @@ impl B2bua {
             Side::B => call.b.local_tag.clone(),
         };
         let ok = response_to(req, 200, Some(&tag));
-        self.answer(sip, key, ok, now);
+        self.answer(sip, key, ok, at.now);
         let other = match side {
             Side::A => Side::B,
             Side::B => Side::A,
         };
-        self.send_bye(sip, id, other, now);
+        self.send_bye(sip, id, other, at.now);
         let reason = match side {
             Side::A => "caller-bye",
             Side::B => "callee-bye",
         };
-        self.end_call(id, reason, wall);
+        self.end_call(id, reason, at.wall);
     }
 
     fn send_bye(&mut self, sip: &mut Stack<'_>, id: u64, side: Side, now: Instant) {
@@ -204,8 +197,7 @@ impl B2bua {
         task: u64,
         provider: &str,
         event: &LegEvent,
-        now: Instant,
-        wall: SystemTime,
+        at: At,
     ) {
         let Some(call) = self.calls.get(task) else {
             tracing::debug!(task, "leg event for a call that is over");
@@ -237,8 +229,8 @@ impl B2bua {
             }
             None => return,
         };
-        self.send_bye(sip, task, Side::A, now);
-        self.send_bye(sip, task, Side::B, now);
-        self.end_call(task, reason, wall);
+        self.send_bye(sip, task, Side::A, at.now);
+        self.send_bye(sip, task, Side::B, at.now);
+        self.end_call(task, reason, at.wall);
     }
 }

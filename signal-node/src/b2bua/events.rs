@@ -1,12 +1,10 @@
 //! Task events from other members for this member's calls: leg events,
 //! replicas and their drops, takeovers and hand-overs.
 
-use std::time::{Instant, SystemTime};
-
 use voicecluster_api::grpc::TaskHandle;
 use voicecluster_api::grpc::task_event::Kind;
 
-use super::{B2bua, Stack};
+use super::{At, B2bua, Stack};
 use crate::task_events::{REGISTRAR_TASK, kind_name};
 
 impl B2bua {
@@ -16,13 +14,13 @@ impl B2bua {
         sip: &mut Stack<'_>,
         (task, from): (u64, Option<TaskHandle>),
         kind: Kind,
-        now: Instant,
-        wall: SystemTime,
+        at: At,
     ) {
+        let now = at.now;
         match kind {
             Kind::Leg(leg) => {
                 let from = from.map(|f| f.member).unwrap_or_default();
-                self.on_leg_event(sip, task, &from, &leg, now, wall);
+                self.on_leg_event(sip, task, &from, &leg, at);
             }
             Kind::CallReplica(r) if task == REGISTRAR_TASK => {
                 let Some(from) = from else { return };

@@ -10,7 +10,7 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::prelude::*;
 
 use super::outgoing::{Outgoing, via};
-use super::{B2bua, Pending, Stack};
+use super::{At, B2bua, Pending, Stack};
 use crate::calls::{Call, CallRecord, Dialog, Phase};
 use crate::legs::{LegRequest, Media};
 use crate::sdp::{audio_address, rewrite_audio, telephone_event_payload};
@@ -25,45 +25,47 @@ impl B2bua {
         key: &TxKey,
         req: &Request,
         from: Peer,
-        now: Instant,
-        wall: SystemTime,
+        at: At,
     ) {
         let to = header(req, "To").unwrap_or_default().to_string();
         if tag_of(&to).is_some() {
-            return self.on_reinvite(sip, key, req, now);
+            return self.on_reinvite(sip, key, req, at.now);
         }
         let tag = sip.tags.tag();
         let refuse = |code: u16| response_to(req, code, Some(&tag));
         // Only users of this service place calls, as themselves.
-        let caller = match sip.registrar.authenticate(req, "Proxy-Authorization", wall) {
+        let caller = match sip
+            .registrar
+            .authenticate(req, "Proxy-Authorization", at.wall)
+        {
             Ok(user) => user,
             Err(challenge) => {
                 let mut r = refuse(407);
                 r.headers
                     .push(make_header("Proxy-Authenticate", challenge.value));
-                return self.answer(sip, key, r, now);
+                return self.answer(sip, key, r, at.now);
             }
         };
         let from_user = crate::wire::headers::user_of(header(req, "From").unwrap_or_default());
         if from_user.as_deref() != Some(caller.as_str()) {
-            return self.answer(sip, key, refuse(403), now);
+            return self.answer(sip, key, refuse(403), at.now);
         }
         let Some(callee) = callee_of(req) else {
-            return self.answer(sip, key, refuse(404), now);
+            return self.answer(sip, key, refuse(404), at.now);
         };
         if !sip.registrar.knows(&callee) {
-            return self.answer(sip, key, refuse(404), now);
+            return self.answer(sip, key, refuse(404), at.now);
         }
-        let Some(binding) = sip.registrar.lookup(&callee, wall).into_iter().last() else {
-            return self.answer(sip, key, refuse(480), now);
+        let Some(binding) = sip.registrar.lookup(&callee, at.wall).into_iter().last() else {
+            return self.answer(sip, key, refuse(480), at.now);
         };
         let offer = sdp_body(req, req.body());
         let Some(Ok(offer_addr)) = offer.as_deref().map(audio_address) else {
             // An INVITE without an SDP offer (or a broken one) is not served.
-            return self.answer(sip, key, refuse(488), now);
+            return self.answer(sip, key, refuse(488), at.now);
         };
         if !self.media_enabled {
-            return self.answer(sip, key, refuse(503), now);
+            return self.answer(sip, key, refuse(503), at.now);
         }
         let dtmf = offer.as_deref().and_then(telephone_event_payload);
         // The call waits for its legs; the INVITE's 100 Trying is out.
@@ -79,7 +81,7 @@ impl B2bua {
                 binding,
                 offer: offer.unwrap_or_default(),
                 tag,
-                started: wall,
+                started: at.wall,
             },
         );
         self.leg_requests.push_back(LegRequest::Setup {
@@ -96,8 +98,7 @@ impl B2bua {
         sip: &mut Stack<'_>,
         task: u64,
         media: Result<Media, String>,
-        now: Instant,
-        wall: SystemTime,
+        at: At,
     ) {
         let Some(p) = self.pending.remove(&task) else {
             // The caller gave up meanwhile.
@@ -111,18 +112,18 @@ impl B2bua {
             Err(e) => {
                 tracing::warn!(error = %e, "no call legs for a call");
                 let r = response_to(&p.req, 503, Some(&p.tag));
-                self.answer(sip, &p.key, r, now);
-                return self.finished_unanswered(&p, "503", wall);
+                self.answer(sip, &p.key, r, at.now);
+                return self.finished_unanswered(&p, "503", at.wall);
             }
         };
         let a = a_dialog(&p);
         let body = rewrite_audio(&p.offer, media.b.addr);
-        let sent = self.invite_b(sip, &p, &a, &body, now);
+        let sent = self.invite_b(sip, &p, &a, &body, at.now);
         let Some((b, b_key, b_invite)) = sent else {
             self.leg_requests.push_back(LegRequest::Release { media });
             let r = response_to(&p.req, 500, Some(&p.tag));
-            self.answer(sip, &p.key, r, now);
-            return self.finished_unanswered(&p, "500", wall);
+            self.answer(sip, &p.key, r, at.now);
+            return self.finished_unanswered(&p, "500", at.wall);
         };
         tracing::info!(caller = %p.caller, callee = %p.callee, call_id = %a.call_id, provider = ?media.provider, "call started");
         self.calls.insert(
@@ -136,7 +137,7 @@ impl B2bua {
                 b_invite: (b_key, b_invite),
                 media,
                 phase: Phase::Calling,
-                invite_sent: Some(now),
+                invite_sent: Some(at.now),
                 started: p.started,
                 answered: None,
                 reinvite: None,
@@ -212,14 +213,7 @@ impl B2bua {
     }
 
     /// CANCEL from A for its pending INVITE.
-    pub(crate) fn on_cancel(
-        &mut self,
-        sip: &mut Stack<'_>,
-        key: &TxKey,
-        req: &Request,
-        now: Instant,
-        wall: SystemTime,
-    ) {
+    pub(crate) fn on_cancel(&mut self, sip: &mut Stack<'_>, key: &TxKey, req: &Request, at: At) {
         let cancelled = key.cancelled_invite();
         let waiting = self
             .pending
@@ -229,14 +223,14 @@ impl B2bua {
         if let Some(p) = waiting.and_then(|task| self.pending.remove(&task)) {
             // No INVITE went to B yet; the legs are released when they come.
             let ok = response_to(req, 200, Some(&p.tag));
-            self.answer(sip, key, ok, now);
+            self.answer(sip, key, ok, at.now);
             let terminated = response_to(&p.req, 487, Some(&p.tag));
-            self.answer(sip, &p.key, terminated, now);
-            return self.finished_unanswered(&p, "cancelled", wall);
+            self.answer(sip, &p.key, terminated, at.now);
+            return self.finished_unanswered(&p, "cancelled", at.wall);
         }
         let Some(id) = self.calls.by_a_invite(&cancelled) else {
             let r = response_to(req, 481, None);
-            return self.answer(sip, key, r, now);
+            return self.answer(sip, key, r, at.now);
         };
         let Some(call) = self.calls.get_mut(id) else {
             return;
@@ -244,14 +238,14 @@ impl B2bua {
         let ok = response_to(req, 200, Some(&call.a.local_tag));
         if call.phase != Phase::Calling {
             // Too late: the call is up; the CANCEL changes nothing.
-            return self.answer(sip, key, ok, now);
+            return self.answer(sip, key, ok, at.now);
         }
         let a_key = call.a_invite.0.clone();
         let terminated = response_to(&call.a_invite.1, 487, Some(&call.a.local_tag));
         let b_invite = call.b_invite.1.clone();
         let b_peer = call.b.peer;
-        self.answer(sip, key, ok, now);
-        self.answer(sip, &a_key, terminated, now);
+        self.answer(sip, key, ok, at.now);
+        self.answer(sip, &a_key, terminated, at.now);
         // CANCEL to B: same Request-URI, Call-ID, From, To, top Via, CSeq number.
         let top_via = header(&b_invite, "Via").unwrap_or_default();
         let seq = b_invite.cseq_header().and_then(|c| c.seq()).unwrap_or(1);
@@ -271,9 +265,9 @@ impl B2bua {
         }
         .build();
         if let Some(cancel) = cancel {
-            self.send(sip, cancel, b_peer, now);
+            self.send(sip, cancel, b_peer, at.now);
         }
-        self.end_call(id, "cancelled", wall);
+        self.end_call(id, "cancelled", at.wall);
     }
 }
 

@@ -41,6 +41,16 @@ pub(crate) mod takeover;
 /// Finished calls kept until taken.
 const RECORDS_KEPT: usize = 10_000;
 
+/// When something happens, on both clocks: `now` for timers and
+/// durations, `wall` for the times bills and registrations record.
+#[derive(Clone, Copy, Debug)]
+pub struct At {
+    /// The monotonic clock.
+    pub now: Instant,
+    /// The wall clock.
+    pub wall: SystemTime,
+}
+
 /// The layers under the B2BUA, lent to it for one step: the transactions
 /// it answers and sends on, the registrar that says who may call whom,
 /// and the tags that make its dialogs unique.
@@ -163,15 +173,9 @@ impl B2bua {
     }
 
     /// What became of a [`LegRequest`].
-    pub(crate) fn on_leg_reply(
-        &mut self,
-        sip: &mut Stack<'_>,
-        reply: LegReply,
-        now: Instant,
-        wall: SystemTime,
-    ) {
+    pub(crate) fn on_leg_reply(&mut self, sip: &mut Stack<'_>, reply: LegReply, at: At) {
         match reply {
-            LegReply::Ready { task, media } => self.on_legs_ready(sip, task, media, now, wall),
+            LegReply::Ready { task, media } => self.on_legs_ready(sip, task, media, at),
             LegReply::Released {
                 to_callee,
                 to_caller,
