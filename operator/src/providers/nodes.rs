@@ -3,22 +3,13 @@
 
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use kube::ResourceExt;
+use voicecluster_api::nodes::address;
 use voicecluster_api::voicecluster::{MediaSpec, PublicAddressSource};
-
-fn node_address(node: &Node, kind: &str) -> Option<String> {
-    node.status
-        .as_ref()?
-        .addresses
-        .as_ref()?
-        .iter()
-        .find(|a| a.type_ == kind)
-        .map(|a| a.address.clone())
-}
 
 /// The public address of media pods on `node`, per the spec's source.
 pub fn public_address(media: &MediaSpec, node: &Node) -> Option<String> {
     match media.public_address.source {
-        PublicAddressSource::NodeExternalIP => node_address(node, "ExternalIP"),
+        PublicAddressSource::NodeExternalIP => address(node, "ExternalIP"),
         PublicAddressSource::NodeAnnotation => {
             let key = media.public_address.annotation.as_deref()?;
             node.annotations().get(key).cloned()

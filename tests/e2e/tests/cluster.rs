@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::{ListParams, LogParams, PostParams};
 use kube::{Api, ResourceExt};
+use voicecluster_api::nodes::address;
 use voicecluster_e2e::{
     INTERNET_FACING, REAL_NODE, REAL_NODE_IP, TestNamespace, client, eventually, http_get, image,
 };
@@ -20,16 +21,6 @@ fn is_ready(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn address(node: &Node, kind: &str) -> Option<String> {
-    node.status
-        .as_ref()?
-        .addresses
-        .as_ref()?
-        .iter()
-        .find(|a| a.type_ == kind)
-        .map(|a| a.address.clone())
 }
 
 fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
