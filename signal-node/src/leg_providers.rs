@@ -27,6 +27,9 @@ pub type DirectoryView = watch::Receiver<Option<Arc<DirectorySnapshot>>>;
 /// How long one `CallLegs` call may take before the provider counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a call whose every provider failed waits for the Directory to
+/// name another; the caller has its 100 Trying and waits well beyond.
+const DIRECTORY_WAIT: Duration = Duration::from_secs(2);
 
 /// One provider to talk to.
 #[derive(Clone)]
@@ -164,18 +167,14 @@ impl Legs {
         }
     }
 
-    /// The providers to try, in order.
-    fn candidates(&self) -> Vec<Provider> {
-        let (fixed, directory, clients) = match &self.source {
+    /// The providers to try, in order: `snapshot`'s, then the fixed ones.
+    fn candidates(&self, snapshot: Option<&DirectorySnapshot>) -> Vec<Provider> {
+        let (fixed, clients) = match &self.source {
             Source::Local(s) => return vec![Provider::Local(s.clone())],
-            Source::Remote {
-                fixed,
-                directory,
-                clients,
-            } => (fixed, directory, clients),
+            Source::Remote { fixed, clients, .. } => (fixed, clients),
         };
         let mut listed: Vec<(String, Option<IpAddr>)> = Vec::new();
-        if let Some(snapshot) = directory.as_ref().and_then(|d| d.borrow().clone()) {
+        if let Some(snapshot) = snapshot {
             let mut providers = snapshot.providers.clone();
             // Least loaded first; the Directory never lists a draining pod.
             providers.sort_by(|x, y| {
@@ -312,7 +311,49 @@ impl Legs {
         caller: SocketAddr,
         dtmf: Option<u8>,
     ) -> Result<Media, String> {
-        let candidates = self.candidates();
+        let mut directory = match &self.source {
+            Source::Remote {
+                directory: Some(d), ..
+            } => Some(d.clone()),
+            _ => None,
+        };
+        let snapshot = directory
+            .as_mut()
+            .and_then(|d| d.borrow_and_update().clone());
+        let first = self
+            .try_each(&owner, caller, dtmf, snapshot.as_deref())
+            .await;
+        let Err(failures) = first else {
+            return first;
+        };
+        // Every provider this member knew refused or failed. In a rollout
+        // that is the moment the old provider drains while the Directory
+        // is still bringing its successor: wait for that news, once.
+        let Some(mut directory) = directory else {
+            return Err(failures);
+        };
+        if !matches!(
+            tokio::time::timeout(DIRECTORY_WAIT, directory.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return Err(failures);
+        }
+        let snapshot = directory.borrow_and_update().clone();
+        tracing::info!("the Directory changed after every provider failed; trying again");
+        self.try_each(&owner, caller, dtmf, snapshot.as_deref())
+            .await
+            .map_err(|again| format!("{failures}; then {again}"))
+    }
+
+    /// Tries each provider of `snapshot` (and the fixed ones) in turn.
+    async fn try_each(
+        &self,
+        owner: &TaskHandle,
+        caller: SocketAddr,
+        dtmf: Option<u8>,
+        snapshot: Option<&DirectorySnapshot>,
+    ) -> Result<Media, String> {
+        let candidates = self.candidates(snapshot);
         if candidates.is_empty() {
             return Err("no call-leg provider is known".to_string());
         }
@@ -396,7 +437,7 @@ mod tests {
             Some(view),
             "10.0.0.1:9446".to_string(),
         );
-        let candidates = legs.candidates();
+        let candidates = legs.candidates(view_now(&legs).as_deref());
         assert_eq!(
             names(&candidates),
             [
@@ -427,5 +468,87 @@ mod tests {
             panic!("a Ready reply")
         };
         assert_eq!(media.unwrap_err(), "no call-leg provider is known");
+    }
+    fn view_now(legs: &Legs) -> Option<Arc<DirectorySnapshot>> {
+        match &legs.source {
+            Source::Remote {
+                directory: Some(d), ..
+            } => d.borrow().clone(),
+            _ => None,
+        }
+    }
+
+    /// A CallLegs server on loopback (its port from the kernel), as the
+    /// Directory lists it.
+    async fn serve(ports: (u16, u16), draining: bool) -> (CallLegProvider, LegService) {
+        use voicecluster_media_node::{engine::MediaEngine, ports::PortPool, relay::Relay};
+        let relay = Relay::new(
+            PortPool::new(ports.0, ports.1).unwrap(),
+            4,
+            Duration::from_secs(30),
+        );
+        let loopback = "127.0.0.1".parse().unwrap();
+        let service = LegService::new(MediaEngine::new(relay, loopback, loopback), 4);
+        if draining {
+            service.drain();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tonic::transport::Server::builder()
+            .add_service(service.clone().into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        let mut p = provider(&format!("legs-{}", addr.port()), 0, 4);
+        p.grpc_address = addr.to_string();
+        p.public_address = "127.0.0.1".to_string();
+        (p, service)
+    }
+
+    fn listing(version: i64, providers: Vec<CallLegProvider>) -> Option<Arc<DirectorySnapshot>> {
+        Some(Arc::new(DirectorySnapshot {
+            version,
+            providers,
+            signal_members: Vec::new(),
+            failover: None,
+        }))
+    }
+
+    async fn setup(legs: &Legs) -> Result<Media, String> {
+        let reply = legs
+            .run(LegRequest::Setup {
+                task: 1,
+                caller: "127.0.0.1:4000".parse().unwrap(),
+                dtmf: None,
+            })
+            .await;
+        let Some(LegReply::Ready { task: 1, media }) = reply else {
+            panic!("a Ready reply")
+        };
+        media
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_only_provider_drains_gets_legs_from_the_successor_the_directory_brings() {
+        // Ports no other test of this crate uses.
+        let (old, _old_service) = serve((41100, 41103), true).await;
+        let (new, new_service) = serve((41104, 41107), false).await;
+        let (tx, view) = watch::channel(listing(1, vec![old.clone()]));
+        let legs = Legs::remote(Vec::new(), Some(view), "127.0.0.1:9446".to_string());
+        let successor = new.grpc_address.clone();
+        let directory = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.send_replace(listing(2, vec![new]));
+            tx
+        });
+        let media = setup(&legs).await.unwrap();
+        assert_eq!(media.provider.as_deref(), Some(successor.as_str()));
+        assert_eq!(new_service.active_legs(), 2);
+        let tx = directory.await.unwrap();
+
+        // With no news from the Directory, the call is refused after the
+        // wait, with the provider's reason.
+        tx.send_replace(listing(3, vec![old]));
+        let refused = setup(&legs).await.unwrap_err();
+        assert!(refused.contains("drain"), "{refused}");
     }
 }

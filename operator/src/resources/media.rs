@@ -22,7 +22,7 @@ use super::config::config_volume;
 use super::container::{
     common_env, empty_dir, env, http_probe, port, probe_on, sip_container_ports,
 };
-use super::meta::{disruption_budget, label_selector, meta, pod_meta};
+use super::meta::{disruption_budget, label_selector, meta, min_ready_seconds, pod_meta};
 use super::settings::Settings;
 
 /// The media workload: one of the two placements.
@@ -68,6 +68,7 @@ pub(super) fn workload(
             spec: Some(DaemonSetSpec {
                 selector,
                 template,
+                min_ready_seconds: Some(min_ready_seconds(vc)),
                 // The new pod starts beside the old one on each node and
                 // takes the SIP port over from it once ready (the edges
                 // share it); the old one then drains its calls. A node is
@@ -89,6 +90,7 @@ pub(super) fn workload(
                 replicas: Some(placement.replicas.unwrap_or(1)),
                 selector,
                 template,
+                min_ready_seconds: Some(min_ready_seconds(vc)),
                 ..DeploymentSpec::default()
             }),
             ..Deployment::default()

@@ -88,3 +88,23 @@ pub(super) fn disruption_budget(
         ..PodDisruptionBudget::default()
     }
 }
+
+/// How long a new signal or media pod stays Ready before its workload
+/// counts it available and goes on to stop the next old pod. Ready says
+/// the pod can serve; its consumers learn of it a little later: the
+/// Directory carries it to them, and the edges' heartbeats must then see a
+/// member answer. Without this margin a rollout could stop the last old
+/// pod a consumer knew before that consumer knew the new one, and a new
+/// call in that gap would find nobody.
+pub(super) fn min_ready_seconds(vc: &VoiceCluster) -> i32 {
+    /// The Directory's own share: a reconcile and one stream message,
+    /// with room for a loaded operator.
+    const DIRECTORY_SECONDS: i32 = 2;
+    let heartbeats_ms = vc
+        .spec
+        .failover
+        .heartbeat_interval_ms
+        .max(0)
+        .saturating_mul(2);
+    DIRECTORY_SECONDS.saturating_add(heartbeats_ms.saturating_add(999) / 1000)
+}

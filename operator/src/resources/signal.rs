@@ -19,7 +19,10 @@ use super::config::config_volume;
 use super::container::{
     common_env, empty_dir, env, http_probe, port, sip_container_ports, transport_protocol,
 };
-use super::meta::{child_name, disruption_budget, label_selector, meta, pod_meta, selector_labels};
+use super::meta::{
+    child_name, disruption_budget, label_selector, meta, min_ready_seconds, pod_meta,
+    selector_labels,
+};
 use super::settings::Settings;
 
 /// Where a signal pod keeps its bills.
@@ -94,6 +97,7 @@ pub(super) fn stateful_set(
             service_name: Some(child_name(vc, "signal")),
             // Members start and stop independently; ordering buys nothing.
             pod_management_policy: Some("Parallel".to_string()),
+            min_ready_seconds: Some(min_ready_seconds(vc)),
             selector: label_selector(vc, COMPONENT_SIGNAL),
             template: PodTemplateSpec {
                 metadata: pod_meta(vc, COMPONENT_SIGNAL),
@@ -228,6 +232,7 @@ fn users_secret(secret: &str) -> (Volume, VolumeMount, Vec<EnvVar>) {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{owner, pod_spec, settings, vc};
+    use super::super::media::{MediaWorkload, workload};
     use super::*;
     use voicecluster_api::ENV_DIRECTORY_URL;
 
@@ -287,6 +292,21 @@ mod tests {
             d.headless.spec.as_ref().unwrap().cluster_ip.as_deref(),
             Some("None")
         );
+    }
+
+    #[test]
+    fn a_rollout_waits_for_the_consumers_to_see_a_new_pod_before_stopping_the_next() {
+        // Directory share (2 s) plus two heartbeats, rounded up.
+        let wait = |spec| objects(spec).stateful_set.spec.unwrap().min_ready_seconds;
+        assert_eq!(wait(serde_json::json!({"sip": {"domain": "x"}})), Some(3));
+        let slow = serde_json::json!({"sip": {"domain": "x"},
+                                      "failover": {"heartbeatIntervalMs": 1500}});
+        assert_eq!(wait(slow.clone()), Some(5));
+        let vc = vc(slow);
+        let MediaWorkload::DaemonSet(ds) = workload(&vc, &settings(), &owner(&vc)) else {
+            panic!("DaemonSet expected")
+        };
+        assert_eq!(ds.spec.unwrap().min_ready_seconds, Some(5));
     }
 
     #[test]
