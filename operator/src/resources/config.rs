@@ -1,5 +1,7 @@
 //! The configuration every pod of a VoiceCluster mounts: its spec as JSON,
-//! so the pods read the same settings the operator acted on.
+//! so the pods read the same settings the operator acted on; and the hash of
+//! the part signal pods read only when they start, which their template
+//! carries so that a change to that part rolls them.
 
 use std::collections::BTreeMap;
 
@@ -45,4 +47,59 @@ pub(super) fn config_volume(vc: &VoiceCluster) -> (Volume, VolumeMount) {
             ..VolumeMount::default()
         },
     )
+}
+
+/// The signal pod template annotation holding [`start_settings_hash`].
+pub(super) const START_SETTINGS_ANNOTATION: &str = "voicecluster.io/start-settings";
+
+/// A hash of the fields of `config.json` that signal pods read when they
+/// start and never again. The file is all of the spec, but only these
+/// fields roll the pods: scaling or a media setting must not restart a
+/// member. Media pods and their edges get all they read through their
+/// template (variables), which rolls them by itself.
+pub(super) fn start_settings_hash(vc: &VoiceCluster) -> String {
+    let s = &vc.spec;
+    let read = serde_json::json!({
+        "sipPort": s.sip.port,
+        "domain": s.sip.domain,
+        "rtpPortRange": s.media.rtp_port_range,
+        "capacity": s.media.capacity,
+        "callLegMode": s.signal.call_leg_mode,
+        "billing": s.billing,
+    });
+    // FNV-1a over the JSON (serde_json sorts object keys): the same on
+    // every operator replica and version.
+    let hash = read
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::vc;
+    use super::*;
+
+    fn hash(spec: serde_json::Value) -> String {
+        start_settings_hash(&vc(spec))
+    }
+
+    #[test]
+    fn only_the_settings_members_read_at_start_change_the_hash() {
+        let base = hash(serde_json::json!({"sip": {"domain": "x"}}));
+        // Scaling, or a media pod setting, rolls no member.
+        let scaled = hash(
+            serde_json::json!({"sip": {"domain": "x"}, "signal": {"replicas": 5},
+                                             "media": {"drainTimeoutSeconds": 5}}),
+        );
+        assert_eq!(scaled, base);
+        // A price, a domain: the members read them.
+        let priced = hash(serde_json::json!({"sip": {"domain": "x"},
+            "billing": {"rates": [{"prefix": "", "pricePerMinute": "0.02"}]}}));
+        assert_ne!(priced, base);
+        assert_ne!(hash(serde_json::json!({"sip": {"domain": "y"}})), base);
+    }
 }

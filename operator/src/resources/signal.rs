@@ -2,6 +2,8 @@
 //! the calls' tasks), the headless Service that gives them those names, the
 //! SIP Service in front of them and the budget that keeps a majority up.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, PodSpec, PodTemplateSpec,
@@ -15,7 +17,7 @@ use voicecluster_api::{
     TASK_EVENTS_PORT, VoiceCluster,
 };
 
-use super::config::config_volume;
+use super::config::{START_SETTINGS_ANNOTATION, config_volume, start_settings_hash};
 use super::container::{
     common_env, empty_dir, env, http_probe, port, sip_container_ports, transport_protocol,
 };
@@ -100,7 +102,13 @@ pub(super) fn stateful_set(
             min_ready_seconds: Some(min_ready_seconds(vc)),
             selector: label_selector(vc, COMPONENT_SIGNAL),
             template: PodTemplateSpec {
-                metadata: pod_meta(vc, COMPONENT_SIGNAL),
+                metadata: pod_meta(vc, COMPONENT_SIGNAL).map(|mut m| {
+                    m.annotations = Some(BTreeMap::from([(
+                        START_SETTINGS_ANNOTATION.to_string(),
+                        start_settings_hash(vc),
+                    )]));
+                    m
+                }),
                 spec: Some(pod_spec(vc, settings)),
             },
             ..StatefulSetSpec::default()
@@ -261,6 +269,9 @@ mod tests {
         );
         let sts = d.stateful_set.spec.as_ref().unwrap();
         assert_eq!(sts.replicas, Some(3));
+        // What the members read only at start rolls them when it changes.
+        let annotations = sts.template.metadata.as_ref().unwrap().annotations.as_ref();
+        assert!(annotations.unwrap().contains_key(START_SETTINGS_ANNOTATION));
         assert_eq!(sts.service_name.as_deref(), Some("demo-signal"));
         let c = &pod_spec(&sts.template).containers[0];
         assert_eq!(c.image.as_deref(), Some("sig:1"));
