@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(
         [
             "voicecluster/v1/directory.proto",
+            "voicecluster/v1/config.proto",
             "voicecluster/v1/call_legs.proto",
             "voicecluster/v1/task_events.proto",
         ],

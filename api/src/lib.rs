@@ -7,6 +7,7 @@
 //! pods it creates. The `VoiceCluster` custom resource types live here too
 //! ([`voicecluster`]).
 
+pub mod config;
 pub mod nodes;
 pub mod task_events_clients;
 pub mod voicecluster;

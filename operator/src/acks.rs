@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 use voicecluster_api::VoiceCluster;
-use voicecluster_api::grpc::{FailoverReport, Load, PodAck};
+use voicecluster_api::grpc::{ConfigResult, FailoverReport, Load, PodAck};
 
 /// A follower's report is dropped when it is older than this: the follower
 /// refreshes it well within, so only a dead follower's report ages out.
@@ -37,6 +37,19 @@ struct StreamAck {
     failover: Option<FailoverReport>,
     /// The port of the pod's CallLegs service, as it subscribed.
     call_legs_port: Option<u32>,
+    /// What the pod did with the last configuration version it got.
+    config: Option<ConfigResult>,
+}
+
+impl StreamAck {
+    /// Whether the stream has told anything worth counting.
+    fn said_anything(&self) -> bool {
+        self.version.is_some()
+            || self.load.is_some()
+            || self.failover.is_some()
+            || self.call_legs_port.is_some()
+            || self.config.is_some()
+    }
 }
 
 #[derive(Debug)]
@@ -104,6 +117,7 @@ impl AckBook {
                 load: None,
                 failover: None,
                 call_legs_port: None,
+                config: None,
             },
         );
         StreamEntry {
@@ -122,11 +136,7 @@ impl AckBook {
         let mut best: HashMap<(&ClusterKey, &str), PodAck> = HashMap::new();
         for id in ids {
             let s = &inner.streams[id];
-            if s.version.is_none()
-                && s.load.is_none()
-                && s.failover.is_none()
-                && s.call_legs_port.is_none()
-            {
+            if !s.said_anything() {
                 continue;
             }
             let e = best
@@ -139,6 +149,7 @@ impl AckBook {
                     load: None,
                     failover: None,
                     call_legs_port: 0,
+                    config: None,
                 });
             e.version = e.version.max(s.version.unwrap_or(0));
             if let Some(port) = s.call_legs_port {
@@ -149,6 +160,9 @@ impl AckBook {
             }
             if s.failover.is_some() {
                 e.failover.clone_from(&s.failover);
+            }
+            if s.config.is_some() {
+                e.config.clone_from(&s.config);
             }
         }
         let mut acks: Vec<PodAck> = best.into_values().collect();
@@ -249,6 +263,12 @@ impl AckBook {
             |a| a.failover.clone(),
             |s| s.failover.clone(),
         )
+    }
+
+    /// What each pod did with its last configuration version, for one
+    /// cluster, as [`Self::loads`].
+    pub fn configs(&self, namespace: &str, cluster: &str) -> HashMap<String, ConfigResult> {
+        self.per_pod(namespace, cluster, |a| a.config.clone(), |s| s.config.clone())
     }
 
     /// The CallLegs port each pod said it serves on, for one cluster.
@@ -352,6 +372,15 @@ impl StreamEntry {
         self.update(|s| s.call_legs_port.replace(port) != Some(port));
     }
 
+    /// Records what the pod did with a configuration version.
+    pub fn config(&self, result: ConfigResult) {
+        self.update(|s| {
+            let changed = s.config.as_ref() != Some(&result);
+            s.config = Some(result);
+            changed
+        });
+    }
+
     /// Records that the pod applied `version`.
     pub fn ack(&self, version: i64) {
         self.update(|s| s.version.replace(version) != Some(version));
@@ -363,10 +392,7 @@ impl Drop for StreamEntry {
         let book = &self.book;
         let mut inner = book.lock();
         if let Some(s) = inner.streams.remove(&self.id)
-            && (s.version.is_some()
-                || s.load.is_some()
-                || s.failover.is_some()
-                || s.call_legs_port.is_some())
+            && s.said_anything()
         {
             book.mark(&mut inner, s.cluster);
             book.local_changed.notify_one();
@@ -387,6 +413,7 @@ mod tests {
             load: None,
             failover: None,
             call_legs_port: 0,
+            config: None,
         }
     }
 

@@ -17,6 +17,9 @@ use voicecluster_api::{LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGER_NAME, VoiceClust
 use voicecluster_telemetry::Readiness;
 
 use crate::acks::AckBook;
+use crate::live_config::Sources;
+use crate::live_config::secrets::SecretCache;
+use crate::live_config::sources::users_secret;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::resources::Settings;
@@ -66,8 +69,49 @@ fn node_shape(node: &Node) -> Option<u64> {
     Some(h.finish())
 }
 
+/// The VoiceClusters to reconcile when a Secret changes: those naming it
+/// as their users Secret.
+fn secret_triggers(
+    secrets: &SecretCache,
+    voice_clusters: reflector::Store<VoiceCluster>,
+) -> impl futures::Stream<Item = ObjectRef<VoiceCluster>> + Send + 'static {
+    let news = secrets.changes();
+    futures::stream::unfold((news, voice_clusters), |(mut news, vcs)| async move {
+        loop {
+            let (ns, name) = match news.recv().await {
+                Ok(changed) => changed,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Some news lost: every cluster looks again.
+                    let all: Vec<_> = vcs.state().iter().map(|vc| ObjectRef::from_obj(vc.as_ref())).collect();
+                    return Some((futures::stream::iter(all), (news, vcs)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            let users: Vec<ObjectRef<VoiceCluster>> = vcs
+                .state()
+                .iter()
+                .filter(|vc| {
+                    vc.namespace().as_deref() == Some(ns.as_str())
+                        && users_secret(vc) == Some(name.as_str())
+                })
+                .map(|vc| ObjectRef::from_obj(vc.as_ref()))
+                .collect();
+            if !users.is_empty() {
+                return Some((futures::stream::iter(users), (news, vcs)));
+            }
+        }
+    })
+    .flatten()
+}
+
 /// Runs the controller until its watches end (only when the process does).
-async fn run_controller(client: Client, settings: Settings, metrics: Metrics, acks: Arc<AckBook>) {
+async fn run_controller(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    acks: Arc<AckBook>,
+    sources: Sources,
+) {
     let managed = format!("{LABEL_MANAGED_BY}={MANAGER_NAME}");
     let owned = || watcher::Config::default().labels(&managed);
 
@@ -99,6 +143,9 @@ async fn run_controller(client: Client, settings: Settings, metrics: Metrics, ac
         metrics,
         acks: Arc::clone(&acks),
         directory_versions: Default::default(),
+        secrets: sources.secrets.clone(),
+        assembler: sources.assembler,
+        config_versions: Default::default(),
     });
 
     let controller = Controller::new(
@@ -106,6 +153,7 @@ async fn run_controller(client: Client, settings: Settings, metrics: Metrics, ac
         watcher::Config::default(),
     );
     let voice_clusters = controller.store();
+    let secret_users = secret_triggers(&sources.secrets, controller.store());
     controller
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<DaemonSet>::all(client.clone()), owned())
@@ -129,6 +177,8 @@ async fn run_controller(client: Client, settings: Settings, metrics: Metrics, ac
         })
         // Acks only change the status counts, never what is applied.
         .reconcile_on(acks.triggers())
+        // A users Secret changed: a new configuration version.
+        .reconcile_on(secret_users)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -147,12 +197,13 @@ pub async fn run(
     settings: Settings,
     metrics: Metrics,
     acks: Arc<AckBook>,
+    sources: Sources,
     election: Option<Election>,
     readiness: Readiness,
 ) -> Result<(), Error> {
     let Some(election) = election else {
         readiness.set_ready();
-        run_controller(client, settings, metrics, acks).await;
+        run_controller(client, settings, metrics, acks, sources).await;
         return Ok(());
     };
     let manager = LeaseManagerBuilder::new(client.clone(), &election.lease)
@@ -179,7 +230,7 @@ pub async fn run(
         }
     };
     tokio::select! {
-        () = run_controller(client, settings, metrics, acks) => Ok(()),
+        () = run_controller(client, settings, metrics, acks, sources) => Ok(()),
         () = lost => Err(Error::LostLeadership),
     }
 }

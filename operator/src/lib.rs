@@ -15,6 +15,7 @@ pub mod directory;
 pub mod failover;
 #[cfg(test)]
 mod fixtures;
+pub mod live_config;
 pub mod metrics;
 pub mod providers;
 pub mod reconcile;

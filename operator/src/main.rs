@@ -13,6 +13,9 @@ use voicecluster_operator::ack_reporter;
 use voicecluster_operator::acks::AckBook;
 use voicecluster_operator::controller::{self, Election};
 use voicecluster_operator::directory::{self, DirectoryMetrics, DirectoryService};
+use voicecluster_operator::live_config::secrets::SecretCache;
+use voicecluster_operator::live_config::store::{ConfigStore, StoreMetrics};
+use voicecluster_operator::live_config::{Sources, feed};
 use voicecluster_operator::metrics::Metrics;
 use voicecluster_operator::resources::{Images, Settings};
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, shutdown_signal};
@@ -130,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let directory_metrics = DirectoryMetrics::register(&mut registry);
+    let config_metrics = StoreMetrics::register(&mut registry);
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     let client = Client::try_default()
         .await
@@ -150,9 +154,21 @@ async fn main() -> anyhow::Result<()> {
 
     let cache = directory::Cache::start(client.clone());
     let acks = AckBook::new();
+    let sources = Sources {
+        secrets: SecretCache::start(client.clone()),
+        assembler: Arc::default(),
+    };
+    let configs = ConfigStore::new(config_metrics);
+    tokio::spawn(feed::run(
+        cache.clone(),
+        sources.secrets.clone(),
+        Arc::clone(&sources.assembler),
+        Arc::clone(&configs),
+    ));
     let directory = directory::serve(
         args.directory_addr,
-        DirectoryService::new(cache, Arc::clone(&acks), directory_metrics.clone()),
+        DirectoryService::new(cache, Arc::clone(&acks), directory_metrics.clone())
+            .with_configs(configs),
     );
     tracing::info!(addr = %args.directory_addr, url = ?settings.directory_url, "serving the Directory");
     if let Some(election) = &election {
@@ -169,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         settings,
         metrics,
         acks,
+        sources,
         election,
         telemetry.readiness().clone(),
     );

@@ -23,6 +23,9 @@ use voicecluster_api::{MANAGER_NAME, VoiceCluster};
 use crate::acks::AckBook;
 use crate::conditions::transition_events;
 use crate::directory::versions::DirectoryVersions;
+use crate::live_config::assembler::Assembler;
+use crate::live_config::secrets::SecretCache;
+use crate::live_config::status::ConfigVersions;
 use crate::metrics::Metrics;
 use crate::providers::eligible_media_nodes;
 use crate::resources::{self, MediaWorkload, Settings, child_name};
@@ -46,6 +49,12 @@ pub struct Context {
     pub acks: Arc<AckBook>,
     /// The Directory versions this replica wrote.
     pub directory_versions: DirectoryVersions,
+    /// The Secrets users come from.
+    pub secrets: SecretCache,
+    /// Each cluster's configuration, assembled once per change.
+    pub assembler: Arc<Assembler>,
+    /// The configuration versions this replica wrote.
+    pub config_versions: ConfigVersions,
 }
 
 /// A failed reconcile; retried with back-off.
@@ -180,6 +189,9 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         .wait_until_ready()
         .await
         .map_err(|_| Error::CacheGone("pods"))?;
+    if !ctx.secrets.wait_ready().await {
+        return Err(Error::CacheGone("secrets"));
+    }
     let eligible = eligible_media_nodes(&vc.spec.media, &ctx.nodes.state());
 
     // A spec no node can serve creates nothing, rather than signal pods
@@ -200,9 +212,10 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     };
     let key = (ns.clone(), name.clone());
-    let status = status::build(vc, &observed, |lists| {
-        ctx.directory_versions.next(key, vc.status.as_ref(), lists)
+    let mut status = status::build(vc, &observed, |lists| {
+        ctx.directory_versions.next(key.clone(), vc.status.as_ref(), lists)
     });
+    status.config = Some(config_status(vc, key, &pods, ctx));
     if vc.status.as_ref() != Some(&status) {
         write_status(&ctx.client, &ns, &name, &status).await?;
     }
@@ -213,6 +226,37 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         .unwrap_or_default();
     publish_transitions(vc, previous, &status.conditions, ctx).await;
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// `status.config`: the version of the content the sources give now, and
+/// what the cluster's signal pods did with it.
+fn config_status(
+    vc: &VoiceCluster,
+    key: (String, String),
+    pods: &[Arc<Pod>],
+    ctx: &Context,
+) -> voicecluster_api::voicecluster::ConfigStatus {
+    let assembled = ctx.assembler.get(vc, &ctx.secrets);
+    let signal_pods: Vec<String> = pods
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(key.0.as_str())
+                && p.labels().get(voicecluster_api::LABEL_CLUSTER) == Some(&key.1)
+                && p.labels().get(voicecluster_api::LABEL_COMPONENT).map(String::as_str)
+                    == Some(voicecluster_api::COMPONENT_SIGNAL)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    let results = ctx.acks.configs(&key.0, &key.1);
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(i64::MAX);
+    let previous = vc.status.as_ref().and_then(|s| s.config.as_ref());
+    ctx.config_versions
+        .status(key, previous, &assembled, &results, &signal_pods, now_ms)
 }
 
 /// Writes the status with server-side apply, as the only manager of it.

@@ -109,6 +109,8 @@ pub fn build(
         signal_members: members,
         directory: Some(directory),
         failover: Some(failover),
+        // The reconcile adds it: it depends on the sources, not on pods.
+        config: None,
     }
 }
 

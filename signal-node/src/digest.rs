@@ -258,33 +258,7 @@ impl Authenticator {
     }
 }
 
-/// What is wrong with a users file, by line (from 1).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UsersError {
-    /// A line without the colon between user and password.
-    #[error("line {0}: expected user:password")]
-    NoColon(usize),
-    /// A line with nothing before or after the colon.
-    #[error("line {0}: empty user or password")]
-    Empty(usize),
-}
-
-/// Reads a users file: one `user:password` per line, `#` comments.
-pub fn parse_users(text: &str) -> Result<HashMap<String, String>, UsersError> {
-    let mut users = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (user, password) = line.split_once(':').ok_or(UsersError::NoColon(n + 1))?;
-        if user.is_empty() || password.is_empty() {
-            return Err(UsersError::Empty(n + 1));
-        }
-        users.insert(user.to_string(), password.to_string());
-    }
-    Ok(users)
-}
+pub use voicecluster_api::config::users::{UsersError, parse_users};
 
 #[cfg(test)]
 mod tests {
@@ -381,18 +355,5 @@ mod tests {
             parse_authorization("Digest username=x").map_err(|e| e.to_string()),
             Err("Authorization has no realm".to_string())
         );
-    }
-
-    #[test]
-    fn users_files_are_checked() {
-        let u = parse_users("# people\nalice:wonder\n\nbob:builder\n").unwrap();
-        assert_eq!(u.len(), 2);
-        assert!(
-            parse_users("alice\n")
-                .unwrap_err()
-                .to_string()
-                .contains("line 1")
-        );
-        assert_eq!(parse_users("bob:\n"), Err(UsersError::Empty(1)));
     }
 }

@@ -22,8 +22,9 @@ pub use media::{
 pub use signal::{CallLegMode, SignalSpec};
 pub use sip::{ServiceType, SipSpec, Transport};
 pub use status::{
-    CallLegProvider, DirectoryStatus, DrainingPod, FailedMember, FailoverStatus, Heartbeat,
-    MemberHealth, PerformedFailover, PodCounts, ProviderState, SignalMember, VoiceClusterStatus,
+    CallLegProvider, ConfigStatus, DirectoryStatus, DrainingPod, FailedMember, FailoverStatus, Heartbeat,
+    MemberHealth, PerformedFailover, PodConfig, PodCounts, ProviderState, SignalMember,
+    VoiceClusterStatus,
 };
 
 use kube::{CustomResource, KubeSchema};
@@ -58,6 +59,7 @@ use serde::{Deserialize, Serialize};
         type_ = "integer",
         json_path = ".status.providerCount"
     ),
+    printcolumn(name = "Config", type_ = "integer", json_path = ".status.config.version"),
     printcolumn(
         name = "Age",
         type_ = "date",

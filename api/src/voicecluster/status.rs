@@ -184,6 +184,48 @@ pub struct DirectoryStatus {
     pub current_pods: i32,
 }
 
+/// The live configuration: the version the operator serves and what each
+/// signal pod did with it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    /// Increases whenever the users or the rate table change.
+    pub version: i64,
+    /// SHA-256 of the version's content (hex): equal hashes, equal content.
+    pub hash: String,
+    /// When the version was made (Unix ms): calls answered from then on
+    /// are priced with its rates.
+    pub effective_unix_ms: i64,
+    /// Users in the version.
+    #[serde(default)]
+    pub users: i32,
+    /// Why the configuration could not be assembled from its sources (the
+    /// pods keep `version` meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Signal pods that applied `version`, of those that reported.
+    #[serde(default)]
+    pub current_pods: i32,
+    /// Each signal pod's last result.
+    #[serde(default)]
+    pub pods: Vec<PodConfig>,
+}
+
+/// What one pod did with a configuration version.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodConfig {
+    /// The pod.
+    pub pod: String,
+    /// The version it reported on.
+    pub version: i64,
+    /// `Applied` or `Failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Observed state of a VoiceCluster.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -218,4 +260,7 @@ pub struct VoiceClusterStatus {
     /// Members' heartbeats, failed members, takeovers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverStatus>,
+    /// The live configuration (users, rates) and each pod's version of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigStatus>,
 }

@@ -27,13 +27,14 @@ use tonic::{Request, Response, Status, Streaming};
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::grpc::directory_server::{Directory, DirectoryServer};
 use voicecluster_api::grpc::{
-    Ack, CallLegProvider, DirectorySnapshot, FailoverPolicy, ReplicaAcks, ReportAcksReply,
+    Ack, CallLegProvider, ConfigSubscribe, ConfigUpdate, DirectorySnapshot, FailoverPolicy, ReplicaAcks, ReportAcksReply,
     SignalMember, WatchMessage, WatchRequest, watch_message,
 };
 use voicecluster_api::voicecluster::{FailoverMode, VoiceClusterStatus};
 use voicecluster_telemetry::metrics::{Labels, register_all};
 
 use crate::acks::{AckBook, StreamEntry};
+use crate::live_config::store::ConfigStore;
 
 /// Name of the Directory port on the operator's Service (set by the chart).
 pub const DIRECTORY_PORT_NAME: &str = "grpc-directory";
@@ -148,6 +149,16 @@ impl Cache {
         self.store.wait_until_ready().await.is_ok()
     }
 
+    /// Every VoiceCluster in the cache.
+    pub fn clusters(&self) -> Vec<Arc<VoiceCluster>> {
+        self.store.state()
+    }
+
+    /// Ticks on every change to the cache.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
     fn snapshot(&self, namespace: &str, name: &str) -> Option<DirectorySnapshot> {
         let vc = self.store.get(&ObjectRef::new(name).within(namespace))?;
         let status = vc.status.as_ref()?;
@@ -196,6 +207,7 @@ pub struct DirectoryService {
     cache: Cache,
     acks: Arc<AckBook>,
     metrics: DirectoryMetrics,
+    configs: Arc<ConfigStore>,
 }
 
 impl DirectoryService {
@@ -205,6 +217,44 @@ impl DirectoryService {
             cache,
             acks,
             metrics,
+            configs: Arc::default(),
+        }
+    }
+
+    /// Serves the live configuration versions of `configs` too.
+    #[must_use]
+    pub fn with_configs(mut self, configs: Arc<ConfigStore>) -> Self {
+        self.configs = configs;
+        self
+    }
+}
+
+type ConfigStream = Pin<Box<dyn Stream<Item = Result<ConfigUpdate, Status>> + Send>>;
+
+/// Sends `follow`'s versions on `tx`, each as the update from the one sent
+/// before (from `have`, what the pod said it has, at first).
+async fn send_configs(
+    store: Arc<ConfigStore>,
+    key: (String, String),
+    mut have: Option<(i64, String)>,
+    mut follow: watch::Receiver<Option<Arc<crate::live_config::store::Version>>>,
+    tx: mpsc::Sender<Result<ConfigUpdate, Status>>,
+) {
+    loop {
+        let current = follow.borrow_and_update().clone();
+        if let Some(cur) = current {
+            let had = have.as_ref().map(|(v, h)| (*v, h.as_str()));
+            if had != Some((cur.version, cur.hash.as_str())) {
+                let update = store.update(&key, had, &cur);
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+                have = Some((cur.version, cur.hash.clone()));
+            }
+        }
+        tokio::select! {
+            changed = follow.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
         }
     }
 }
@@ -241,6 +291,14 @@ impl Subscription {
             Some(watch_message::Kind::Failover(report)) => {
                 tracing::debug!(pod = %self.req.pod, ?report, "failover report");
                 self.entry.failover(report);
+            }
+            Some(watch_message::Kind::Config(result)) => {
+                if result.failed {
+                    tracing::warn!(pod = %self.req.pod, version = result.version, reason = %result.reason, "a pod refused a configuration version");
+                } else {
+                    tracing::debug!(pod = %self.req.pod, version = result.version, "configuration applied");
+                }
+                self.entry.config(result);
             }
             Some(watch_message::Kind::Subscribe(_)) | None => {
                 tracing::warn!(pod = %self.req.pod, "ignoring a message that is not an ack after the subscription");
@@ -303,6 +361,35 @@ impl Subscription {
 #[tonic::async_trait]
 impl Directory for DirectoryService {
     type WatchStream = SnapshotStream;
+    type WatchConfigStream = ConfigStream;
+
+    async fn watch_config(
+        &self,
+        request: Request<ConfigSubscribe>,
+    ) -> Result<Response<ConfigStream>, Status> {
+        let req = request.into_inner();
+        if req.namespace.is_empty() || req.cluster.is_empty() || req.pod.is_empty() {
+            return Err(Status::invalid_argument(
+                "namespace, cluster and pod are required",
+            ));
+        }
+        if !self.cache.wait_ready().await {
+            return Err(Status::unavailable("the operator's cache is not running"));
+        }
+        if self.cache.snapshot(&req.namespace, &req.cluster).is_none() {
+            return Err(Status::not_found(format!(
+                "no VoiceCluster {}/{} with a status yet",
+                req.namespace, req.cluster
+            )));
+        }
+        tracing::debug!(pod = %req.pod, cluster = %req.cluster, version = req.version, "configuration watch opened");
+        let key = (req.namespace, req.cluster);
+        let follow = self.configs.follow(&key);
+        let have = (req.version > 0).then_some((req.version, req.hash));
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(send_configs(Arc::clone(&self.configs), key, have, follow, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ConfigStream))
+    }
 
     async fn watch(
         &self,
@@ -619,6 +706,7 @@ mod tests {
             load: None,
             failover: None,
             call_legs_port: 9455,
+            config: None,
         };
         f.client
             .report_acks(ReplicaAcks {
