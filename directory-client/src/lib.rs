@@ -23,14 +23,17 @@ use tonic::Streaming;
 use tonic::transport::Endpoint;
 use voicecluster_api::grpc::directory_client::DirectoryClient;
 use voicecluster_api::grpc::{
-    Ack, DirectorySnapshot, FailoverReport, Load, WatchMessage, WatchRequest, watch_message,
+    Ack, ConfigResult, DirectorySnapshot, FailoverReport, Load, WatchMessage, WatchRequest,
+    watch_message,
 };
 use voicecluster_telemetry::metrics::{Labels, inc, register_all};
 
+pub mod config;
+
 /// Back-off between reconnects: from this ...
-const RETRY_MIN: Duration = Duration::from_millis(200);
+pub(crate) const RETRY_MIN: Duration = Duration::from_millis(200);
 /// ... doubling up to this.
-const RETRY_MAX: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where the Directory is and who this pod is; the operator sets all of it
 /// in the pods it creates.
@@ -166,17 +169,26 @@ impl Report {
 /// reconnect). None: nothing to say.
 pub type Reports = watch::Receiver<Option<Report>>;
 
+/// What a pod did with its last configuration version, sent on the
+/// Directory stream whenever it changes (and again after a reconnect).
+pub type ConfigResults = watch::Receiver<Option<ConfigResult>>;
+
 impl Follower {
     /// Subscribes in the background, reconnecting for as long as the
     /// follower lives, and passing on the pod's `load` reports.
-    pub fn spawn(target: Target, metrics: ClientMetrics, load: Reports) -> Self {
+    pub fn spawn(
+        target: Target,
+        metrics: ClientMetrics,
+        load: Reports,
+        results: Option<ConfigResults>,
+    ) -> Self {
         let (received_tx, received) = watch::channel(None);
         let (applied, applied_rx) = watch::channel(0);
         tokio::spawn(keep_subscribed(
             target,
             received_tx,
             applied_rx,
-            load,
+            (load, results),
             metrics,
         ));
         Self { received, applied }
@@ -206,8 +218,19 @@ pub fn follow(
     metrics: ClientMetrics,
     load: Reports,
 ) -> watch::Receiver<Option<Arc<DirectorySnapshot>>> {
+    follow_with_config(target, metrics, load, None)
+}
+
+/// As [`follow`], and sends what the pod did with its configuration
+/// versions (`results`) on the same stream.
+pub fn follow_with_config(
+    target: Target,
+    metrics: ClientMetrics,
+    load: Reports,
+    results: Option<ConfigResults>,
+) -> watch::Receiver<Option<Arc<DirectorySnapshot>>> {
     let (view_tx, view) = watch::channel(None);
-    let mut follower = Follower::spawn(target, metrics.clone(), load);
+    let mut follower = Follower::spawn(target, metrics.clone(), load, results);
     tokio::spawn(async move {
         while let Some(s) = follower.next().await {
             let version = s.version;
@@ -233,11 +256,12 @@ pub fn follow_target(
     target: Option<Target>,
     metrics: ClientMetrics,
     load: Reports,
+    results: Option<ConfigResults>,
 ) -> Option<watch::Receiver<Option<Arc<DirectorySnapshot>>>> {
     match target {
         Some(target) => {
             tracing::info!(url = %target.url, "following the Directory");
-            Some(follow(target, metrics, load))
+            Some(follow_with_config(target, metrics, load, results))
         }
         None => {
             tracing::info!("no Directory URL: not following the Directory");
@@ -254,13 +278,17 @@ async fn keep_subscribed(
     target: Target,
     received: watch::Sender<Option<Arc<DirectorySnapshot>>>,
     mut applied: watch::Receiver<i64>,
-    mut load: Reports,
+    (mut load, mut results): (Reports, Option<ConfigResults>),
     metrics: ClientMetrics,
 ) {
     let mut retry = RETRY_MIN;
     loop {
         let mut got_any = false;
-        match session(&target, &received, &mut applied, &mut load, &mut got_any).await {
+        let says = Says {
+            load: &mut load,
+            results: results.as_mut(),
+        };
+        match session(&target, &received, &mut applied, says, &mut got_any).await {
             Ok(End::FollowerGone) => return,
             Ok(End::ServerClosed) => {
                 metrics.session("closed");
@@ -284,7 +312,7 @@ async fn keep_subscribed(
 
 /// Between half and all of `d`, so that pods cut off together do not all
 /// come back in the same instant.
-fn jittered(d: Duration) -> Duration {
+pub(crate) fn jittered(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos());
@@ -302,18 +330,37 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// delivers go to `received` (or are acked at once when already
 /// `applied`), versions the pod applies are acked, and the pod's reports
 /// go up.
+/// What the pod says of itself on a stream.
+struct Says<'a> {
+    load: &'a mut Reports,
+    results: Option<&'a mut ConfigResults>,
+}
+
+async fn result_changed(results: &mut Option<&mut ConfigResults>) -> bool {
+    match results {
+        Some(r) => r.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 async fn session(
     target: &Target,
     received: &watch::Sender<Option<Arc<DirectorySnapshot>>>,
     applied: &mut watch::Receiver<i64>,
-    load: &mut Reports,
+    says: Says<'_>,
     got_any: &mut bool,
 ) -> Result<End, BoxError> {
+    let Says { load, mut results } = says;
     let (out, mut inbound) = subscribe(target).await?;
-    // A new stream may reach another replica: it hears the load again.
+    // A new stream may reach another replica: it hears the load again,
+    // and the last configuration result.
     send_report(&out, load).await?;
+    if let Some(r) = results.as_mut() {
+        send_result(&out, r).await?;
+    }
     // A pod that never reports drops its sender; stop watching then.
     let mut load_open = true;
+    let mut results_open = results.is_some();
     let mut acks = Acks::new(out);
     loop {
         tokio::select! {
@@ -330,6 +377,15 @@ async fn session(
                     continue;
                 }
                 send_report(&acks.out, load).await?;
+            }
+            open = result_changed(&mut results), if results_open => {
+                if !open {
+                    results_open = false;
+                    continue;
+                }
+                if let Some(r) = results.as_mut() {
+                    send_result(&acks.out, r).await?;
+                }
             }
             changed = applied.changed() => {
                 if changed.is_err() {
@@ -375,6 +431,21 @@ async fn send_report(out: &mpsc::Sender<WatchMessage>, load: &mut Reports) -> Re
     let now = load.borrow_and_update().clone();
     if let Some(l) = now {
         out.send(l.message()).await?;
+    }
+    Ok(())
+}
+
+/// Sends the pod's last configuration result, if it has one.
+async fn send_result(
+    out: &mpsc::Sender<WatchMessage>,
+    results: &mut ConfigResults,
+) -> Result<(), BoxError> {
+    let now = results.borrow_and_update().clone();
+    if let Some(r) = now {
+        out.send(WatchMessage {
+            kind: Some(watch_message::Kind::Config(r)),
+        })
+        .await?;
     }
     Ok(())
 }

@@ -265,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
     // The providers and members in use; what this pod applied and acked.
     // While draining, the legs left go to the operator on the same stream.
     let (load, load_reports) = watch::channel(None::<Report>);
-    let directory = follow_target(target, directory_metrics, load_reports);
+    let directory = follow_target(target, directory_metrics, load_reports, None);
     let (listener, service) = match legs {
         Some(Legs {
             listener,

@@ -268,7 +268,12 @@ impl AckBook {
     /// What each pod did with its last configuration version, for one
     /// cluster, as [`Self::loads`].
     pub fn configs(&self, namespace: &str, cluster: &str) -> HashMap<String, ConfigResult> {
-        self.per_pod(namespace, cluster, |a| a.config.clone(), |s| s.config.clone())
+        self.per_pod(
+            namespace,
+            cluster,
+            |a| a.config.clone(),
+            |s| s.config.clone(),
+        )
     }
 
     /// The CallLegs port each pod said it serves on, for one cluster.

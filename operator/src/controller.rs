@@ -82,7 +82,11 @@ fn secret_triggers(
                 Ok(changed) => changed,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Some news lost: every cluster looks again.
-                    let all: Vec<_> = vcs.state().iter().map(|vc| ObjectRef::from_obj(vc.as_ref())).collect();
+                    let all: Vec<_> = vcs
+                        .state()
+                        .iter()
+                        .map(|vc| ObjectRef::from_obj(vc.as_ref()))
+                        .collect();
                     return Some((futures::stream::iter(all), (news, vcs)));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,

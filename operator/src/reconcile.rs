@@ -213,7 +213,8 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
     };
     let key = (ns.clone(), name.clone());
     let mut status = status::build(vc, &observed, |lists| {
-        ctx.directory_versions.next(key.clone(), vc.status.as_ref(), lists)
+        ctx.directory_versions
+            .next(key.clone(), vc.status.as_ref(), lists)
     });
     status.config = Some(config_status(vc, key, &pods, ctx));
     if vc.status.as_ref() != Some(&status) {
@@ -242,7 +243,9 @@ fn config_status(
         .filter(|p| {
             p.namespace().as_deref() == Some(key.0.as_str())
                 && p.labels().get(voicecluster_api::LABEL_CLUSTER) == Some(&key.1)
-                && p.labels().get(voicecluster_api::LABEL_COMPONENT).map(String::as_str)
+                && p.labels()
+                    .get(voicecluster_api::LABEL_COMPONENT)
+                    .map(String::as_str)
                     == Some(voicecluster_api::COMPONENT_SIGNAL)
         })
         .map(|p| p.name_any())

@@ -177,22 +177,50 @@ pub enum Refusal {
 pub struct Authenticator {
     realm: String,
     secret: String,
-    users: HashMap<String, String>,
+    /// User name → HA1 (`MD5(user:realm:password)`, hex): all a response
+    /// needs, so a member never holds a password it was not given.
+    ha1s: HashMap<String, String>,
 }
 
 impl Authenticator {
     /// `users` maps user names to passwords; `secret` keys the nonces.
     pub fn new(realm: &str, secret: &str, users: HashMap<String, String>) -> Self {
+        let ha1s = users
+            .into_iter()
+            .map(|(user, password)| {
+                let h = voicecluster_api::config::ha1(&user, realm, &password);
+                (user, h)
+            })
+            .collect();
+        Self::with_ha1s(realm, secret, ha1s)
+    }
+
+    /// `ha1s` maps user names to their HA1s.
+    pub fn with_ha1s(realm: &str, secret: &str, ha1s: HashMap<String, String>) -> Self {
         Self {
             realm: realm.to_string(),
             secret: secret.to_string(),
-            users,
+            ha1s,
         }
+    }
+
+    /// The users from now on, as HA1s; returns the users no longer there.
+    /// A changed password holds from the next challenge: nonces are not
+    /// tied to a password.
+    pub fn replace_ha1s(&mut self, ha1s: HashMap<String, String>) -> Vec<String> {
+        let gone = self
+            .ha1s
+            .keys()
+            .filter(|u| !ha1s.contains_key(*u))
+            .cloned()
+            .collect();
+        self.ha1s = ha1s;
+        gone
     }
 
     /// Whether `user` may register and call.
     pub fn knows(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        self.ha1s.contains_key(user)
     }
 
     /// The realm challenged in.
@@ -235,10 +263,9 @@ impl Authenticator {
         if self.nonce_at(issued) != c.nonce {
             return Err(Refusal::Wrong);
         }
-        let Some(password) = self.users.get(&c.username) else {
+        let Some(ha1) = self.ha1s.get(&c.username) else {
             return Err(Refusal::Wrong);
         };
-        let ha1 = md5_hex(&format!("{}:{}:{password}", c.username, self.realm));
         let ha2 = md5_hex(&format!("{method}:{}", c.uri));
         let expected = match (&c.qop, &c.nc, &c.cnonce) {
             (Some(qop), Some(nc), Some(cnonce)) if qop.eq_ignore_ascii_case("auth") => {

@@ -266,6 +266,21 @@ impl Endpoint {
         self.pump(now, wall);
     }
 
+    /// The users from now on (user → HA1): one that is gone can no longer
+    /// register or call, and their bindings go.
+    pub fn replace_users(
+        &mut self,
+        users: std::collections::HashMap<String, String>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let gone = self.registrar.replace_users(users);
+        if !gone.is_empty() {
+            tracing::info!(users = ?gone, "users removed by the configuration");
+        }
+        self.pump(now, wall);
+    }
+
     /// What the operator should know of this member's failover work.
     pub fn failover_report(&self) -> FailoverReport {
         self.b2bua.failover_report()

@@ -14,6 +14,7 @@ pub mod handover;
 pub mod leg_providers;
 pub mod legs;
 pub mod lifecycle;
+pub mod live_config;
 pub mod management;
 pub mod metrics;
 pub mod port_sharing;

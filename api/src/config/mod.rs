@@ -37,7 +37,9 @@ pub enum WireError {
 /// RFC 2617's HA1, `MD5(user:realm:password)` in hex: what a member needs
 /// to check a digest response, and all the operator sends of a password.
 pub fn ha1(user: &str, realm: &str, password: &str) -> String {
-    hex(&Md5::digest(format!("{user}:{realm}:{password}").as_bytes()))
+    hex(&Md5::digest(
+        format!("{user}:{realm}:{password}").as_bytes(),
+    ))
 }
 
 /// `config` in its canonical form: users sorted by name (the last of a

@@ -39,25 +39,43 @@ fn ha1_is_rfc_2617s() {
 
 #[test]
 fn the_hash_names_the_content_not_the_order_it_came_in() {
-    let a = config(&[("bob", "2"), ("alice", "1")], &[("49", "0.02"), ("", "0.05")]);
-    let b = config(&[("alice", "1"), ("bob", "2")], &[("", "0.05"), ("49", "0.02")]);
+    let a = config(
+        &[("bob", "2"), ("alice", "1")],
+        &[("49", "0.02"), ("", "0.05")],
+    );
+    let b = config(
+        &[("alice", "1"), ("bob", "2")],
+        &[("", "0.05"), ("49", "0.02")],
+    );
     assert_eq!(hash(&a), hash(&b));
     assert_eq!(hash(&a).len(), 64);
-    let c = config(&[("alice", "1"), ("bob", "3")], &[("", "0.05"), ("49", "0.02")]);
+    let c = config(
+        &[("alice", "1"), ("bob", "3")],
+        &[("", "0.05"), ("49", "0.02")],
+    );
     assert_ne!(hash(&a), hash(&c));
 }
 
 #[test]
 fn a_delta_carries_only_what_changed_and_rebuilds_the_target_exactly() {
-    let from = config(&[("alice", "1"), ("bob", "2"), ("carol", "3")], &[("", "0.05")]);
-    let to = config(&[("alice", "1"), ("bob", "9"), ("dave", "4")], &[("", "0.05")]);
+    let from = config(
+        &[("alice", "1"), ("bob", "2"), ("carol", "3")],
+        &[("", "0.05")],
+    );
+    let to = config(
+        &[("alice", "1"), ("bob", "9"), ("dave", "4")],
+        &[("", "0.05")],
+    );
     let d = delta(&from, &to);
     assert_eq!(d.upsert, [user("bob", "9"), user("dave", "4")]);
     assert_eq!(d.remove, ["carol"]);
     assert_eq!(d.billing, None, "the rates did not change");
     assert_eq!(hash(&apply(&from, &d)), hash(&to));
 
-    let repriced = config(&[("alice", "1"), ("bob", "9"), ("dave", "4")], &[("", "0.07")]);
+    let repriced = config(
+        &[("alice", "1"), ("bob", "9"), ("dave", "4")],
+        &[("", "0.07")],
+    );
     let d = delta(&to, &repriced);
     assert!(d.upsert.is_empty() && d.remove.is_empty());
     assert_eq!(apply(&to, &d), repriced);
@@ -68,11 +86,18 @@ fn a_delta_carries_only_what_changed_and_rebuilds_the_target_exactly() {
 #[test]
 fn a_one_user_change_among_many_is_small_on_the_wire() {
     let names: Vec<(String, String)> = (0..10_000)
-        .map(|i| (format!("user{i:05}"), ha1(&format!("user{i:05}"), "x", "pw")))
+        .map(|i| {
+            (
+                format!("user{i:05}"),
+                ha1(&format!("user{i:05}"), "x", "pw"),
+            )
+        })
         .collect();
     let many = |extra: Option<(&str, &str)>| {
-        let mut users: Vec<(&str, &str)> =
-            names.iter().map(|(n, h)| (n.as_str(), h.as_str())).collect();
+        let mut users: Vec<(&str, &str)> = names
+            .iter()
+            .map(|(n, h)| (n.as_str(), h.as_str()))
+            .collect();
         users.extend(extra);
         config(&users, &[("", "0.05")])
     };

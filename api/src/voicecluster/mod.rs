@@ -22,8 +22,8 @@ pub use media::{
 pub use signal::{CallLegMode, SignalSpec};
 pub use sip::{ServiceType, SipSpec, Transport};
 pub use status::{
-    CallLegProvider, ConfigStatus, DirectoryStatus, DrainingPod, FailedMember, FailoverStatus, Heartbeat,
-    MemberHealth, PerformedFailover, PodConfig, PodCounts, ProviderState, SignalMember,
+    CallLegProvider, ConfigStatus, DirectoryStatus, DrainingPod, FailedMember, FailoverStatus,
+    Heartbeat, MemberHealth, PerformedFailover, PodConfig, PodCounts, ProviderState, SignalMember,
     VoiceClusterStatus,
 };
 
@@ -59,7 +59,11 @@ use serde::{Deserialize, Serialize};
         type_ = "integer",
         json_path = ".status.providerCount"
     ),
-    printcolumn(name = "Config", type_ = "integer", json_path = ".status.config.version"),
+    printcolumn(
+        name = "Config",
+        type_ = "integer",
+        json_path = ".status.config.version"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

@@ -27,8 +27,8 @@ use tonic::{Request, Response, Status, Streaming};
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::grpc::directory_server::{Directory, DirectoryServer};
 use voicecluster_api::grpc::{
-    Ack, CallLegProvider, ConfigSubscribe, ConfigUpdate, DirectorySnapshot, FailoverPolicy, ReplicaAcks, ReportAcksReply,
-    SignalMember, WatchMessage, WatchRequest, watch_message,
+    Ack, CallLegProvider, ConfigSubscribe, ConfigUpdate, DirectorySnapshot, FailoverPolicy,
+    ReplicaAcks, ReportAcksReply, SignalMember, WatchMessage, WatchRequest, watch_message,
 };
 use voicecluster_api::voicecluster::{FailoverMode, VoiceClusterStatus};
 use voicecluster_telemetry::metrics::{Labels, register_all};
@@ -387,8 +387,16 @@ impl Directory for DirectoryService {
         let follow = self.configs.follow(&key);
         let have = (req.version > 0).then_some((req.version, req.hash));
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(send_configs(Arc::clone(&self.configs), key, have, follow, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ConfigStream))
+        tokio::spawn(send_configs(
+            Arc::clone(&self.configs),
+            key,
+            have,
+            follow,
+            tx,
+        ));
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as ConfigStream
+        ))
     }
 
     async fn watch(

@@ -65,8 +65,12 @@ pub fn feed_once(cache: &Cache, secrets: &SecretCache, assembler: &Assembler, st
                     ),
                 );
             }
-            Ok(_) => tracing::debug!(namespace = %key.0, cluster = %key.1, version = wanted.version, "this replica's sources are not yet at the configuration version"),
-            Err(e) => tracing::debug!(namespace = %key.0, cluster = %key.1, error = %e, "no configuration from this replica's sources"),
+            Ok(_) => {
+                tracing::debug!(namespace = %key.0, cluster = %key.1, version = wanted.version, "this replica's sources are not yet at the configuration version")
+            }
+            Err(e) => {
+                tracing::debug!(namespace = %key.0, cluster = %key.1, error = %e, "no configuration from this replica's sources")
+            }
         }
     }
 }

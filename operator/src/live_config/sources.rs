@@ -32,7 +32,11 @@ pub enum SourceError {
 
 /// The name of the users Secret `vc` names, if any.
 pub fn users_secret(vc: &VoiceCluster) -> Option<&str> {
-    vc.spec.sip.users_secret.as_deref().filter(|s| !s.is_empty())
+    vc.spec
+        .sip
+        .users_secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
 }
 
 /// The configuration of `vc`, with `secret` the Secret it names (None when

@@ -11,11 +11,14 @@ use voicecluster_api::voicecluster::{ConfigStatus, PodConfig};
 
 use super::assembler::Assembled;
 
+/// A version as written: number, hash, effective time (Unix ms).
+type Written = (i64, String, i64);
+
 /// The version, hash and effective time this replica wrote last, per
 /// cluster.
 #[derive(Default)]
 pub struct ConfigVersions {
-    written: Mutex<HashMap<(String, String), (i64, String, i64)>>,
+    written: Mutex<HashMap<(String, String), Written>>,
 }
 
 impl ConfigVersions {
@@ -55,7 +58,10 @@ impl ConfigVersions {
                     effective_unix_ms: effective,
                     ..ConfigStatus::default()
                 };
-                (status, i32::try_from(config.users.len()).unwrap_or(i32::MAX))
+                (
+                    status,
+                    i32::try_from(config.users.len()).unwrap_or(i32::MAX),
+                )
             }
             Err(e) => {
                 // The pods keep the last good version.
@@ -121,7 +127,10 @@ mod tests {
         let v = ConfigVersions::default();
         let none = HashMap::new();
         let first = v.status(key(), None, &ok("a", 2), &none, &[], 1000);
-        assert_eq!((first.version, first.effective_unix_ms, first.users), (1, 1000, 2));
+        assert_eq!(
+            (first.version, first.effective_unix_ms, first.users),
+            (1, 1000, 2)
+        );
         let same = v.status(key(), Some(&first), &ok("a", 2), &none, &[], 2000);
         assert_eq!((same.version, same.effective_unix_ms), (1, 1000));
         let changed = v.status(key(), Some(&same), &ok("b", 3), &none, &[], 3000);
@@ -148,15 +157,40 @@ mod tests {
     fn each_signal_pod_shows_its_version_and_state() {
         let v = ConfigVersions::default();
         let results = HashMap::from([
-            ("sig-0".to_string(), ConfigResult { version: 1, hash: "a".into(), failed: false, reason: String::new() }),
-            ("sig-1".to_string(), ConfigResult { version: 1, hash: "a".into(), failed: true, reason: "bad rate".into() }),
-            ("gone".to_string(), ConfigResult { version: 1, ..Default::default() }),
+            (
+                "sig-0".to_string(),
+                ConfigResult {
+                    version: 1,
+                    hash: "a".into(),
+                    failed: false,
+                    reason: String::new(),
+                },
+            ),
+            (
+                "sig-1".to_string(),
+                ConfigResult {
+                    version: 1,
+                    hash: "a".into(),
+                    failed: true,
+                    reason: "bad rate".into(),
+                },
+            ),
+            (
+                "gone".to_string(),
+                ConfigResult {
+                    version: 1,
+                    ..Default::default()
+                },
+            ),
         ]);
         let pods = ["sig-1".to_string(), "sig-0".to_string()];
         let s = v.status(key(), None, &ok("a", 1), &results, &pods, 1000);
         assert_eq!(s.current_pods, 1);
         assert_eq!(s.pods.len(), 2);
-        assert_eq!((s.pods[0].pod.as_str(), s.pods[0].state.as_str()), ("sig-0", "Applied"));
+        assert_eq!(
+            (s.pods[0].pod.as_str(), s.pods[0].state.as_str()),
+            ("sig-0", "Applied")
+        );
         assert_eq!(s.pods[1].reason.as_deref(), Some("bad rate"));
     }
 }

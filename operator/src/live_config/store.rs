@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use voicecluster_api::config::{compress, delta};
 use voicecluster_api::grpc::{ClusterConfig, ConfigUpdate, config_update};
-use prometheus_client::registry::Registry;
 use voicecluster_telemetry::metrics::{Labels, inc, register_all};
 
 /// Versions kept besides the current one. Each holds the whole user list,
@@ -170,7 +170,11 @@ impl ConfigStore {
 
     /// Follows the version `key` serves.
     pub fn follow(&self, key: &ClusterKey) -> watch::Receiver<Option<Arc<Version>>> {
-        self.lock().entry(key.clone()).or_default().current.subscribe()
+        self.lock()
+            .entry(key.clone())
+            .or_default()
+            .current
+            .subscribe()
     }
 
     /// The update that brings a pod from `have` (version and hash; `None`
@@ -306,7 +310,10 @@ mod tests {
         }
         let now = store.current(&key()).unwrap();
         let oldest = store.update(&key(), Some((1, &hashes[0])), &now);
-        assert!(matches!(oldest.body, Some(config_update::Body::Snapshot(_))));
+        assert!(matches!(
+            oldest.body,
+            Some(config_update::Body::Snapshot(_))
+        ));
         let recent = store.update(&key(), Some((2, &hashes[1])), &now);
         assert!(matches!(recent.body, Some(config_update::Body::Delta(_))));
     }

@@ -54,9 +54,11 @@ pub(super) const START_SETTINGS_ANNOTATION: &str = "voicecluster.io/start-settin
 
 /// A hash of the fields of `config.json` that signal pods read when they
 /// start and never again. The file is all of the spec, but only these
-/// fields roll the pods: scaling or a media setting must not restart a
-/// member. Media pods and their edges get all they read through their
-/// template (variables), which rolls them by itself.
+/// fields roll the pods: scaling, a media setting or a price must not
+/// restart a member (the rates and users reach running members as live
+/// configuration). Media pods and their edges get all they read through
+/// their template (variables), which rolls them by itself. The domain is
+/// the digest realm, which every user's HA1 is made with.
 pub(super) fn start_settings_hash(vc: &VoiceCluster) -> String {
     let s = &vc.spec;
     let read = serde_json::json!({
@@ -65,7 +67,6 @@ pub(super) fn start_settings_hash(vc: &VoiceCluster) -> String {
         "rtpPortRange": s.media.rtp_port_range,
         "capacity": s.media.capacity,
         "callLegMode": s.signal.call_leg_mode,
-        "billing": s.billing,
     });
     // FNV-1a over the JSON (serde_json sorts object keys): the same on
     // every operator replica and version.
@@ -90,16 +91,18 @@ mod tests {
     #[test]
     fn only_the_settings_members_read_at_start_change_the_hash() {
         let base = hash(serde_json::json!({"sip": {"domain": "x"}}));
-        // Scaling, or a media pod setting, rolls no member.
-        let scaled = hash(
-            serde_json::json!({"sip": {"domain": "x"}, "signal": {"replicas": 5},
-                                             "media": {"drainTimeoutSeconds": 5}}),
-        );
+        // Scaling, a media pod setting or a price rolls no member: prices
+        // reach running members as live configuration.
+        let scaled = hash(serde_json::json!({
+            "sip": {"domain": "x"}, "signal": {"replicas": 5},
+            "media": {"drainTimeoutSeconds": 5},
+            "billing": {"rates": [{"prefix": "", "pricePerMinute": "0.02"}]}
+        }));
         assert_eq!(scaled, base);
-        // A price, a domain: the members read them.
-        let priced = hash(serde_json::json!({"sip": {"domain": "x"},
-            "billing": {"rates": [{"prefix": "", "pricePerMinute": "0.02"}]}}));
-        assert_ne!(priced, base);
+        // The domain (the digest realm) and the leg mode: read at start.
         assert_ne!(hash(serde_json::json!({"sip": {"domain": "y"}})), base);
+        let mode =
+            serde_json::json!({"sip": {"domain": "x"}, "signal": {"callLegMode": "Locally"}});
+        assert_ne!(hash(mode), base);
     }
 }

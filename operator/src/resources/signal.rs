@@ -173,6 +173,8 @@ fn container_env(vc: &VoiceCluster, settings: &Settings) -> Vec<EnvVar> {
         format!("{:?}", vc.spec.signal.call_leg_mode),
     ));
     vars.push(env("VC_BILLS_FILE", format!("{DATA_DIR}/bills.jsonl")));
+    // The live configuration version last applied, to restart on.
+    vars.push(env("VC_LIVE_CONFIG_FILE", format!("{DATA_DIR}/config.bin")));
     vars.push(env(
         "VC_MANAGEMENT_ADDR",
         format!("0.0.0.0:{MANAGEMENT_PORT}"),

@@ -100,6 +100,30 @@ impl RateTable {
         })
     }
 
+    /// From a live configuration's rate table: the same checks as
+    /// [`Self::from_spec`], and an increment that is no positive number of
+    /// seconds is an error too (a config the operator never makes).
+    pub fn from_config(b: &voicecluster_api::grpc::BillingConfig) -> Result<Self, String> {
+        if let Some(r) = b.rates.iter().find(|r| r.increment_seconds < 1) {
+            return Err(format!(
+                "rate {:?}: increment {} s",
+                r.prefix, r.increment_seconds
+            ));
+        }
+        Self::from_spec(&BillingSpec {
+            currency: b.currency.clone(),
+            rates: b
+                .rates
+                .iter()
+                .map(|r| Rate {
+                    prefix: r.prefix.clone(),
+                    price_per_minute: r.price_per_minute.clone(),
+                    increment_seconds: r.increment_seconds,
+                })
+                .collect(),
+        })
+    }
+
     /// The currency of every price.
     pub fn currency(&self) -> &str {
         &self.currency

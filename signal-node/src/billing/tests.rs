@@ -112,3 +112,58 @@ fn the_store_survives_a_restart_and_a_torn_line() {
     assert_eq!(s.since(0).len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn flat(price: &str) -> RateTable {
+    RateTable::from_config(&voicecluster_api::grpc::BillingConfig {
+        currency: "EUR".into(),
+        rates: vec![voicecluster_api::grpc::RateConfig {
+            prefix: String::new(),
+            price_per_minute: price.into(),
+            increment_seconds: 60,
+        }],
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_call_is_priced_with_the_rates_in_force_when_it_was_answered() {
+    let dir = std::env::temp_dir().join(format!("vc-rates-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = std::sync::Arc::new(std::sync::Mutex::new(
+        BillStore::open(&dir.join("bills.jsonl")).unwrap(),
+    ));
+    let mut w = BillWriter::new(
+        flat("0.01"),
+        std::sync::Arc::clone(&store),
+        Default::default(),
+    );
+    let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
+    w.set_rates(t(100), flat("0.05"));
+    let call = |id: &str, answered: u64| CallRecord {
+        call_id: id.into(),
+        caller: "alice".into(),
+        callee: "bob".into(),
+        started: t(answered - 1),
+        answered: Some(t(answered)),
+        ended: t(answered + 30),
+        reason: "caller-bye".into(),
+    };
+    // Answered before the change, ended after it: the old price.
+    w.record(&call("before", 90));
+    w.record(&call("after", 110));
+    let store = store.lock().unwrap();
+    assert_eq!(store.get("before").unwrap().price_per_minute, "0.01");
+    assert_eq!(store.get("after").unwrap().price_per_minute, "0.05");
+    // A rate table the operator never makes is refused with the reason.
+    let bad = RateTable::from_config(&voicecluster_api::grpc::BillingConfig {
+        currency: "EUR".into(),
+        rates: vec![voicecluster_api::grpc::RateConfig {
+            prefix: "49".into(),
+            price_per_minute: "1e3".into(),
+            increment_seconds: 60,
+        }],
+    });
+    assert!(bad.unwrap_err().contains("1e3"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -117,6 +117,18 @@ impl Registrar {
         }
     }
 
+    /// The users from now on, as HA1s: a user no longer there can neither
+    /// register nor call, and their bindings go at once.
+    pub fn replace_users(&mut self, ha1s: HashMap<String, String>) -> Vec<String> {
+        let gone = self.auth.replace_ha1s(ha1s);
+        for user in &gone {
+            if self.bindings.remove(user).is_some() {
+                self.changed.push(user.clone());
+            }
+        }
+        gone
+    }
+
     /// Users whose bindings changed through REGISTERs since the last call.
     pub fn take_changed(&mut self) -> Vec<String> {
         std::mem::take(&mut self.changed)

@@ -3,6 +3,7 @@
 //! [`Member`] (call legs, task events, the Directory, bills), which the
 //! driver reaches through [`SipCore::member`] so one loop serves both.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
@@ -64,6 +65,8 @@ pub trait Member {
     fn take_records(&mut self) -> Vec<CallRecord>;
     /// The next member whose answers to this member's sync all arrived.
     fn poll_sync_done(&mut self) -> Option<String>;
+    /// The users from now on, user → HA1.
+    fn replace_users(&mut self, users: HashMap<String, String>, now: Instant, wall: SystemTime);
 }
 
 impl SipCore for Endpoint {
@@ -129,6 +132,9 @@ impl Member for Endpoint {
     }
     fn poll_sync_done(&mut self) -> Option<String> {
         Endpoint::poll_sync_done(self)
+    }
+    fn replace_users(&mut self, users: HashMap<String, String>, now: Instant, wall: SystemTime) {
+        Endpoint::replace_users(self, users, now, wall);
     }
 }
 

@@ -20,8 +20,9 @@ use crate::task_events::{Outbound, Peers};
 use crate::transaction::Peer;
 use crate::wire::MAX_MESSAGE;
 use voicecluster_api::grpc::task_event::Kind;
-use voicecluster_api::grpc::{DirectorySnapshot, HandOver, TaskEvent};
+use voicecluster_api::grpc::{ConfigResult, DirectorySnapshot, HandOver, TaskEvent};
 use voicecluster_directory_client::Report;
+use voicecluster_directory_client::config::Offered;
 
 mod core;
 mod sockets;
@@ -56,6 +57,23 @@ pub struct Links {
     /// Where the hand-over's outcome goes: whether the buddy confirmed it
     /// took every call (false: no buddy, or it did not take the event).
     pub handed_over: Option<watch::Sender<Option<bool>>>,
+    /// The live configuration versions offered, and where the member says
+    /// what it did with each.
+    pub config: Option<ConfigLink>,
+}
+
+/// A member's live configuration: versions come in checked by the
+/// Directory client; each is checked again whole here and swapped in
+/// between two SIP messages, kept on the volume, and reported.
+pub struct ConfigLink {
+    /// The newest version offered.
+    pub offered: watch::Receiver<Option<Arc<Offered>>>,
+    /// What the member did with the last one.
+    pub results: watch::Sender<Option<ConfigResult>>,
+    /// Where the version applied last is kept.
+    pub keep_at: Option<std::path::PathBuf>,
+    /// What `/metrics` says of it.
+    pub metrics: crate::live_config::ConfigMetrics,
 }
 
 /// What woke the loop.
@@ -68,6 +86,7 @@ enum Wake {
     Lifecycle(Lifecycle),
     BuddyCheck,
     Directory(Arc<DirectorySnapshot>),
+    Config(Arc<Offered>),
     Report,
     Timer,
     ListenerStopped,
@@ -92,6 +111,7 @@ struct Driver<C> {
     links: Links,
     lifecycle: Option<watch::Receiver<Lifecycle>>,
     settled: Option<watch::Sender<bool>>,
+    offered: Option<watch::Receiver<Option<Arc<Offered>>>>,
     /// Leg work runs beside the loop, so a slow provider stalls only its call.
     replies_tx: mpsc::UnboundedSender<LegReply>,
     replies: mpsc::UnboundedReceiver<LegReply>,
@@ -148,6 +168,7 @@ impl<C: SipCore> Driver<C> {
         let (events_tx, accepted) = mpsc::channel::<Event>(1024);
         let (replies_tx, replies) = mpsc::unbounded_channel::<LegReply>();
         let (lifecycle, settled) = links.lifecycle.take().unzip();
+        let offered = links.config.as_ref().map(|c| c.offered.clone());
         let buddy = links.peers.as_ref().and_then(|p| p.buddy());
         Self {
             core,
@@ -163,6 +184,7 @@ impl<C: SipCore> Driver<C> {
             links,
             lifecycle,
             settled,
+            offered,
             replies_tx,
             replies,
             buddy,
@@ -185,6 +207,14 @@ impl<C: SipCore> Driver<C> {
         if let Some(rx) = self.lifecycle.as_mut() {
             let to = *rx.borrow_and_update();
             self.core.set_lifecycle(to);
+        }
+        // The version kept on the volume, or one already received.
+        let kept = self
+            .offered
+            .as_mut()
+            .and_then(|o| o.borrow_and_update().clone());
+        if let Some(o) = kept {
+            self.apply_config(&o, Instant::now(), SystemTime::now());
         }
         loop {
             match self.next().await {
@@ -233,6 +263,7 @@ impl<C: SipCore> Driver<C> {
             to = changed(&mut self.lifecycle) => Wake::Lifecycle(to),
             _ = self.buddy_check.tick(), if is_member => Wake::BuddyCheck,
             Some(snapshot) = changed(&mut self.links.directory) => Wake::Directory(snapshot),
+            Some(offered) = changed(&mut self.offered) => Wake::Config(offered),
             _ = self.report_tick.tick(), if self.links.reports.is_some() => Wake::Report,
             () = sleep => Wake::Timer,
         }
@@ -277,6 +308,7 @@ impl<C: SipCore> Driver<C> {
                     m.on_directory(&snapshot, now, wall);
                 }
             }
+            Wake::Config(offered) => self.apply_config(&offered, now, wall),
             Wake::BuddyCheck => self.check_buddy(now, wall),
             Wake::ListenerStopped | Wake::Nothing => {}
         }
@@ -294,6 +326,50 @@ impl<C: SipCore> Driver<C> {
         } else {
             m.retry_unconfirmed(now, wall);
         }
+    }
+
+    /// Checks `offered` whole, swaps it in (users in the engine, rates in
+    /// the bill writer) or keeps what is in use, and says which.
+    fn apply_config(&mut self, offered: &Offered, now: Instant, wall: SystemTime) {
+        let Some(link) = &self.links.config else {
+            return;
+        };
+        let started = Instant::now();
+        let outcome = crate::live_config::check(offered).and_then(|checked| {
+            let m = self
+                .core
+                .member()
+                .ok_or_else(|| "not a member".to_string())?;
+            m.replace_users(checked.users, now, wall);
+            if let Some(bills) = self.links.bills.as_mut() {
+                bills.set_rates(checked.effective, checked.rates);
+            }
+            Ok(())
+        });
+        link.metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match &outcome {
+            Ok(()) => {
+                link.metrics.applied_version.set(offered.version);
+                tracing::info!(version = offered.version, users = offered.config.users.len(), took = ?started.elapsed(), "configuration applied");
+                if let Some(path) = link.keep_at.clone() {
+                    let kept = offered.clone();
+                    // Off the loop: a large version takes a while to write.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = crate::live_config::save(&path, &kept) {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot keep the configuration");
+                        }
+                    });
+                }
+            }
+            Err(e) => {
+                link.metrics.refused.inc();
+                tracing::warn!(version = offered.version, error = %e, "configuration refused; the version in use stays");
+            }
+        }
+        link.results
+            .send_replace(Some(crate::live_config::result(offered, &outcome)));
     }
 
     /// Sends the failover report when it changed.

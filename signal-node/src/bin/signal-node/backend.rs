@@ -21,7 +21,7 @@ use voicecluster_signal_node::metrics::SipMetrics;
 use voicecluster_signal_node::registrar::Registrar;
 use voicecluster_signal_node::task_events::{EventMetrics, Peers, TaskEventsService};
 use voicecluster_signal_node::transaction::Timers;
-use voicecluster_signal_node::transport::{self, Links, Listeners};
+use voicecluster_signal_node::transport::{self, ConfigLink, Links, Listeners};
 use voicecluster_telemetry::Readiness;
 
 use crate::settings::{SipSettings, call_legs};
@@ -44,6 +44,8 @@ const HANDOVER: Limits = Limits {
 pub(crate) struct Context {
     pub(crate) directory: Option<DirectoryView>,
     pub(crate) reports: watch::Sender<Option<Report>>,
+    /// The live configuration, when the member follows the Directory.
+    pub(crate) live: Option<ConfigLink>,
     pub(crate) sip_metrics: SipMetrics,
     pub(crate) event_metrics: EventMetrics,
     pub(crate) readiness: Readiness,
@@ -195,6 +197,7 @@ impl Backend {
             reports: Some(cx.reports),
             bills: Some(writer),
             handed_over: Some(handed_tx),
+            config: cx.live,
         };
         let sip = tokio::spawn(async move {
             let served = transport::serve(listeners, endpoint, links).await;

@@ -12,10 +12,13 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use voicecluster_api::TASK_EVENTS_PORT;
 use voicecluster_api::voicecluster::CallLegMode;
+use voicecluster_directory_client::config::follow_config;
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, Report, follow_target};
 use voicecluster_signal_node::edge::EdgeMetrics;
+use voicecluster_signal_node::live_config::{self, ConfigMetrics};
 use voicecluster_signal_node::metrics::SipMetrics;
 use voicecluster_signal_node::task_events::EventMetrics;
+use voicecluster_signal_node::transport::ConfigLink;
 use voicecluster_telemetry::{BuildInfo, CommonArgs, Telemetry, probe_if_asked, shutdown_signal};
 
 mod backend;
@@ -89,6 +92,10 @@ struct Args {
     /// comma-separated), besides the Directory's.
     #[arg(long, env = "VC_SIGNAL_PEERS", value_delimiter = ',')]
     signal_peers: Vec<String>,
+    /// Where a member keeps the live configuration version it applied last,
+    /// on the pod's volume, to start on it after a restart.
+    #[arg(long, env = "VC_LIVE_CONFIG_FILE")]
+    live_config_file: Option<PathBuf>,
     /// Where the management API (bills) listens.
     #[arg(long, env = "VC_MANAGEMENT_ADDR", default_value = "0.0.0.0:8080")]
     management_addr: SocketAddr,
@@ -158,9 +165,10 @@ impl Running {
         args: &Args,
         telemetry: &Telemetry,
         registry_metrics: (SipMetrics, EventMetrics, EdgeMetrics),
-        (directory, reports): (
+        (directory, reports, live): (
             Option<voicecluster_signal_node::leg_providers::DirectoryView>,
             watch::Sender<Option<Report>>,
+            Option<ConfigLink>,
         ),
     ) -> anyhow::Result<Self> {
         let (sip_metrics, event_metrics, edge_metrics) = registry_metrics;
@@ -195,6 +203,7 @@ impl Running {
                 let cx = backend::Context {
                     directory,
                     reports,
+                    live,
                     sip_metrics,
                     event_metrics,
                     readiness: telemetry.readiness().clone(),
@@ -238,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
     let target = args.directory.target().map_err(anyhow::Error::msg)?;
     let mut registry = Registry::default();
     let directory_metrics = ClientMetrics::register(&mut registry);
+    let config_metrics = ConfigMetrics::register(&mut registry);
     let metrics = (
         SipMetrics::register(&mut registry),
         EventMetrics::register(&mut registry),
@@ -247,8 +257,24 @@ async fn main() -> anyhow::Result<()> {
     // The providers and members in use; what this pod applied and acked.
     // Members and edges report their failover view on the same stream.
     let (reports, reports_rx) = watch::channel(None::<Report>);
-    let directory = follow_target(target, directory_metrics, reports_rx);
-    let mut role = Running::start(&args, &telemetry, metrics, (directory, reports)).await?;
+    // A member follows its live configuration beside the Directory and
+    // says on the Directory stream what it did with each version.
+    let (results, results_rx) = watch::channel(None);
+    let live = match (&target, &args.role) {
+        (Some(t), None) => Some(ConfigLink {
+            offered: follow_config(
+                t.clone(),
+                args.live_config_file.as_deref().and_then(live_config::load),
+            ),
+            results,
+            keep_at: args.live_config_file.clone(),
+            metrics: config_metrics,
+        }),
+        _ => None,
+    };
+    let results_rx = live.is_some().then_some(results_rx);
+    let directory = follow_target(target, directory_metrics, reports_rx, results_rx);
+    let mut role = Running::start(&args, &telemetry, metrics, (directory, reports, live)).await?;
     tracing::info!(
         version = BUILD.version,
         admin_addr = %telemetry.admin_addr(),
