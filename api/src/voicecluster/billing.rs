@@ -24,7 +24,9 @@ fn default_increment() -> i32 {
     60
 }
 
-/// Pricing of calls.
+/// Pricing of calls. Applies live: running members price calls answered
+/// after a change (`status.config.effectiveUnixMs`) with the new table, and
+/// the calls answered before it with the old one.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BillingSpec {

@@ -32,7 +32,8 @@ pub enum ServiceType {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SipSpec {
-    /// The SIP domain users register in (`sip:alice@<domain>`).
+    /// The SIP domain users register in (`sip:alice@<domain>`), also the
+    /// digest realm. A change rolls the signal pods.
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -53,7 +54,10 @@ pub struct SipSpec {
     /// register and call: key `users`, one `user:password` per line. An
     /// optional key `nonce-secret` keys the digest nonces, so that every
     /// signal member accepts the nonces of the others. Without it, every
-    /// REGISTER is refused.
+    /// REGISTER is refused. Applies live: the operator watches the Secret
+    /// (type Opaque) and running members take added, removed and changed
+    /// users within a second or two (`status.config`); the nonce key is
+    /// read at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),

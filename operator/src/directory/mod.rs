@@ -554,6 +554,8 @@ mod tests {
     use voicecluster_api::grpc::directory_client::DirectoryClient;
     use voicecluster_api::voicecluster::{DirectoryStatus, VoiceClusterStatus};
 
+    use crate::live_config::store::Version;
+
     fn vc(version: i64, providers: &[&str]) -> VoiceCluster {
         let mut vc: VoiceCluster = serde_json::from_value(serde_json::json!({
             "apiVersion": "voicecluster.io/v1alpha1", "kind": "VoiceCluster",
@@ -580,6 +582,7 @@ mod tests {
         writer: reflector::store::Writer<VoiceCluster>,
         changes: watch::Sender<u64>,
         acks: Arc<AckBook>,
+        configs: Arc<ConfigStore>,
     }
 
     impl Fixture {
@@ -599,11 +602,13 @@ mod tests {
         writer.apply_watcher_event(&Event::InitDone);
         let (changes, rx) = watch::channel(0);
         let acks = AckBook::new();
+        let configs = ConfigStore::new(Default::default());
         let service = DirectoryService::new(
             Cache { store, changes: rx },
             Arc::clone(&acks),
             DirectoryMetrics::default(),
-        );
+        )
+        .with_configs(Arc::clone(&configs));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
@@ -619,7 +624,77 @@ mod tests {
             writer,
             changes,
             acks,
+            configs,
         }
+    }
+
+    fn users(names: &[&str]) -> voicecluster_api::grpc::ClusterConfig {
+        voicecluster_api::grpc::ClusterConfig {
+            users: names
+                .iter()
+                .map(|n| voicecluster_api::grpc::ConfigUser {
+                    name: (*n).into(),
+                    ha1: format!("{n:0>32}"),
+                })
+                .collect(),
+            billing: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_config_watch_gets_the_whole_version_then_each_change_as_a_delta() {
+        use voicecluster_api::config::hash;
+        use voicecluster_api::grpc::config_update::Body;
+        let mut f = fixture(vec![vc(1, &[])]).await;
+        let key = ("voice".to_string(), "demo".to_string());
+        let request = |version: i64, hash: String| ConfigSubscribe {
+            namespace: "voice".into(),
+            cluster: "demo".into(),
+            pod: "demo-signal-0".into(),
+            version,
+            hash,
+        };
+        // Asked before any version is served: it waits for the first.
+        let mut updates = f
+            .client
+            .watch_config(request(0, String::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        let one = users(&["alice"]);
+        f.configs
+            .publish(&key, Version::new(1, hash(&one), 10, one.clone()));
+        let first = updates.next().await.unwrap().unwrap();
+        assert!(matches!(first.body, Some(Body::Snapshot(_))), "{first:?}");
+        let two = users(&["alice", "bob"]);
+        f.configs
+            .publish(&key, Version::new(2, hash(&two), 20, two.clone()));
+        let second = updates.next().await.unwrap().unwrap();
+        assert!(matches!(second.body, Some(Body::Delta(_))));
+        assert_eq!((second.version, second.base_version), (2, 1));
+
+        // A pod that has version 2 gets nothing until version 3.
+        let mut current = f
+            .client
+            .watch_config(request(2, hash(&two)))
+            .await
+            .unwrap()
+            .into_inner();
+        let three = users(&["bob"]);
+        f.configs
+            .publish(&key, Version::new(3, hash(&three), 30, three));
+        let next = current.next().await.unwrap().unwrap();
+        assert_eq!((next.version, next.base_version), (3, 2));
+        // An unknown cluster is refused.
+        let err = f
+            .client
+            .watch_config(ConfigSubscribe {
+                cluster: "nope".into(),
+                ..request(0, String::new())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
     }
 
     fn subscribe(ns: &str, cluster: &str, pod: &str) -> WatchMessage {
