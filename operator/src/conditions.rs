@@ -1,4 +1,5 @@
-//! The `Ready`, `Progressing`, `Degraded` and `FailoverPending` conditions,
+//! The `Ready`, `Progressing`, `Degraded` and `FailoverPending` conditions
+//! (and the names of `ConfigApplied`, which [`crate::live_config`] decides),
 //! computed from what the reconciler observed, and which of their changes
 //! are news worth an Event. Pure, so each rule has a unit test.
 
@@ -27,15 +28,18 @@ pub enum ConditionType {
     Degraded,
     /// Calls of a failed member wait for an administrator.
     FailoverPending,
+    /// Every signal pod uses the live configuration the sources give.
+    ConfigApplied,
 }
 
 impl ConditionType {
     /// Every type, in the order the status lists them.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Ready,
         Self::Progressing,
         Self::Degraded,
         Self::FailoverPending,
+        Self::ConfigApplied,
     ];
 
     /// The wire name, as in `Condition::type_`.
@@ -45,6 +49,7 @@ impl ConditionType {
             Self::Progressing => "Progressing",
             Self::Degraded => "Degraded",
             Self::FailoverPending => "FailoverPending",
+            Self::ConfigApplied => "ConfigApplied",
         }
     }
 
@@ -88,6 +93,17 @@ pub enum Reason {
     NoneWaiting,
     /// A failed member's calls wait for approval (FailoverPending).
     AwaitingApproval,
+    /// Every reporting signal pod uses the version (ConfigApplied).
+    Applied,
+    /// Signal pods are taking the version up (ConfigApplied).
+    Applying,
+    /// A version failed on a pod; every pod went back to the last good one
+    /// (ConfigApplied).
+    RolledBack,
+    /// A version failed on a pod and there is no earlier one (ConfigApplied).
+    ConfigFailed,
+    /// The configuration's sources cannot be read (ConfigApplied).
+    SourceError,
 }
 
 impl Reason {
@@ -106,6 +122,11 @@ impl Reason {
             Self::AllPodsReady => "AllPodsReady",
             Self::NoneWaiting => "NoneWaiting",
             Self::AwaitingApproval => "AwaitingApproval",
+            Self::Applied => "Applied",
+            Self::Applying => "Applying",
+            Self::RolledBack => "RolledBack",
+            Self::ConfigFailed => "ConfigFailed",
+            Self::SourceError => "SourceError",
         }
     }
 }
@@ -154,7 +175,8 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(status: bool, reason: Reason, message: impl Into<String>) -> Self {
+    /// A verdict.
+    pub fn new(status: bool, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             status,
             reason,
@@ -274,6 +296,18 @@ fn condition(
     previous: &[Condition],
     now: &Time,
 ) -> Condition {
+    condition_of(type_, v, f.generation, previous, now)
+}
+
+/// The condition `type_` for verdict `v`, keeping its transition time when
+/// the status did not change.
+pub fn condition_of(
+    type_: ConditionType,
+    v: &Verdict,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
     let status = if v.status { TRUE } else { FALSE };
     // The transition time moves only when the status does.
     let last_transition_time = previous
@@ -285,7 +319,7 @@ fn condition(
         status: status.to_string(),
         reason: v.reason.to_string(),
         message: v.message.clone(),
-        observed_generation: f.generation,
+        observed_generation: generation,
         last_transition_time,
     }
 }
@@ -333,6 +367,13 @@ fn transition_event(previous: &[Condition], c: &Condition) -> Option<Event> {
         Some(ConditionType::FailoverPending) if c.status == FALSE && before.is_none() => {
             return None;
         }
+        // Pods taking a version up, or all of them on it from the start.
+        Some(ConditionType::ConfigApplied)
+            if c.reason == Reason::Applying.as_str() || (c.status == TRUE && before.is_none()) =>
+        {
+            return None;
+        }
+        Some(ConditionType::ConfigApplied) => c.status == FALSE,
         Some(ConditionType::Degraded | ConditionType::FailoverPending) => c.status == TRUE,
         Some(ConditionType::Ready) => c.status == FALSE && was_true,
         None => false,
@@ -467,7 +508,13 @@ mod tests {
         let types: Vec<&str> = ConditionType::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(
             types,
-            ["Ready", "Progressing", "Degraded", "FailoverPending"]
+            [
+                "Ready",
+                "Progressing",
+                "Degraded",
+                "FailoverPending",
+                "ConfigApplied"
+            ]
         );
         for t in ConditionType::ALL {
             assert_eq!(ConditionType::of(t.as_str()), Some(t));

@@ -21,11 +21,12 @@ use voicecluster_api::voicecluster::{PodCounts, VoiceClusterStatus};
 use voicecluster_api::{MANAGER_NAME, VoiceCluster};
 
 use crate::acks::AckBook;
-use crate::conditions::transition_events;
+use crate::conditions::{ConditionType, condition_of, transition_events};
 use crate::directory::versions::DirectoryVersions;
 use crate::live_config::assembler::Assembler;
+use crate::live_config::condition::config_applied;
 use crate::live_config::secrets::SecretCache;
-use crate::live_config::status::ConfigVersions;
+use crate::live_config::status::{ConfigVersions, Seen};
 use crate::metrics::Metrics;
 use crate::providers::eligible_media_nodes;
 use crate::resources::{self, MediaWorkload, Settings, child_name};
@@ -216,7 +217,20 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         ctx.directory_versions
             .next(key.clone(), vc.status.as_ref(), lists)
     });
-    status.config = Some(config_status(vc, key, &pods, ctx));
+    let config = config_status(vc, key, &pods, ctx);
+    let previous_conditions = vc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    status.conditions.push(condition_of(
+        ConditionType::ConfigApplied,
+        &config_applied(&config),
+        vc.metadata.generation,
+        previous_conditions,
+        &observed.now,
+    ));
+    status.config = Some(config);
     if vc.status.as_ref() != Some(&status) {
         write_status(&ctx.client, &ns, &name, &status).await?;
     }
@@ -257,9 +271,14 @@ fn config_status(
             .map_or(0, |d| d.as_millis()),
     )
     .unwrap_or(i64::MAX);
-    let previous = vc.status.as_ref().and_then(|s| s.config.as_ref());
-    ctx.config_versions
-        .status(key, previous, &assembled, &results, &signal_pods, now_ms)
+    let seen = Seen {
+        previous: vc.status.as_ref().and_then(|s| s.config.as_ref()),
+        assembled: &assembled,
+        results: &results,
+        signal_pods: &signal_pods,
+        now_unix_ms: now_ms,
+    };
+    ctx.config_versions.status(key, &seen)
 }
 
 /// Writes the status with server-side apply, as the only manager of it.

@@ -22,9 +22,9 @@ pub use media::{
 pub use signal::{CallLegMode, SignalSpec};
 pub use sip::{ServiceType, SipSpec, Transport};
 pub use status::{
-    CallLegProvider, ConfigStatus, DirectoryStatus, DrainingPod, FailedMember, FailoverStatus,
-    Heartbeat, MemberHealth, PerformedFailover, PodConfig, PodCounts, ProviderState, SignalMember,
-    VoiceClusterStatus,
+    CallLegProvider, ConfigStatus, ConfigVersionRef, DirectoryStatus, DrainingPod, FailedMember,
+    FailoverStatus, Heartbeat, MemberHealth, PerformedFailover, PodConfig, PodCounts,
+    ProviderState, RolledBackConfig, SignalMember, VoiceClusterStatus,
 };
 
 use kube::{CustomResource, KubeSchema};

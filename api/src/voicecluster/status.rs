@@ -209,6 +209,45 @@ pub struct ConfigStatus {
     /// Each signal pod's last result.
     #[serde(default)]
     pub pods: Vec<PodConfig>,
+    /// The last version every reporting signal pod applied: what a
+    /// version that fails on a pod is rolled back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known_good: Option<ConfigVersionRef>,
+    /// The version that failed and was rolled back; the operator serves
+    /// `lastKnownGood`'s content until the sources change again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBackConfig>,
+}
+
+/// A configuration version by number and content hash.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigVersionRef {
+    /// The version.
+    pub version: i64,
+    /// Its content hash.
+    pub hash: String,
+    /// When it was made (Unix ms).
+    #[serde(default)]
+    pub effective_unix_ms: i64,
+    /// Users in it.
+    #[serde(default)]
+    pub users: i32,
+}
+
+/// A configuration version a pod refused, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBackConfig {
+    /// The version refused.
+    pub version: i64,
+    /// Its content hash: while the sources give this content again, the
+    /// operator keeps serving the good one.
+    pub hash: String,
+    /// The first pod that refused it.
+    pub pod: String,
+    /// What the pod said.
+    pub reason: String,
 }
 
 /// What one pod did with a configuration version.

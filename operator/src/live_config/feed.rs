@@ -53,23 +53,26 @@ pub fn feed_once(cache: &Cache, secrets: &SecretCache, assembler: &Assembler, st
             continue;
         }
         let assembled = assembler.get(&vc, secrets);
-        match assembled.as_ref() {
-            Ok((config, hash)) if *hash == wanted.hash => {
+        let content = match assembled.as_ref() {
+            Ok((config, hash)) if *hash == wanted.hash => Some(Arc::clone(config)),
+            // A rollback: content served before, no longer what the
+            // sources give.
+            _ => store.content(&key, &wanted.hash),
+        };
+        match content {
+            Some(config) => {
                 store.publish(
                     &key,
                     Version::new(
                         wanted.version,
-                        hash.clone(),
+                        wanted.hash.clone(),
                         wanted.effective_unix_ms,
-                        Arc::clone(config),
+                        config,
                     ),
                 );
             }
-            Ok(_) => {
-                tracing::debug!(namespace = %key.0, cluster = %key.1, version = wanted.version, "this replica's sources are not yet at the configuration version")
-            }
-            Err(e) => {
-                tracing::debug!(namespace = %key.0, cluster = %key.1, error = %e, "no configuration from this replica's sources")
+            None => {
+                tracing::debug!(namespace = %key.0, cluster = %key.1, version = wanted.version, "this replica has no content with the version's hash yet")
             }
         }
     }

@@ -10,6 +10,7 @@
 //! Pods report what they did with each version on their Directory stream.
 
 pub mod assembler;
+pub mod condition;
 pub mod feed;
 pub mod secrets;
 pub mod sources;

@@ -163,6 +163,19 @@ impl ConfigStore {
         true
     }
 
+    /// The content with `hash` this replica served for `key`, now or
+    /// before: what a rollback serves again.
+    pub fn content(&self, key: &ClusterKey, hash: &str) -> Option<Arc<ClusterConfig>> {
+        let clusters = self.lock();
+        let c = clusters.get(key)?;
+        let current = c.current.borrow().clone();
+        current
+            .iter()
+            .chain(c.history.iter().rev())
+            .find(|v| v.hash == hash)
+            .map(|v| Arc::clone(&v.config))
+    }
+
     /// Forgets a cluster that is gone.
     pub fn remove(&self, key: &ClusterKey) {
         self.lock().remove(key);
@@ -316,5 +329,11 @@ mod tests {
         ));
         let recent = store.update(&key(), Some((2, &hashes[1])), &now);
         assert!(matches!(recent.body, Some(config_update::Body::Delta(_))));
+        // What a rollback serves again is found by its hash.
+        assert_eq!(
+            store.content(&key(), &hashes[2]).unwrap().users[0].name,
+            "u3"
+        );
+        assert!(store.content(&key(), &hashes[0]).is_none());
     }
 }

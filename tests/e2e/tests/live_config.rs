@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use voicecluster_api::voicecluster::ConfigStatus;
@@ -72,6 +73,44 @@ async fn set_users(client: &Client, ns: &str, users: &[(&str, &str)]) -> Result<
         }
     }
     Ok(())
+}
+
+/// Replaces the users file with `text` as it is.
+async fn set_users_text(client: &Client, ns: &str, text: &str) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        SECRET,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"stringData": {"users": text}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The configuration status and the `ConfigApplied` condition once its
+/// reason is `reason`.
+async fn config_condition(
+    vcs: &Api<VoiceCluster>,
+    reason: &str,
+) -> Result<(ConfigStatus, Condition)> {
+    eventually(
+        &format!("ConfigApplied with reason {reason}"),
+        Duration::from_secs(30),
+        || async {
+            let vc = vcs.get(NAME).await.map_err(|e| e.to_string())?;
+            let status = vc.status.unwrap_or_default();
+            let c = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "ConfigApplied")
+                .cloned();
+            match c {
+                Some(c) if c.reason == reason => Ok((status.config.unwrap_or_default(), c)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
 }
 
 /// The configuration status once both signal pods applied a version
@@ -207,8 +246,8 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         "carol's old password does not"
     );
 
-    // 40 calls of 20 s up, then a new price; 5 calls after it.
-    let calls = sipp.spawn_calls(ports, 40, 10, 20_000);
+    // 40 calls of 30 s up; what fails meanwhile touches none of them.
+    let calls = sipp.spawn_calls(ports, 40, 10, 30_000);
     eventually("40 calls up", Duration::from_secs(30), || async {
         let mut up = 0.0;
         for ip in &ips {
@@ -221,6 +260,63 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         }
     })
     .await?;
+    let good = [ALICE, BOB, ("carol", "c2")];
+    // A users file with a bad line: the pods keep the version they have.
+    set_users_text(client, &ns.name, "alice:wonderland\nnocolon\n").await?;
+    let (status, applied) = config_condition(&vcs, "SourceError").await?;
+    ensure!(
+        status.version == third.version && applied.message.contains("line 2"),
+        "a bad line keeps version {}: {status:?} {applied:?}",
+        third.version
+    );
+    ensure!(registers(&sipp, ("carol", "c2")), "carol still registers");
+    // A user name the members refuse: every pod back to the last good.
+    let mut odd: Vec<(&str, &str)> = good.to_vec();
+    odd.push(("a b", "x"));
+    set_users(client, &ns.name, &odd).await?;
+    let (status, applied) = config_condition(&vcs, "RolledBack").await?;
+    let rolled = status.rolled_back.clone().context("rolledBack")?;
+    ensure!(
+        rolled.version == third.version + 1
+            && rolled.pod.starts_with(&format!("{NAME}-signal-"))
+            && rolled.reason.contains("not a SIP user part")
+            && applied.message.contains(&rolled.pod),
+        "the condition names the pod and why: {status:?} {applied:?}"
+    );
+    let back = applied_after(&vcs, rolled.version).await?;
+    ensure!(
+        back.hash == third.hash && back.users == 3,
+        "the good content is back: {back:?}"
+    );
+    let events = voicecluster_e2e::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=RolledBack",
+        "-o",
+        "name",
+    ])
+    .await?;
+    ensure!(!events.trim().is_empty(), "an Event says RolledBack");
+    ensure!(
+        registers(&sipp, ("carol", "c2")),
+        "carol registers after the rollback"
+    );
+    ensure!(
+        !registers(&sipp, ("a b", "x")),
+        "the refused user never registers"
+    );
+    // The sources good again: the rollback is over.
+    set_users(client, &ns.name, &good).await?;
+    config_condition(&vcs, "Applied").await?;
+    ensure!(
+        !calls.is_finished(),
+        "the calls outlived the failed versions"
+    );
+
+    // A new price with the calls up; 5 calls after it.
     vcs.patch(
         NAME,
         &PatchParams::default(),
@@ -229,7 +325,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         ]}}})),
     )
     .await?;
-    let fourth = applied_after(&vcs, third.version).await?;
+    let fourth = applied_after(&vcs, back.version).await?;
     calls.await.context("the 40 calls end normally")?;
     sipp.spawn_calls(ports, 5, 5, 2_000)
         .await
