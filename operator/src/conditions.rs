@@ -1,5 +1,5 @@
 //! The `Ready`, `Progressing`, `Degraded` and `FailoverPending` conditions
-//! (and the names of `ConfigApplied`, which [`crate::live_config`] decides),
+//! (and the names of `ConfigApplied`, which the live configuration decides),
 //! computed from what the reconciler observed, and which of their changes
 //! are news worth an Event. Pure, so each rule has a unit test.
 

@@ -108,6 +108,37 @@ fn secret_triggers(
     .flatten()
 }
 
+/// What every reconcile shares, around the caches.
+fn context(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    acks: &Arc<AckBook>,
+    sources: Sources,
+    (pods, nodes): (reflector::Store<Pod>, reflector::Store<Node>),
+) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER_NAME.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    Arc::new(Context {
+        client,
+        settings,
+        recorder,
+        pods,
+        nodes,
+        metrics,
+        acks: Arc::clone(acks),
+        directory_versions: Default::default(),
+        secrets: sources.secrets,
+        assembler: sources.assembler,
+        config_versions: Default::default(),
+    })
+}
+
 /// Runs the controller until its watches end (only when the process does).
 async fn run_controller(
     client: Client,
@@ -131,26 +162,14 @@ async fn run_controller(
         .touched_objects()
         .predicate_filter(node_shape, PredicateConfig::default());
 
-    let recorder = Recorder::new(
+    let ctx = context(
         client.clone(),
-        Reporter {
-            controller: MANAGER_NAME.to_string(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
-    let ctx = Arc::new(Context {
-        client: client.clone(),
         settings,
-        recorder,
-        pods,
-        nodes,
         metrics,
-        acks: Arc::clone(&acks),
-        directory_versions: Default::default(),
-        secrets: sources.secrets.clone(),
-        assembler: sources.assembler,
-        config_versions: Default::default(),
-    });
+        &acks,
+        sources.clone(),
+        (pods, nodes),
+    );
 
     let controller = Controller::new(
         Api::<VoiceCluster>::all(client.clone()),

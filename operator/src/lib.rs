@@ -9,6 +9,7 @@
 
 pub mod ack_reporter;
 pub mod acks;
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod directory;

@@ -117,6 +117,34 @@ fn election(args: &Args) -> Option<Election> {
     })
 }
 
+/// The Directory server (with the live configuration it serves) and the
+/// sources the reconciles assemble configurations from.
+fn start_directory(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    acks: &Arc<AckBook>,
+    (directory_metrics, config_metrics): (DirectoryMetrics, StoreMetrics),
+) -> (
+    impl std::future::Future<Output = Result<(), tonic::transport::Error>> + use<>,
+    Sources,
+) {
+    let cache = directory::Cache::start(client.clone());
+    let sources = Sources {
+        secrets: SecretCache::start(client.clone()),
+        assembler: Arc::default(),
+    };
+    let configs = ConfigStore::new(config_metrics);
+    tokio::spawn(feed::run(
+        cache.clone(),
+        sources.secrets.clone(),
+        Arc::clone(&sources.assembler),
+        Arc::clone(&configs),
+    ));
+    let service =
+        DirectoryService::new(cache, Arc::clone(acks), directory_metrics).with_configs(configs);
+    (directory::serve(addr, service), sources)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -152,23 +180,12 @@ async fn main() -> anyhow::Result<()> {
         "started"
     );
 
-    let cache = directory::Cache::start(client.clone());
     let acks = AckBook::new();
-    let sources = Sources {
-        secrets: SecretCache::start(client.clone()),
-        assembler: Arc::default(),
-    };
-    let configs = ConfigStore::new(config_metrics);
-    tokio::spawn(feed::run(
-        cache.clone(),
-        sources.secrets.clone(),
-        Arc::clone(&sources.assembler),
-        Arc::clone(&configs),
-    ));
-    let directory = directory::serve(
+    let (directory, sources) = start_directory(
+        &client,
         args.directory_addr,
-        DirectoryService::new(cache, Arc::clone(&acks), directory_metrics.clone())
-            .with_configs(configs),
+        &acks,
+        (directory_metrics.clone(), config_metrics),
     );
     tracing::info!(addr = %args.directory_addr, url = ?settings.directory_url, "serving the Directory");
     if let Some(election) = &election {

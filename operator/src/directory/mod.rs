@@ -13,8 +13,6 @@ use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,7 +22,6 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use voicecluster_api::VoiceCluster;
 use voicecluster_api::grpc::directory_server::{Directory, DirectoryServer};
 use voicecluster_api::grpc::{
     Ack, CallLegProvider, ConfigSubscribe, ConfigUpdate, DirectorySnapshot, FailoverPolicy,
@@ -34,6 +31,7 @@ use voicecluster_api::voicecluster::{FailoverMode, VoiceClusterStatus};
 use voicecluster_telemetry::metrics::{Labels, register_all};
 
 use crate::acks::{AckBook, StreamEntry};
+pub use crate::cache::Cache;
 use crate::live_config::store::ConfigStore;
 
 /// Name of the Directory port on the operator's Service (set by the chart).
@@ -115,52 +113,14 @@ impl DirectoryMetrics {
     }
 }
 
-/// The VoiceCluster cache the Directory serves from, and a signal that
-/// ticks on every change to it.
-#[derive(Clone)]
-pub struct Cache {
-    store: Store<VoiceCluster>,
-    changes: watch::Receiver<u64>,
+/// The Directory's view of a cluster in the cache.
+trait Snapshots {
+    fn snapshot(&self, namespace: &str, name: &str) -> Option<DirectorySnapshot>;
 }
 
-impl Cache {
-    /// Starts watching VoiceClusters in the background.
-    pub fn start(client: Client) -> Self {
-        let (store, writer) = reflector::store::<VoiceCluster>();
-        let (tx, changes) = watch::channel(0u64);
-        let stream = watcher(Api::<VoiceCluster>::all(client), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "VoiceCluster watch failed; retrying");
-                }
-                tx.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        });
-        Self { store, changes }
-    }
-
-    /// Whether the first list has arrived.
-    pub async fn wait_ready(&self) -> bool {
-        self.store.wait_until_ready().await.is_ok()
-    }
-
-    /// Every VoiceCluster in the cache.
-    pub fn clusters(&self) -> Vec<Arc<VoiceCluster>> {
-        self.store.state()
-    }
-
-    /// Ticks on every change to the cache.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.clone()
-    }
-
+impl Snapshots for Cache {
     fn snapshot(&self, namespace: &str, name: &str) -> Option<DirectorySnapshot> {
-        let vc = self.store.get(&ObjectRef::new(name).within(namespace))?;
+        let vc = self.get(namespace, name)?;
         let status = vc.status.as_ref()?;
         Some(DirectorySnapshot {
             version: status.directory.as_ref().map_or(0, |d| d.version),
@@ -311,7 +271,7 @@ impl Subscription {
         mut inbound: impl Stream<Item = Result<WatchMessage, Status>> + Unpin,
         tx: mpsc::Sender<Result<DirectorySnapshot, Status>>,
     ) {
-        let mut changes = self.cache.changes.clone();
+        let mut changes = self.cache.changes();
         let mut inbound_open = true;
         'stream: loop {
             changes.mark_unchanged();
@@ -548,8 +508,10 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector;
     use kube::runtime::watcher::Event;
     use tonic::transport::Channel;
+    use voicecluster_api::VoiceCluster;
     use voicecluster_api::grpc::PodAck;
     use voicecluster_api::grpc::directory_client::DirectoryClient;
     use voicecluster_api::voicecluster::{DirectoryStatus, VoiceClusterStatus};
@@ -604,7 +566,7 @@ mod tests {
         let acks = AckBook::new();
         let configs = ConfigStore::new(Default::default());
         let service = DirectoryService::new(
-            Cache { store, changes: rx },
+            Cache::from_parts(store, rx),
             Arc::clone(&acks),
             DirectoryMetrics::default(),
         )

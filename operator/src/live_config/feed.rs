@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use super::assembler::Assembler;
 use super::secrets::SecretCache;
 use super::store::{ConfigStore, Version};
-use crate::directory::Cache;
+use crate::cache::Cache;
 
 /// Feeds `store` for as long as the caches run.
 pub async fn run(
