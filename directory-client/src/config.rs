@@ -8,19 +8,17 @@
 //! a lost update) is never offered: the client asks again for the whole.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
 use voicecluster_api::config::{apply, decompress, hash};
 use voicecluster_api::grpc::directory_client::DirectoryClient;
 use voicecluster_api::grpc::{
     ClusterConfig, ConfigDelta, ConfigSubscribe, ConfigUpdate, config_update,
 };
 
-use crate::{RETRY_MAX, RETRY_MIN, Target, jittered};
+use crate::{Backoff, BoxError, Target};
 
 /// A checked configuration version, ready to apply.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +104,7 @@ pub fn follow_config(
 }
 
 async fn keep_following(target: Target, offered: watch::Sender<Option<Arc<Offered>>>) {
-    let mut retry = RETRY_MIN;
+    let mut backoff = Backoff::new();
     // After a delta that did not check, ask for the whole.
     let mut whole = false;
     loop {
@@ -122,15 +120,9 @@ async fn keep_following(target: Target, offered: watch::Sender<Option<Arc<Offere
         if offered.is_closed() {
             return;
         }
-        if got_any {
-            retry = RETRY_MIN;
-        }
-        tokio::time::sleep(jittered(retry)).await;
-        retry = (retry * 2).min(RETRY_MAX);
+        backoff.pause(got_any).await;
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn session(
     target: &Target,
@@ -138,12 +130,7 @@ async fn session(
     whole: &mut bool,
     got_any: &mut bool,
 ) -> Result<(), BoxError> {
-    let channel = Endpoint::from_shared(target.url.clone())?
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
+    let channel = crate::connect(&target.url).await?;
     let have = offered.borrow().clone().filter(|_| !*whole);
     let request = ConfigSubscribe {
         namespace: target.namespace.clone(),

@@ -31,9 +31,9 @@ use voicecluster_telemetry::metrics::{Labels, inc, register_all};
 pub mod config;
 
 /// Back-off between reconnects: from this ...
-pub(crate) const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MIN: Duration = Duration::from_millis(200);
 /// ... doubling up to this.
-pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where the Directory is and who this pod is; the operator sets all of it
 /// in the pods it creates.
@@ -281,7 +281,7 @@ async fn keep_subscribed(
     (mut load, mut results): (Reports, Option<ConfigResults>),
     metrics: ClientMetrics,
 ) {
-    let mut retry = RETRY_MIN;
+    let mut backoff = Backoff::new();
     loop {
         let mut got_any = false;
         let says = Says {
@@ -302,17 +302,33 @@ async fn keep_subscribed(
         if received.is_closed() {
             return;
         }
+        backoff.pause(got_any).await;
+    }
+}
+
+/// The pause between a stream's end and the next try: from [`RETRY_MIN`],
+/// doubling up to [`RETRY_MAX`], back at the minimum after a stream that
+/// delivered something.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self(RETRY_MIN)
+    }
+
+    /// Waits before the next try; `got_any`: the last stream delivered.
+    pub(crate) async fn pause(&mut self, got_any: bool) {
         if got_any {
-            retry = RETRY_MIN;
+            self.0 = RETRY_MIN;
         }
-        tokio::time::sleep(jittered(retry)).await;
-        retry = (retry * 2).min(RETRY_MAX);
+        tokio::time::sleep(jittered(self.0)).await;
+        self.0 = (self.0 * 2).min(RETRY_MAX);
     }
 }
 
 /// Between half and all of `d`, so that pods cut off together do not all
 /// come back in the same instant.
-pub(crate) fn jittered(d: Duration) -> Duration {
+fn jittered(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos());
@@ -324,7 +340,7 @@ enum End {
     FollowerGone,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One Directory stream, from subscribing until it ends: versions it
 /// delivers go to `received` (or are acked at once when already
@@ -398,17 +414,23 @@ async fn session(
     }
 }
 
+/// A channel to the Directory at `url`, kept alive so that a replica that
+/// went away is noticed within seconds.
+pub(crate) async fn connect(url: &str) -> Result<tonic::transport::Channel, BoxError> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
 /// Connects to the Directory and subscribes as `target`: where the pod's
 /// messages go on the new stream, and the versions coming down it.
 async fn subscribe(
     target: &Target,
 ) -> Result<(mpsc::Sender<WatchMessage>, Streaming<DirectorySnapshot>), BoxError> {
-    let channel = Endpoint::from_shared(target.url.clone())?
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
+    let channel = connect(&target.url).await?;
     let (out, out_rx) = mpsc::channel(8);
     out.send(WatchMessage {
         kind: Some(watch_message::Kind::Subscribe(WatchRequest {

@@ -328,20 +328,8 @@ impl Directory for DirectoryService {
         request: Request<ConfigSubscribe>,
     ) -> Result<Response<ConfigStream>, Status> {
         let req = request.into_inner();
-        if req.namespace.is_empty() || req.cluster.is_empty() || req.pod.is_empty() {
-            return Err(Status::invalid_argument(
-                "namespace, cluster and pod are required",
-            ));
-        }
-        if !self.cache.wait_ready().await {
-            return Err(Status::unavailable("the operator's cache is not running"));
-        }
-        if self.cache.snapshot(&req.namespace, &req.cluster).is_none() {
-            return Err(Status::not_found(format!(
-                "no VoiceCluster {}/{} with a status yet",
-                req.namespace, req.cluster
-            )));
-        }
+        self.check_pod(&req.namespace, &req.cluster, &req.pod)
+            .await?;
         tracing::debug!(pod = %req.pod, cluster = %req.cluster, version = req.version, "configuration watch opened");
         let key = (req.namespace, req.cluster);
         let follow = self.configs.follow(&key);
@@ -408,6 +396,24 @@ impl Directory for DirectoryService {
 }
 
 impl DirectoryService {
+    /// A stream is for a pod of a cluster this replica serves.
+    async fn check_pod(&self, namespace: &str, cluster: &str, pod: &str) -> Result<(), Status> {
+        if namespace.is_empty() || cluster.is_empty() || pod.is_empty() {
+            return Err(Status::invalid_argument(
+                "namespace, cluster and pod are required",
+            ));
+        }
+        if !self.cache.wait_ready().await {
+            return Err(Status::unavailable("the operator's cache is not running"));
+        }
+        if self.cache.snapshot(namespace, cluster).is_none() {
+            return Err(Status::not_found(format!(
+                "no VoiceCluster {namespace}/{cluster} with a status yet"
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads and checks the stream's first message.
     async fn subscribe(
         &self,
@@ -422,20 +428,8 @@ impl DirectoryService {
                 "the first message of a Directory stream must be a subscribe",
             ));
         };
-        if req.namespace.is_empty() || req.cluster.is_empty() || req.pod.is_empty() {
-            return Err(Status::invalid_argument(
-                "namespace, cluster and pod are required",
-            ));
-        }
-        if !self.cache.wait_ready().await {
-            return Err(Status::unavailable("the operator's cache is not running"));
-        }
-        if self.cache.snapshot(&req.namespace, &req.cluster).is_none() {
-            return Err(Status::not_found(format!(
-                "no VoiceCluster {}/{} with a status yet",
-                req.namespace, req.cluster
-            )));
-        }
+        self.check_pod(&req.namespace, &req.cluster, &req.pod)
+            .await?;
         tracing::debug!(pod = %req.pod, cluster = %req.cluster, "directory watch opened");
         let entry = self.acks.open(&req.namespace, &req.cluster, &req.pod);
         if req.call_legs_port != 0 {
