@@ -18,8 +18,8 @@ use voicecluster_telemetry::Readiness;
 
 use crate::acks::AckBook;
 use crate::live_config::Sources;
-use crate::live_config::secrets::SecretCache;
-use crate::live_config::sources::users_secret;
+use crate::live_config::objects::News;
+use crate::live_config::sources::reads;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::resources::Settings;
@@ -69,16 +69,17 @@ fn node_shape(node: &Node) -> Option<u64> {
     Some(h.finish())
 }
 
-/// The VoiceClusters to reconcile when a Secret changes: those naming it
-/// as their users Secret.
-fn secret_triggers(
-    secrets: &SecretCache,
+/// The VoiceClusters to reconcile when something their configuration is
+/// made from changes: a Secret or ConfigMap one of their sources names, or
+/// one of their LDAP searches.
+fn source_triggers(
+    news: &News,
     voice_clusters: reflector::Store<VoiceCluster>,
 ) -> impl futures::Stream<Item = ObjectRef<VoiceCluster>> + Send + 'static {
-    let news = secrets.changes();
+    let news = news.subscribe();
     futures::stream::unfold((news, voice_clusters), |(mut news, vcs)| async move {
         loop {
-            let (ns, name) = match news.recv().await {
+            let changed = match news.recv().await {
                 Ok(changed) => changed,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Some news lost: every cluster looks again.
@@ -91,17 +92,14 @@ fn secret_triggers(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             };
-            let users: Vec<ObjectRef<VoiceCluster>> = vcs
+            let readers: Vec<ObjectRef<VoiceCluster>> = vcs
                 .state()
                 .iter()
-                .filter(|vc| {
-                    vc.namespace().as_deref() == Some(ns.as_str())
-                        && users_secret(vc) == Some(name.as_str())
-                })
+                .filter(|vc| reads(vc, &changed))
                 .map(|vc| ObjectRef::from_obj(vc.as_ref()))
                 .collect();
-            if !users.is_empty() {
-                return Some((futures::stream::iter(users), (news, vcs)));
+            if !readers.is_empty() {
+                return Some((futures::stream::iter(readers), (news, vcs)));
             }
         }
     })
@@ -133,8 +131,7 @@ fn context(
         metrics,
         acks: Arc::clone(acks),
         directory_versions: Default::default(),
-        secrets: sources.secrets,
-        assembler: sources.assembler,
+        sources,
         config_versions: Default::default(),
     })
 }
@@ -176,7 +173,7 @@ async fn run_controller(
         watcher::Config::default(),
     );
     let voice_clusters = controller.store();
-    let secret_users = secret_triggers(&sources.secrets, controller.store());
+    let source_changes = source_triggers(&sources.news, controller.store());
     controller
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<DaemonSet>::all(client.clone()), owned())
@@ -200,8 +197,8 @@ async fn run_controller(
         })
         // Acks only change the status counts, never what is applied.
         .reconcile_on(acks.triggers())
-        // A users Secret changed: a new configuration version.
-        .reconcile_on(secret_users)
+        // A users source changed: maybe a new configuration version.
+        .reconcile_on(source_changes)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {

@@ -13,7 +13,6 @@ use voicecluster_operator::ack_reporter;
 use voicecluster_operator::acks::AckBook;
 use voicecluster_operator::controller::{self, Election};
 use voicecluster_operator::directory::{self, DirectoryMetrics, DirectoryService};
-use voicecluster_operator::live_config::secrets::SecretCache;
 use voicecluster_operator::live_config::store::{ConfigStore, StoreMetrics};
 use voicecluster_operator::live_config::{Sources, feed};
 use voicecluster_operator::metrics::Metrics;
@@ -129,15 +128,11 @@ fn start_directory(
     Sources,
 ) {
     let cache = directory::Cache::start(client.clone());
-    let sources = Sources {
-        secrets: SecretCache::start(client.clone()),
-        assembler: Arc::default(),
-    };
+    let sources = Sources::start(client);
     let configs = ConfigStore::new(config_metrics);
     tokio::spawn(feed::run(
         cache.clone(),
-        sources.secrets.clone(),
-        Arc::clone(&sources.assembler),
+        sources.clone(),
         Arc::clone(&configs),
     ));
     let service =

@@ -23,9 +23,8 @@ use voicecluster_api::{MANAGER_NAME, VoiceCluster};
 use crate::acks::AckBook;
 use crate::conditions::{ConditionType, condition_of, transition_events};
 use crate::directory::versions::DirectoryVersions;
-use crate::live_config::assembler::Assembler;
+use crate::live_config::Sources;
 use crate::live_config::condition::config_applied;
-use crate::live_config::secrets::SecretCache;
 use crate::live_config::status::{ConfigVersions, Seen};
 use crate::metrics::Metrics;
 use crate::providers::eligible_media_nodes;
@@ -50,10 +49,8 @@ pub struct Context {
     pub acks: Arc<AckBook>,
     /// The Directory versions this replica wrote.
     pub directory_versions: DirectoryVersions,
-    /// The Secrets users come from.
-    pub secrets: SecretCache,
-    /// Each cluster's configuration, assembled once per change.
-    pub assembler: Arc<Assembler>,
+    /// Where configurations come from, and their assembly.
+    pub sources: Sources,
     /// The configuration versions this replica wrote.
     pub config_versions: ConfigVersions,
 }
@@ -190,8 +187,8 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
         .wait_until_ready()
         .await
         .map_err(|_| Error::CacheGone("pods"))?;
-    if !ctx.secrets.wait_ready().await {
-        return Err(Error::CacheGone("secrets"));
+    if !ctx.sources.wait_ready().await {
+        return Err(Error::CacheGone("secrets and configmaps"));
     }
     let eligible = eligible_media_nodes(&vc.spec.media, &ctx.nodes.state());
 
@@ -251,7 +248,7 @@ fn config_status(
     pods: &[Arc<Pod>],
     ctx: &Context,
 ) -> voicecluster_api::voicecluster::ConfigStatus {
-    let assembled = ctx.assembler.get(vc, &ctx.secrets);
+    let assembled = ctx.sources.assemble(vc);
     let signal_pods: Vec<String> = pods
         .iter()
         .filter(|p| {

@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use voicecluster_api::config::users::{check_ha1, check_user_name};
 use voicecluster_api::grpc::ConfigResult;
 use voicecluster_directory_client::config::Offered;
 use voicecluster_telemetry::metrics::register_all;
@@ -83,12 +84,8 @@ pub fn check(offered: &Offered) -> Result<Checked, String> {
     let c = &offered.config;
     let mut users = HashMap::with_capacity(c.users.len());
     for u in &c.users {
-        if u.name.is_empty() || u.name.contains([':', '@', ' ']) {
-            return Err(format!("user name {:?} is not a SIP user part", u.name));
-        }
-        if u.ha1.len() != 32 || !u.ha1.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("user {:?}: HA1 is not 32 hex digits", u.name));
-        }
+        check_user_name(&u.name)?;
+        check_ha1(&u.ha1).map_err(|e| format!("user {:?}: {e}", u.name))?;
         if users
             .insert(u.name.clone(), u.ha1.to_ascii_lowercase())
             .is_some()

@@ -1,7 +1,7 @@
 # Installs what the cluster needs from Debian's packages and npm. Sourced.
 
 APT_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack socat ethtool
-  iproute2 openssl curl jq unzip gcc libc6-dev sip-tester)
+  iproute2 openssl curl jq unzip gcc libc6-dev sip-tester slapd ldap-utils)
 
 install_packages() {
   local missing=() p

@@ -15,6 +15,27 @@ pub enum UsersError {
     Empty(usize),
 }
 
+/// Why a user name cannot be a SIP user part here: the characters that
+/// would break the digest's `user:realm:password` or a `user@domain` URI.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.contains([':', '@']) {
+        return Err(format!("user name {name:?} is not a SIP user part"));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("user name {name:?} is not a SIP user part"));
+    }
+    Ok(())
+}
+
+/// Why `ha1` is not an HA1: 32 hex digits.
+pub fn check_ha1(ha1: &str) -> Result<(), String> {
+    if ha1.len() == 32 && ha1.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err("HA1 is not 32 hex digits".to_string())
+    }
+}
+
 /// Reads a users file into user → password.
 pub fn parse_users(text: &str) -> Result<HashMap<String, String>, UsersError> {
     let mut users = HashMap::new();

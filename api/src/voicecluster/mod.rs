@@ -13,6 +13,7 @@ mod media;
 mod signal;
 mod sip;
 mod status;
+mod user_sources;
 
 pub use billing::{BillingSpec, Rate};
 pub use failover::{FailoverMode, FailoverSpec};
@@ -24,7 +25,11 @@ pub use sip::{ServiceType, SipSpec, Transport};
 pub use status::{
     CallLegProvider, ConfigStatus, ConfigVersionRef, DirectoryStatus, DrainingPod, FailedMember,
     FailoverStatus, Heartbeat, MemberHealth, PerformedFailover, PodConfig, PodCounts,
-    ProviderState, RolledBackConfig, SignalMember, VoiceClusterStatus,
+    ProviderState, RolledBackConfig, SignalMember, UserSourceStatus, VoiceClusterStatus,
+};
+pub use user_sources::{
+    CsvObjectKind, CsvSource, InvalidEntries, LDAP_RESYNC_ANNOTATION, LdapAttributes, LdapSource,
+    UserSource,
 };
 
 use kube::{CustomResource, KubeSchema};

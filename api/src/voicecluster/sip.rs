@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::default_true;
+use super::user_sources::UserSource;
 
 /// A SIP transport.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -64,6 +65,11 @@ pub struct SipSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub users_secret: Option<String>,
+    /// More sources of users (CSV files, LDAP directories), read in order
+    /// after `usersSecret`: the first source naming a user wins. Apply live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub user_sources: Vec<UserSource>,
     /// Run the SIP front door (`signal-node edge`) in every media pod, on
     /// the media pod's network: devices reach the service there, and it
     /// forwards to the live signal pods with Call-ID affinity. Turn it off

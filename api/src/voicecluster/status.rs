@@ -217,6 +217,50 @@ pub struct ConfigStatus {
     /// `lastKnownGood`'s content until the sources change again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBackConfig>,
+    /// What each user source gave, in precedence order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<UserSourceStatus>,
+}
+
+/// What one user source gave the configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSourceStatus {
+    /// The source: `usersSecret`, or its name in `spec.sip.userSources`.
+    pub name: String,
+    /// `Secret`, `CSV` or `LDAP`.
+    pub kind: String,
+    /// `Ready`, `Failed` (nothing from it is used: see `message`), or for
+    /// LDAP `Pending` (no search finished yet) and `Stale` (the last search
+    /// failed; the users of the one before are used).
+    pub state: String,
+    /// What went wrong, when something did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Users the source gave that are in the configuration.
+    #[serde(default)]
+    pub users: i32,
+    /// Users marked disabled, left out.
+    #[serde(default)]
+    pub disabled: i32,
+    /// Users an earlier source named already, left out.
+    #[serde(default)]
+    pub shadowed: i32,
+    /// Rows or entries that could not be used.
+    #[serde(default)]
+    pub invalid: i32,
+    /// The first of them, each with its line (CSV) or DN (LDAP) and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// LDAP: entries the last good search returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<i32>,
+    /// LDAP: when the last search ended, good or not (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// LDAP: when the last good search ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<String>,
 }
 
 /// A configuration version by number and content hash.

@@ -53,7 +53,8 @@ impl ConfigVersions {
         };
         let mut s = last.unwrap_or_default();
         s.error = None;
-        match seen.assembled.as_ref() {
+        s.sources.clone_from(&seen.assembled.sources);
+        match &seen.assembled.content {
             Err(e) => s.error = Some(e.to_string()),
             Ok((config, hash)) => {
                 let users = i32::try_from(config.users.len()).unwrap_or(i32::MAX);
@@ -149,7 +150,7 @@ mod tests {
 
     use voicecluster_api::grpc::ClusterConfig;
 
-    use super::super::sources::SourceError;
+    use super::super::sources::{Assembly, SourceError};
     use super::*;
 
     fn ok(hash: &str, users: usize) -> Assembled {
@@ -157,7 +158,10 @@ mod tests {
             users: vec![Default::default(); users],
             billing: None,
         };
-        Arc::new(Ok((Arc::new(config), hash.to_string())))
+        Arc::new(Assembly {
+            content: Ok((Arc::new(config), hash.to_string())),
+            sources: Vec::new(),
+        })
     }
 
     fn key() -> (String, String) {
@@ -248,7 +252,10 @@ mod tests {
     fn a_broken_source_keeps_the_good_version_and_says_why() {
         let mut c = Cluster::new();
         c.reconcile(&ok("a", 2));
-        let broken: Assembled = Arc::new(Err(SourceError::NoSecret("people".into())));
+        let broken: Assembled = Arc::new(Assembly {
+            content: Err(SourceError::NoSecret("people".into())),
+            sources: Vec::new(),
+        });
         let s = c.reconcile(&broken);
         assert_eq!((s.version, s.hash.as_str(), s.users), (1, "a", 2));
         assert_eq!(
