@@ -1,7 +1,9 @@
 //! Shared helpers for the end-to-end tests. They talk to the local cluster
 //! that `tests/cluster/cluster up` starts, through its kubeconfig.
 
+pub mod config;
 pub mod operator;
+pub mod slapd;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -4,21 +4,20 @@
 //! change are billed at the old price, calls after it at the new one.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use voicecluster_api::voicecluster::ConfigStatus;
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
+use voicecluster_e2e::config::{applied_after, config_condition, registers, registers_within};
 use voicecluster_e2e::operator::{install_operator, pod_identities, wait_condition};
 use voicecluster_e2e::{
     REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, is_pod_ready,
     metric,
 };
-use voicecluster_signal_node::testing::{ALICE, BOB, Sipp, auth, free_port};
+use voicecluster_signal_node::testing::{ALICE, BOB, Sipp, free_port};
 
 const SIP_PORT: u16 = 15060;
 const SIGNAL_ADMIN: u16 = 9090;
@@ -87,76 +86,6 @@ async fn set_users_text(client: &Client, ns: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// The configuration status and the `ConfigApplied` condition once its
-/// reason is `reason`.
-async fn config_condition(
-    vcs: &Api<VoiceCluster>,
-    reason: &str,
-) -> Result<(ConfigStatus, Condition)> {
-    eventually(
-        &format!("ConfigApplied with reason {reason}"),
-        Duration::from_secs(30),
-        || async {
-            let vc = vcs.get(NAME).await.map_err(|e| e.to_string())?;
-            let status = vc.status.unwrap_or_default();
-            let c = status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "ConfigApplied")
-                .cloned();
-            match c {
-                Some(c) if c.reason == reason => Ok((status.config.unwrap_or_default(), c)),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-}
-
-/// The configuration status once both signal pods applied a version
-/// newer than `after`.
-async fn applied_after(vcs: &Api<VoiceCluster>, after: i64) -> Result<ConfigStatus> {
-    eventually(
-        &format!("both signal pods on a configuration version after {after}"),
-        Duration::from_secs(30),
-        || async {
-            let vc = vcs.get(NAME).await.map_err(|e| e.to_string())?;
-            let c = vc.status.and_then(|s| s.config).unwrap_or_default();
-            if c.version > after && c.current_pods == 2 && c.error.is_none() {
-                Ok(c)
-            } else {
-                Err(format!("{c:?}"))
-            }
-        },
-    )
-    .await
-}
-
-/// Whether `user` with `password` gets a 200 to REGISTER.
-fn registers(sipp: &Sipp, (user, password): (&str, &str)) -> bool {
-    sipp.command(
-        "register",
-        "u1",
-        &auth(user, password),
-        free_port(sipp.local_ip),
-    )
-    .output()
-    .is_ok_and(|o| o.status.success())
-}
-
-/// Retries until `user` registers; how long it took.
-async fn registers_within(sipp: &Sipp, user: (&str, &str), limit: Duration) -> Result<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        let (s, u) = (sipp.clone(), (user.0.to_string(), user.1.to_string()));
-        if tokio::task::spawn_blocking(move || registers(&s, (&u.0, &u.1))).await? {
-            return Ok(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("{} did not register within {limit:?}", user.0)
-}
-
 async fn signal_ips(pods: &Api<Pod>) -> Result<Vec<String>> {
     let selector = format!("{LABEL_CLUSTER}={NAME},{LABEL_COMPONENT}=signal");
     eventually(
@@ -212,7 +141,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     let pods: Api<Pod> = ns.api();
     let ips = signal_ips(&pods).await?;
     directory_settled(&vcs, NAME, 3).await?;
-    let first = applied_after(&vcs, 0).await?;
+    let first = applied_after(&vcs, NAME, 0, 2).await?;
     ensure!(first.users == 3, "three users: {first:?}");
     let before = pod_identities(&pods, NAME).await?;
 
@@ -230,13 +159,13 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     // A user added, one removed, a password changed: in the Secret only.
     set_users(client, &ns.name, &[ALICE, BOB, ("carol", "c1")]).await?;
     let took = registers_within(&sipp, ("carol", "c1"), Duration::from_secs(10)).await?;
-    let second = applied_after(&vcs, first.version).await?;
+    let second = applied_after(&vcs, NAME, first.version, 2).await?;
     ensure!(
         !registers(&sipp, ("dave", "d1")),
         "dave is refused once removed"
     );
     set_users(client, &ns.name, &[ALICE, BOB, ("carol", "c2")]).await?;
-    let third = applied_after(&vcs, second.version).await?;
+    let third = applied_after(&vcs, NAME, second.version, 2).await?;
     ensure!(
         registers(&sipp, ("carol", "c2")),
         "carol's new password works"
@@ -263,7 +192,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     let good = [ALICE, BOB, ("carol", "c2")];
     // A users file with a bad line: the pods keep the version they have.
     set_users_text(client, &ns.name, "alice:wonderland\nnocolon\n").await?;
-    let (status, applied) = config_condition(&vcs, "SourceError").await?;
+    let (status, applied) = config_condition(&vcs, NAME, "SourceError").await?;
     ensure!(
         status.version == third.version && applied.message.contains("line 2"),
         "a bad line keeps version {}: {status:?} {applied:?}",
@@ -274,7 +203,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     let mut odd: Vec<(&str, &str)> = good.to_vec();
     odd.push(("a b", "x"));
     set_users(client, &ns.name, &odd).await?;
-    let (status, applied) = config_condition(&vcs, "RolledBack").await?;
+    let (status, applied) = config_condition(&vcs, NAME, "RolledBack").await?;
     let rolled = status.rolled_back.clone().context("rolledBack")?;
     ensure!(
         rolled.version == third.version + 1
@@ -283,7 +212,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
             && applied.message.contains(&rolled.pod),
         "the condition names the pod and why: {status:?} {applied:?}"
     );
-    let back = applied_after(&vcs, rolled.version).await?;
+    let back = applied_after(&vcs, NAME, rolled.version, 2).await?;
     ensure!(
         back.hash == third.hash && back.users == 3,
         "the good content is back: {back:?}"
@@ -310,7 +239,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     );
     // The sources good again: the rollback is over.
     set_users(client, &ns.name, &good).await?;
-    config_condition(&vcs, "Applied").await?;
+    config_condition(&vcs, NAME, "Applied").await?;
     ensure!(
         !calls.is_finished(),
         "the calls outlived the failed versions"
@@ -325,7 +254,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         ]}}})),
     )
     .await?;
-    let fourth = applied_after(&vcs, back.version).await?;
+    let fourth = applied_after(&vcs, NAME, back.version, 2).await?;
     calls.await.context("the 40 calls end normally")?;
     sipp.spawn_calls(ports, 5, 5, 2_000)
         .await
