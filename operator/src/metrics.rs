@@ -13,6 +13,8 @@ use voicecluster_telemetry::metrics::{Labels, inc, register_all};
 pub struct Metrics {
     reconciles: Family<Labels, Counter>,
     duration: Histogram,
+    rollbacks: Counter,
+    source_failures: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -20,6 +22,8 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let reconciles = Family::<Labels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        let rollbacks = Counter::default();
+        let source_failures = Family::<Labels, Counter>::default();
         register_all(
             registry,
             &[
@@ -33,12 +37,34 @@ impl Metrics {
                     "Time one VoiceCluster reconcile took",
                     &duration,
                 ),
+                (
+                    "voicecluster_config_rollbacks",
+                    "Configuration versions a pod refused, after which every pod was sent back to the last known-good one",
+                    &rollbacks,
+                ),
+                (
+                    "voicecluster_config_source_failures",
+                    "Reconciles that found a user source unusable, by kind (Secret, CSV, LDAP)",
+                    &source_failures,
+                ),
             ],
         );
         Self {
             reconciles,
             duration,
+            rollbacks,
+            source_failures,
         }
+    }
+
+    /// Counts a rollback of a configuration version.
+    pub fn rolled_back(&self) {
+        self.rollbacks.inc();
+    }
+
+    /// Counts a user source of `kind` found unusable.
+    pub fn source_failed(&self, kind: &str) {
+        inc(&self.source_failures, &[("kind", kind)]);
     }
 
     /// Counts one reconcile and its duration.

@@ -275,7 +275,17 @@ fn config_status(
         signal_pods: &signal_pods,
         now_unix_ms: now_ms,
     };
-    ctx.config_versions.status(key, &seen)
+    let status = ctx.config_versions.status(key, &seen);
+    let before = vc.status.as_ref().and_then(|s| s.config.as_ref());
+    if status.rolled_back.is_some()
+        && status.rolled_back != before.and_then(|b| b.rolled_back.clone())
+    {
+        ctx.metrics.rolled_back();
+    }
+    for s in status.sources.iter().filter(|s| s.state == "Failed") {
+        ctx.metrics.source_failed(&s.kind);
+    }
+    status
 }
 
 /// Writes the status with server-side apply, as the only manager of it.
