@@ -54,8 +54,10 @@ impl Offered {
         Self::rebuild(None, update)
     }
 
-    /// The version `update` describes, on top of `base` for a delta.
-    fn rebuild(base: Option<&Offered>, update: ConfigUpdate) -> Result<Self, String> {
+    /// The version `update` describes, on top of `base` for a delta,
+    /// checked against its hash: what [`follow_config`] does with each
+    /// update (public for the benchmarks, which time it alone).
+    pub fn rebuild(base: Option<&Offered>, update: ConfigUpdate) -> Result<Self, String> {
         let config = match update.body {
             Some(config_update::Body::Snapshot(bytes)) => {
                 decompress::<ClusterConfig>(&bytes, "configuration").map_err(|e| e.to_string())?
