@@ -189,6 +189,7 @@ mod tests {
                 })
                 .collect(),
             billing: None,
+            settings: None,
         }
     }
 

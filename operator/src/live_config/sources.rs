@@ -80,6 +80,7 @@ pub fn assemble(vc: &VoiceCluster, secret: Option<&Secret>) -> Result<ClusterCon
                 })
                 .collect(),
         }),
+        settings: Some(super::settings::live_settings(vc)),
     }))
 }
 
