@@ -4,8 +4,8 @@
 //! It serves gRPC `CallLegs` to the signal members (legs on RTP/RTCP port
 //! pairs from its range, bridged and relayed here), follows the operator's
 //! Directory and its live configuration (log filter, media timeout, leg
-//! statistics interval), serves the admin endpoints (`/healthz`, `/readyz`, `/metrics`),
-//! and exits cleanly on SIGTERM or SIGINT.
+//! statistics interval), serves the admin endpoints (`/healthz`, `/readyz`,
+//! `/metrics`), and exits cleanly on SIGTERM or SIGINT.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;

@@ -84,6 +84,30 @@ impl LogFilter {
         &self.initial
     }
 
+    /// What putting `directives` in force takes, checked: a live
+    /// configuration's log level, where empty means the process's own
+    /// `--log-level`. None when they are in force already (nothing to
+    /// swap). The error is the reason a pod gives for refusing the version:
+    /// it names the directives and says what the parser found.
+    pub fn prepare(&self, directives: &str) -> Result<Option<ParsedFilter>, String> {
+        let wanted = if directives.is_empty() {
+            self.initial()
+        } else {
+            directives
+        };
+        if wanted == self.directives() {
+            return Ok(None);
+        }
+        match ParsedFilter::parse(wanted) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => {
+                let why = std::error::Error::source(&e)
+                    .map_or_else(String::new, |s| format!(": {s}"));
+                Err(format!("log level {wanted:?} does not parse{why}"))
+            }
+        }
+    }
+
     /// Puts `filter` in force for every event from now on.
     pub fn set(&self, filter: ParsedFilter) -> Result<(), TelemetryError> {
         let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
@@ -159,6 +183,26 @@ mod tests {
         let err = ParsedFilter::parse("live=loud").unwrap_err();
         assert!(err.to_string().contains("live=loud"), "{err}");
         assert!(tracing::enabled!(target: "live", Level::DEBUG));
+    }
+
+    #[test]
+    fn a_live_log_level_is_checked_before_it_is_swapped_in() {
+        let filter = LogFilter::detached("info");
+        // In force already, or empty (the process's own flag): no swap.
+        assert!(filter.prepare("info").unwrap().is_none());
+        assert!(filter.prepare("").unwrap().is_none());
+        let debug = filter.prepare("info,voicecluster_signal_node=debug");
+        let debug = debug.unwrap().unwrap();
+        assert_eq!(debug.directives(), "info,voicecluster_signal_node=debug");
+        filter.set(debug).unwrap();
+        // Back to the flag's when the spec no longer says.
+        assert_eq!(filter.prepare("").unwrap().unwrap().directives(), "info");
+        // A directive that does not parse is refused with the reason, and
+        // the filter in force stays.
+        let why = filter.prepare("info,sip=chatty").unwrap_err();
+        assert!(why.contains("\"info,sip=chatty\" does not parse:"), "{why}");
+        assert!(why.len() > "log level \"info,sip=chatty\" does not parse: ".len());
+        assert_eq!(filter.directives(), "info,voicecluster_signal_node=debug");
     }
 
     #[test]
