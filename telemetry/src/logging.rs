@@ -101,8 +101,8 @@ impl LogFilter {
         match ParsedFilter::parse(wanted) {
             Ok(p) => Ok(Some(p)),
             Err(e) => {
-                let why = std::error::Error::source(&e)
-                    .map_or_else(String::new, |s| format!(": {s}"));
+                let why =
+                    std::error::Error::source(&e).map_or_else(String::new, |s| format!(": {s}"));
                 Err(format!("log level {wanted:?} does not parse{why}"))
             }
         }
