@@ -297,7 +297,6 @@ fn users(names: &[&str]) -> ClusterConfig {
             })
             .collect(),
         billing: None,
-        settings: None,
     }
 }
 

@@ -4,7 +4,6 @@
 
 pub mod engine;
 pub mod leg_events;
-pub mod live_config;
 pub mod metrics;
 pub mod ports;
 pub mod relay;

@@ -594,7 +594,6 @@ mod tests {
                 })
                 .collect(),
             billing: None,
-            settings: None,
         }
     }
 

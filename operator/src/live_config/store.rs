@@ -268,7 +268,6 @@ mod tests {
                 })
                 .collect(),
             billing: None,
-            settings: None,
         }
     }
 
