@@ -262,12 +262,7 @@ fn config_status(
         .map(|p| p.name_any())
         .collect();
     let results = ctx.acks.configs(&key.0, &key.1);
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX);
+    let now_ms = crate::live_config::now_unix_ms();
     let seen = Seen {
         previous: vc.status.as_ref().and_then(|s| s.config.as_ref()),
         assembled: &assembled,

@@ -14,6 +14,7 @@ use voicecluster_api::voicecluster::{LDAP_RESYNC_ANNOTATION, LdapSource};
 
 use super::entries::Entries;
 use super::ldap::{Connection, entries, search};
+use super::now_unix_ms;
 use super::objects::{Changed, News, SecretCache};
 
 /// The Secret key of the bind DN.
@@ -74,15 +75,6 @@ pub struct LdapSyncs {
     syncs: Arc<Mutex<HashMap<SourceKey, Sync>>>,
     secrets: SecretCache,
     news: News,
-}
-
-fn now_unix_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 impl LdapSyncs {

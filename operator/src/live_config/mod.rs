@@ -27,6 +27,16 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 
+/// Now, in Unix ms: what versions and LDAP syncs are stamped with.
+pub fn now_unix_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(i64::MAX)
+}
+
 /// Where every replica's configuration comes from: the caches, the LDAP
 /// syncs and the assembler over them, shared by the reconciles and the
 /// feed.
