@@ -1,4 +1,4 @@
-//! How a signal pod follows its live configuration: it asks the Directory's
+//! How a signal or media pod follows its live configuration: it asks the Directory's
 //! `WatchConfig` for the version it has, gets the whole of a newer one or
 //! the delta from its own, rebuilds and checks it against the version's
 //! hash, and offers each checked version to the pod. What the pod did with
@@ -191,6 +191,7 @@ mod tests {
                 })
                 .collect(),
             billing: None,
+            settings: None,
         }
     }
 

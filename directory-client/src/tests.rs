@@ -297,6 +297,7 @@ fn users(names: &[&str]) -> ClusterConfig {
             })
             .collect(),
         billing: None,
+        settings: None,
     }
 }
 

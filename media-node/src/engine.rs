@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -363,9 +363,22 @@ impl MediaEngine {
         self.shared.relay().take_digits()
     }
 
-    /// Legs that went silent for the media timeout since the last call.
-    pub fn timed_out(&self) -> Vec<LegId> {
-        self.shared.relay().timed_out(Instant::now())
+    /// Legs that went silent for the media timeout since the last call,
+    /// and that timeout (read together, so an event says the timeout its
+    /// leg went silent for even while a new one is put in force).
+    pub fn timed_out(&self) -> (Vec<LegId>, Duration) {
+        let mut relay = self.shared.relay();
+        (relay.timed_out(Instant::now()), relay.media_timeout())
+    }
+
+    /// Puts `media_timeout` in force for every leg.
+    pub fn set_media_timeout(&self, media_timeout: Duration) {
+        self.shared.relay().set_media_timeout(media_timeout);
+    }
+
+    /// The media timeout in force.
+    pub fn media_timeout(&self) -> Duration {
+        self.shared.relay().media_timeout()
     }
 
     /// A leg's counters.

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod leg_events;
+pub mod live_config;
 pub mod metrics;
 pub mod ports;
 pub mod relay;

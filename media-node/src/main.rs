@@ -3,8 +3,9 @@
 //!
 //! It serves gRPC `CallLegs` to the signal members (legs on RTP/RTCP port
 //! pairs from its range, bridged and relayed here), follows the operator's
-//! Directory, serves the admin endpoints (`/healthz`, `/readyz`, `/metrics`),
-//! and exits cleanly on SIGTERM or SIGINT.
+//! Directory and its live configuration (log filter, media timeout, leg
+//! statistics interval), serves the admin endpoints (`/healthz`, `/readyz`,
+//! `/metrics`), and exits cleanly on SIGTERM or SIGINT.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -18,13 +19,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use voicecluster_api::grpc::{DirectorySnapshot, Load};
+use voicecluster_directory_client::config::follow_config;
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, Report, Target, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::leg_events::Notifier;
+use voicecluster_media_node::live_config;
 use voicecluster_media_node::metrics::MediaMetrics;
 use voicecluster_media_node::ports::PortPool;
 use voicecluster_media_node::relay::Relay;
-use voicecluster_media_node::service::LegService;
+use voicecluster_media_node::service::{LegService, LegTiming};
 use voicecluster_telemetry::instance::bind_slot;
 use voicecluster_telemetry::{
     BuildInfo, CommonArgs, Readiness, ShutdownSignal, Telemetry, probe_if_asked, shutdown_signal,
@@ -64,10 +67,12 @@ struct Args {
     /// Seconds a stopping pod waits for its legs to end before it exits.
     #[arg(long, env = "VC_DRAIN_TIMEOUT_SECONDS", default_value_t = 3600)]
     drain_timeout_seconds: u64,
-    /// Seconds without media after which a leg times out.
+    /// Seconds without media after which a leg times out, until the live
+    /// configuration says (`spec.media.mediaTimeoutSeconds`).
     #[arg(long, env = "VC_MEDIA_TIMEOUT_SECONDS", default_value_t = 30)]
     media_timeout_seconds: u64,
     /// Seconds between statistics events to each leg's owner; 0: none.
+    /// Until the live configuration says (`spec.media.legStatsSeconds`).
     #[arg(long, env = "VC_LEG_STATS_SECONDS", default_value_t = 10)]
     leg_stats_seconds: u64,
 }
@@ -100,23 +105,23 @@ fn leg_service(args: &Args, metrics: MediaMetrics) -> anyhow::Result<(LegService
     );
     let engine = MediaEngine::new(relay, args.bind_ip, public_ip).with_metrics(metrics);
     tracing::info!(ports = %format!("{min}-{max}"), %public_ip, capacity = args.capacity, "call legs offered");
-    Ok((LegService::new(engine, args.capacity), public_ip))
+    let service = LegService::new(engine, args.capacity);
+    service.set_timing(LegTiming {
+        media_timeout: Duration::from_secs(args.media_timeout_seconds),
+        statistics: (args.leg_stats_seconds > 0)
+            .then(|| Duration::from_secs(args.leg_stats_seconds)),
+    });
+    Ok((service, public_ip))
 }
 
 /// Serves CallLegs on `listener` and tells leg owners about silent legs;
 /// ends only if the server fails.
 async fn offer_legs(
-    args: &Args,
     service: &LegService,
     listener: TcpListener,
     addr: SocketAddr,
 ) -> anyhow::Error {
-    let silent = Duration::from_secs(args.media_timeout_seconds);
-    let timeouts = tokio::spawn(service.clone().report_leg_events(
-        Duration::from_secs(1),
-        silent,
-        (args.leg_stats_seconds > 0).then(|| Duration::from_secs(args.leg_stats_seconds)),
-    ));
+    let timeouts = tokio::spawn(service.clone().report_leg_events(Duration::from_secs(1)));
     let served = tonic::transport::Server::builder()
         .add_service(service.clone().into_server())
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
@@ -255,17 +260,32 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = Telemetry::start(BUILD, &args.telemetry, registry).await?;
     let legs = match args.grpc_addr {
         Some(base) => {
-            Some(bind_legs(&args, base, &telemetry, target.as_mut(), media_metrics).await?)
+            let metrics = media_metrics.clone();
+            Some(bind_legs(&args, base, &telemetry, target.as_mut(), metrics).await?)
         }
         None => {
             tracing::warn!("no VC_GRPC_ADDR: no call legs offered");
             None
         }
     };
+    // The live configuration beside the Directory, from its first version
+    // on (the flags hold until then; a restart asks for the whole again);
+    // what became of each version goes on the Directory stream.
+    let (results, results_rx) = watch::channel(None);
+    let live = target.clone().map(|t| {
+        tokio::spawn(live_config::follow(
+            follow_config(t, None),
+            telemetry.log_filter().clone(),
+            legs.as_ref().map(|l| l.service.clone()),
+            results,
+            media_metrics,
+        ))
+    });
     // The providers and members in use; what this pod applied and acked.
     // While draining, the legs left go to the operator on the same stream.
     let (load, load_reports) = watch::channel(None::<Report>);
-    let directory = follow_target(target, directory_metrics, load_reports, None);
+    let results_rx = live.is_some().then_some(results_rx);
+    let directory = follow_target(target, directory_metrics, load_reports, results_rx);
     let (listener, service) = match legs {
         Some(Legs {
             listener,
@@ -278,9 +298,7 @@ async fn main() -> anyhow::Result<()> {
     // The server keeps running through a drain: the legs still need it.
     let serving = async {
         match (&service, listener) {
-            (Some((addr, service)), Some(listener)) => {
-                offer_legs(&args, service, listener, *addr).await
-            }
+            (Some((addr, service)), Some(listener)) => offer_legs(service, listener, *addr).await,
             _ => std::future::pending().await,
         }
     };

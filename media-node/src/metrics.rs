@@ -15,6 +15,8 @@ pub struct MediaMetrics {
     pub(crate) draining: Gauge,
     pub(crate) refused: Family<Labels, Counter>,
     pub(crate) leg_events: Family<Labels, Counter>,
+    pub(crate) config_version: Gauge,
+    pub(crate) config_refused: Counter,
 }
 
 impl MediaMetrics {
@@ -53,6 +55,17 @@ impl MediaMetrics {
                     "voicecluster_media_leg_events",
                     "Leg events sent to their owners, by kind and result",
                     &m.leg_events,
+                ),
+                // The members' names: one query covers every pod.
+                (
+                    "voicecluster_config_applied_version",
+                    "The live configuration version this pod uses",
+                    &m.config_version,
+                ),
+                (
+                    "voicecluster_config_refused",
+                    "Configuration versions this pod refused",
+                    &m.config_refused,
                 ),
             ],
         );

@@ -241,7 +241,7 @@ async fn reconcile_inner(vc: &VoiceCluster, ctx: &Context) -> Result<Action, Err
 }
 
 /// `status.config`: the version of the content the sources give now, and
-/// what the cluster's signal pods did with it.
+/// what the cluster's signal and media pods did with it.
 fn config_status(
     vc: &VoiceCluster,
     key: (String, String),
@@ -249,15 +249,19 @@ fn config_status(
     ctx: &Context,
 ) -> voicecluster_api::voicecluster::ConfigStatus {
     let assembled = ctx.sources.assemble(vc);
-    let signal_pods: Vec<String> = pods
+    // Both kinds follow WatchConfig; a pod that never reports (an image
+    // from before media pods followed it) is left out of the counts.
+    let following: Vec<String> = pods
         .iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(key.0.as_str())
                 && p.labels().get(voicecluster_api::LABEL_CLUSTER) == Some(&key.1)
-                && p.labels()
-                    .get(voicecluster_api::LABEL_COMPONENT)
-                    .map(String::as_str)
-                    == Some(voicecluster_api::COMPONENT_SIGNAL)
+                && matches!(
+                    p.labels()
+                        .get(voicecluster_api::LABEL_COMPONENT)
+                        .map(String::as_str),
+                    Some(voicecluster_api::COMPONENT_SIGNAL | voicecluster_api::COMPONENT_MEDIA)
+                )
         })
         .map(|p| p.name_any())
         .collect();
@@ -267,7 +271,7 @@ fn config_status(
         previous: vc.status.as_ref().and_then(|s| s.config.as_ref()),
         assembled: &assembled,
         results: &results,
-        signal_pods: &signal_pods,
+        following: &following,
         now_unix_ms: now_ms,
     };
     let status = ctx.config_versions.status(key, &seen);

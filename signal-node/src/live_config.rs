@@ -1,7 +1,7 @@
 //! A member's side of the live configuration: a version the Directory
-//! offered is checked whole ([`check`]) before anything of it is used, then
-//! swapped in at once by the driver between two SIP messages, so no call
-//! sees half of it; and the last version applied is kept on the member's
+//! offered is checked whole ([`check`]: users, rates, the log filter)
+//! before anything of it is used, then swapped in at once by the driver
+//! between two SIP messages, so no call sees half of it; and the last version applied is kept on the member's
 //! volume ([`save`], [`load`]) so a restart without the operator starts on it.
 
 use std::collections::HashMap;
@@ -16,6 +16,7 @@ use voicecluster_api::config::users::{check_ha1, check_user_name};
 use voicecluster_api::grpc::ConfigResult;
 use voicecluster_directory_client::config::Offered;
 use voicecluster_telemetry::metrics::register_all;
+use voicecluster_telemetry::{LogFilter, ParsedFilter};
 
 use crate::billing::RateTable;
 
@@ -77,11 +78,19 @@ pub struct Checked {
     pub rates: RateTable,
     /// From when its rates hold.
     pub effective: SystemTime,
+    /// The log filter to put in force; None: the one in force stays.
+    pub log_filter: Option<ParsedFilter>,
 }
 
-/// Checks all of `offered`; the first thing wrong is the reason it fails.
-pub fn check(offered: &Offered) -> Result<Checked, String> {
+/// Checks all of `offered`, its log level against the member's filter
+/// `log`; the first thing wrong is the reason it fails.
+pub fn check(offered: &Offered, log: &LogFilter) -> Result<Checked, String> {
     let c = &offered.config;
+    // A version from an operator that sent no settings changes no filter.
+    let log_filter = match &c.settings {
+        Some(s) => log.prepare(&s.log_level)?,
+        None => None,
+    };
     let mut users = HashMap::with_capacity(c.users.len());
     for u in &c.users {
         check_user_name(&u.name)?;
@@ -104,6 +113,7 @@ pub fn check(offered: &Offered) -> Result<Checked, String> {
         users,
         rates,
         effective,
+        log_filter,
     })
 }
 
@@ -157,11 +167,17 @@ mod tests {
     use std::sync::Arc;
 
     use voicecluster_api::config::{ha1, hash};
-    use voicecluster_api::grpc::{BillingConfig, ClusterConfig, ConfigUser, RateConfig};
+    use voicecluster_api::grpc::{
+        BillingConfig, ClusterConfig, ConfigUser, LiveSettings, RateConfig,
+    };
 
     use super::*;
 
     fn offered(users: Vec<ConfigUser>, price: &str) -> Offered {
+        with_log_level(users, price, "info")
+    }
+
+    fn with_log_level(users: Vec<ConfigUser>, price: &str, log_level: &str) -> Offered {
         let config = ClusterConfig {
             users,
             billing: Some(BillingConfig {
@@ -171,6 +187,11 @@ mod tests {
                     price_per_minute: price.into(),
                     increment_seconds: 1,
                 }],
+            }),
+            settings: Some(LiveSettings {
+                log_level: log_level.into(),
+                media_timeout_seconds: 30,
+                leg_stats_seconds: 10,
             }),
         };
         Offered {
@@ -191,18 +212,45 @@ mod tests {
     #[test]
     fn a_version_is_checked_whole_and_the_first_fault_is_the_reason() {
         let good = ha1("alice", "voice.test", "pw");
-        let c = check(&offered(vec![user("alice", &good)], "0.05")).unwrap();
+        let log = LogFilter::detached("info");
+        let c = check(&offered(vec![user("alice", &good)], "0.05"), &log).unwrap();
+        assert!(c.log_filter.is_none(), "the level in force stays");
         assert_eq!(c.users["alice"], good);
         assert_eq!(
             c.effective,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
         );
-        let fault = |o: Offered| check(&o).err().unwrap();
+        let fault = |o: Offered| check(&o, &log).err().unwrap();
         assert!(fault(offered(vec![user("a:b", &good)], "0.05")).contains("SIP user part"));
         assert!(fault(offered(vec![user("bob", "short")], "0.05")).contains("32 hex"));
         assert!(fault(offered(vec![user("alice", &good)], "lots")).contains("lots"));
         let r = result(&offered(vec![], "0.05"), &Err("why".into()));
         assert!(r.failed && r.reason == "why" && r.version == 4);
+    }
+
+    #[test]
+    fn a_log_level_is_checked_with_the_rest_and_a_bad_one_refuses_the_version() {
+        let log = LogFilter::detached("info");
+        let alice = || vec![user("alice", &ha1("alice", "voice.test", "pw"))];
+        let debug = "info,voicecluster_signal_node=debug";
+        let c = check(&with_log_level(alice(), "0.05", debug), &log).unwrap();
+        assert_eq!(c.log_filter.unwrap().directives(), debug);
+        // A directive that does not parse: the whole version is refused,
+        // the reason names it, and the filter in force is untouched.
+        let why = check(&with_log_level(alice(), "0.05", "info,sip=chatty"), &log)
+            .err()
+            .unwrap();
+        assert!(why.contains("log level \"info,sip=chatty\""), "{why}");
+        assert_eq!(log.directives(), "info");
+        let r = result(
+            &with_log_level(alice(), "0.05", "info,sip=chatty"),
+            &Err(why.clone()),
+        );
+        assert!(r.failed && r.reason == why);
+        // Settings absent (an older operator): nothing to swap.
+        let mut old = offered(alice(), "0.05");
+        Arc::make_mut(&mut old.config).settings = None;
+        assert!(check(&old, &log).unwrap().log_filter.is_none());
     }
 
     #[test]

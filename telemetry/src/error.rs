@@ -15,6 +15,9 @@ pub enum TelemetryError {
         /// What the parser said.
         source: tracing_subscriber::filter::ParseError,
     },
+    /// The log filter could not be swapped (the subscriber is gone).
+    #[error("cannot swap the log filter: {0}")]
+    LogReload(String),
     /// A global logger was already installed in this process.
     #[error("cannot initialise logging")]
     LoggingInit(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

@@ -43,7 +43,7 @@ pub use admin::{AdminServer, RunningAdmin, router};
 pub use args::CommonArgs;
 pub use error::TelemetryError;
 pub use instance::{Instance, probe_if_asked};
-pub use logging::{LogFormat, init_logging};
+pub use logging::{LogFilter, LogFormat, ParsedFilter, init_logging};
 pub use metrics::{BuildInfo, OPENMETRICS_CONTENT_TYPE, register_process_metrics};
 pub use readiness::Readiness;
 pub use signal::{ShutdownSignal, shutdown_signal};
@@ -54,6 +54,7 @@ pub use signal::{ShutdownSignal, shutdown_signal};
 #[derive(Debug)]
 pub struct Telemetry {
     readiness: Readiness,
+    log_filter: LogFilter,
     admin: RunningAdmin,
     instance: Instance,
     slot: u16,
@@ -73,7 +74,7 @@ impl Telemetry {
         args: &CommonArgs,
         mut registry: Registry,
     ) -> Result<Self, TelemetryError> {
-        init_logging(args.log_format, &args.log_level)?;
+        let log_filter = init_logging(args.log_format, &args.log_level)?;
         register_process_metrics(&mut registry, build);
         let readiness = Readiness::new("starting");
         let bind_error = |source| TelemetryError::AdminBind {
@@ -104,6 +105,7 @@ impl Telemetry {
             .map_err(TelemetryError::Instance)?;
         Ok(Self {
             readiness,
+            log_filter,
             admin,
             instance,
             slot,
@@ -118,6 +120,11 @@ impl Telemetry {
     /// Where this process records the addresses it listens on.
     pub fn instance(&self) -> &Instance {
         &self.instance
+    }
+
+    /// The log filter in force, which a live configuration may swap.
+    pub fn log_filter(&self) -> &LogFilter {
+        &self.log_filter
     }
 
     /// The flag behind `/readyz`.

@@ -100,6 +100,13 @@ pub fn delta(from: &ClusterConfig, to: &ClusterConfig) -> ConfigDelta {
     if from.billing != to.billing {
         d.billing = Some(to.billing.clone().unwrap_or_default());
     }
+    // The settings are a handful of scalars: all of them travel when one
+    // changed. (A version without settings after one with them cannot be
+    // said as a delta; its hash then fails and the pod asks for the whole.
+    // The operator always sends them.)
+    if from.settings != to.settings {
+        d.settings = Some(to.settings.clone().unwrap_or_default());
+    }
     d
 }
 
@@ -121,6 +128,7 @@ pub fn apply(base: &ClusterConfig, delta: &ConfigDelta) -> ClusterConfig {
     ClusterConfig {
         users: users.into_values().cloned().collect(),
         billing,
+        settings: delta.settings.clone().or_else(|| base.settings.clone()),
     }
 }
 

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::grpc::BillingConfig;
+use crate::grpc::{BillingConfig, LiveSettings};
 
 fn user(name: &str, ha1: &str) -> ConfigUser {
     ConfigUser {
@@ -25,7 +25,16 @@ fn config(users: &[(&str, &str)], rates: &[(&str, &str)]) -> ClusterConfig {
             currency: "EUR".to_string(),
             rates: rates.iter().map(|(p, r)| rate(p, r)).collect(),
         }),
+        settings: Some(settings("info", 30)),
     })
+}
+
+fn settings(log_level: &str, media_timeout_seconds: u32) -> LiveSettings {
+    LiveSettings {
+        log_level: log_level.to_string(),
+        media_timeout_seconds,
+        leg_stats_seconds: 10,
+    }
 }
 
 #[test]
@@ -129,4 +138,57 @@ fn bytes_that_are_not_a_configuration_are_refused_with_the_reason() {
         decompress::<ClusterConfig>(&bomb, "snapshot"),
         Err(WireError::TooLarge)
     );
+}
+
+#[test]
+fn a_settings_change_travels_in_the_delta_and_only_then() {
+    let from = config(&[("alice", "1")], &[("", "0.05")]);
+    // Users changed, settings did not: the delta carries none.
+    let more = config(&[("alice", "1"), ("bob", "2")], &[("", "0.05")]);
+    let d = delta(&from, &more);
+    assert_eq!(d.settings, None);
+    assert_eq!(apply(&from, &d).settings, from.settings);
+
+    // The log level changed: the delta carries all the settings, and only
+    // them; the version it rebuilds hashes like the target.
+    let debug = ClusterConfig {
+        settings: Some(settings("info,voicecluster_signal_node=debug", 30)),
+        ..from.clone()
+    };
+    assert_ne!(hash(&debug), hash(&from), "the settings are in the hash");
+    let d = delta(&from, &debug);
+    assert!(d.upsert.is_empty() && d.remove.is_empty() && d.billing.is_none());
+    assert_eq!(
+        d.settings,
+        Some(settings("info,voicecluster_signal_node=debug", 30))
+    );
+    let wire: ConfigDelta = decompress(&compress(&d), "delta").unwrap();
+    assert_eq!(hash(&apply(&from, &wire)), hash(&debug));
+
+    // A media timeout change alone is a change too.
+    let slow = ClusterConfig {
+        settings: Some(settings("info", 90)),
+        ..from.clone()
+    };
+    let d = delta(&from, &slow);
+    assert_eq!(
+        d.settings.as_ref().map(|s| s.media_timeout_seconds),
+        Some(90)
+    );
+    assert_eq!(apply(&from, &d), slow);
+    // Applied to a base with other settings, the delta's settings win.
+    assert_eq!(apply(&debug, &d).settings, slow.settings);
+}
+
+#[test]
+fn a_version_from_before_settings_takes_them_from_a_delta() {
+    // A pod that kept a version made before the operator sent settings.
+    let old = ClusterConfig {
+        settings: None,
+        ..config(&[("alice", "1")], &[("", "0.05")])
+    };
+    let new = config(&[("alice", "1")], &[("", "0.05")]);
+    let d = delta(&old, &new);
+    assert_eq!(d.settings, new.settings);
+    assert_eq!(hash(&apply(&old, &d)), hash(&new));
 }

@@ -18,14 +18,18 @@ pub enum FailoverMode {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverSpec {
-    /// `Automatic` or `Manual`.
+    /// `Automatic` or `Manual`. Applies live: members get it (and the
+    /// approvals of `status.failover`) with the next Directory version.
     #[serde(default)]
     pub mode: FailoverMode,
     /// Heartbeat interval between the SIP front door and the signal pods.
+    /// A change rolls the media pods (their SIP edge containers probe with
+    /// it from start); the signal pods answer any interval.
     #[serde(default = "default_heartbeat_ms")]
     #[schemars(range(min = 50, max = 60000))]
     pub heartbeat_interval_ms: i32,
-    /// Missed heartbeats after which a member is considered failed.
+    /// Missed heartbeats after which a member is considered failed. A
+    /// change rolls the media pods, as `heartbeatIntervalMs`.
     #[serde(default = "default_failure_threshold")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: i32,

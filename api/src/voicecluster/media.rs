@@ -21,7 +21,8 @@ pub enum PlacementKind {
     Deployment,
 }
 
-/// Placement of the media pods.
+/// Placement of the media pods. Changing `kind` replaces every media pod
+/// (the other workload); changing `replicas` scales without a roll.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(validation = Rule::new("self.kind == 'Deployment' ? has(self.replicas) : !has(self.replicas)").message("replicas is required with kind Deployment and not allowed with kind DaemonSet"))]
 #[serde(rename_all = "camelCase")]
@@ -86,43 +87,67 @@ pub struct PublicAddress {
     pub addresses: Option<BTreeMap<String, String>>,
 }
 
-/// The edge media pods.
+/// The edge media pods. Their settings reach them as variables of their
+/// template, so a change rolls the media pods (one node at a time, each
+/// draining its calls) unless its field says it applies live.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MediaSpec {
     /// Container image; defaults to the operator's own media-node image.
+    /// A change rolls the media pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
-    /// Nodes media pods may run on. Defaults to internet-facing nodes.
+    /// Nodes media pods may run on. Defaults to internet-facing nodes. A
+    /// change rolls the media pods.
     #[serde(default = "default_media_node_selector")]
     pub node_selector: BTreeMap<String, String>,
-    /// Tolerations, for internet-facing nodes that are tainted.
+    /// Tolerations, for internet-facing nodes that are tainted. A change
+    /// rolls the media pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     /// DaemonSet or Deployment.
     #[serde(default)]
     pub placement: Placement,
     /// Use the node's network namespace, so RTP ports are the node's ports.
+    /// A change rolls the media pods.
     #[serde(default = "default_true")]
     pub host_network: bool,
-    /// UDP ports for media on each pod.
+    /// UDP ports for media on each pod. A change rolls the media pods and
+    /// the signal pods (members read it at start for their own legs).
     #[serde(default)]
     pub rtp_port_range: PortRange,
-    /// Call legs one media pod accepts at most.
+    /// Call legs one media pod accepts at most. A change rolls the media
+    /// pods and the signal pods (members read it at start).
     #[serde(default = "default_capacity")]
     #[schemars(range(min = 1, max = 100000))]
     pub capacity: i32,
-    /// Where each pod's public address comes from.
+    /// Where each pod's public address comes from. Applies live: the
+    /// operator reads it and the pods get the addresses from the Directory.
     #[serde(default)]
     pub public_address: PublicAddress,
-    /// How long a stopping media pod keeps its legs before it exits.
+    /// How long a stopping media pod keeps its legs before it exits. A
+    /// change rolls the media pods (it is also their grace period).
     #[serde(default = "default_drain_timeout")]
     #[schemars(range(min = 0, max = 86400))]
     pub drain_timeout_seconds: i32,
-    /// Compute resources of the media container.
+    /// Compute resources of the media container. A change rolls the media
+    /// pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Seconds without media after which a media pod tells a leg's owner
+    /// the leg is silent (the member then hangs the call up). Applies
+    /// live: running media pods take it with the live configuration
+    /// version (`status.config`), for the legs they have too.
+    #[serde(default = "default_media_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub media_timeout_seconds: i32,
+    /// Seconds between a media pod's statistics events (packets, RTCP loss
+    /// and jitter) to each leg's owner; 0: none. Applies live, like
+    /// `mediaTimeoutSeconds`.
+    #[serde(default = "default_leg_stats")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub leg_stats_seconds: i32,
 }
 
 fn default_media_node_selector() -> BTreeMap<String, String> {
@@ -140,6 +165,14 @@ fn default_drain_timeout() -> i32 {
     3600
 }
 
+fn default_media_timeout() -> i32 {
+    30
+}
+
+fn default_leg_stats() -> i32 {
+    10
+}
+
 impl Default for MediaSpec {
     fn default() -> Self {
         Self {
@@ -153,6 +186,8 @@ impl Default for MediaSpec {
             public_address: PublicAddress::default(),
             drain_timeout_seconds: default_drain_timeout(),
             resources: None,
+            media_timeout_seconds: default_media_timeout(),
+            leg_stats_seconds: default_leg_stats(),
         }
     }
 }

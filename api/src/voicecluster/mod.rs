@@ -91,6 +91,21 @@ pub struct VoiceClusterSpec {
     /// How calls are priced.
     #[serde(default)]
     pub billing: BillingSpec,
+    /// Log filter of the signal members and the media relays, in tracing
+    /// `EnvFilter` syntax: a level (`info`) or per-target levels
+    /// (`info,voicecluster_signal_node=debug`). Applies live: running pods
+    /// swap their filter with the live configuration version that carries
+    /// it (`status.config`). A filter a pod cannot parse is refused by
+    /// that pod (state `Failed`, the reason names it) and every pod goes
+    /// back to the last version they all applied. The SIP edge containers
+    /// keep their own `VC_LOG_LEVEL`.
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub log_level: String,
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
 }
 
 /// serde's default of the flags that are on unless turned off.

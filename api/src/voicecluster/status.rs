@@ -185,11 +185,13 @@ pub struct DirectoryStatus {
 }
 
 /// The live configuration: the version the operator serves and what each
-/// signal pod did with it.
+/// signal and media pod did with it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigStatus {
-    /// Increases whenever the users or the rate table change.
+    /// Increases whenever the users, the rate table or a live setting
+    /// (`logLevel`, `media.mediaTimeoutSeconds`, `media.legStatsSeconds`)
+    /// change.
     pub version: i64,
     /// SHA-256 of the version's content (hex): equal hashes, equal content.
     pub hash: String,
@@ -203,13 +205,14 @@ pub struct ConfigStatus {
     /// pods keep `version` meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Signal pods that applied `version`, of those that reported.
+    /// Signal and media pods that applied `version`, of those that
+    /// reported.
     #[serde(default)]
     pub current_pods: i32,
-    /// Each signal pod's last result.
+    /// Each signal and media pod's last result.
     #[serde(default)]
     pub pods: Vec<PodConfig>,
-    /// The last version every reporting signal pod applied: what a
+    /// The last version every reporting pod applied: what a
     /// version that fails on a pod is rolled back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_known_good: Option<ConfigVersionRef>,
@@ -343,7 +346,8 @@ pub struct VoiceClusterStatus {
     /// Members' heartbeats, failed members, takeovers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverStatus>,
-    /// The live configuration (users, rates) and each pod's version of it.
+    /// The live configuration (users, rates, live settings) and each pod's
+    /// version of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigStatus>,
 }

@@ -32,6 +32,9 @@ fn a_minimal_spec_gets_the_documented_defaults() {
     assert_eq!(spec.sip.port, 5060);
     assert_eq!(spec.failover.mode, FailoverMode::Automatic);
     assert_eq!(spec.billing.currency, "EUR");
+    assert_eq!(spec.log_level, "info");
+    assert_eq!(spec.media.media_timeout_seconds, 30);
+    assert_eq!(spec.media.leg_stats_seconds, 10);
 }
 
 /// The API server fills defaults from the schema, the operator from
@@ -46,9 +49,10 @@ fn schema_defaults_match_serde_defaults() {
         sip: serde_json::from_value(serde_json::json!({"domain": "x"})).unwrap(),
         failover: FailoverSpec::default(),
         billing: BillingSpec::default(),
+        log_level: "info".to_string(),
     })
     .unwrap();
-    for field in ["signal", "media", "failover", "billing"] {
+    for field in ["signal", "media", "failover", "billing", "logLevel"] {
         assert_eq!(
             spec[field]["default"], ours[field],
             "default of spec.{field}"

@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use voicecluster_telemetry::LogFilter;
 
 use anyhow::{Context, Result, bail, ensure};
 use kube::runtime::reflector;
@@ -162,6 +163,7 @@ fn initial_config(users: usize) -> ClusterConfig {
             currency: "EUR".into(),
             rates: vec![rate("", "0.02"), rate("1", "0.01"), rate("44", "0.015")],
         }),
+        settings: None,
     }
 }
 
@@ -215,7 +217,7 @@ impl Member {
 
     /// What the driver's `apply_config` does with a version's users.
     fn apply(&mut self, offered: &Offered) -> Result<(), String> {
-        let checked = check(offered)?;
+        let checked = check(offered, &LogFilter::detached("info"))?;
         self.registrar.replace_users(checked.users);
         Ok(())
     }
@@ -297,7 +299,7 @@ fn client_run(built: &Built) -> Result<ClientRun> {
     hash(&rebuilt.config);
     let hash = t.elapsed();
     let t = Instant::now();
-    let checked = check(&rebuilt).map_err(anyhow::Error::msg)?;
+    let checked = check(&rebuilt, &LogFilter::detached("info")).map_err(anyhow::Error::msg)?;
     let check = t.elapsed();
     let t = Instant::now();
     member.registrar.replace_users(checked.users);

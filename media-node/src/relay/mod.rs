@@ -363,6 +363,17 @@ impl Relay {
         })
     }
 
+    /// Changes the media timeout, for the legs there are too: a live
+    /// configuration version that changes `spec.media.mediaTimeoutSeconds`.
+    pub fn set_media_timeout(&mut self, media_timeout: Duration) {
+        self.media_timeout = media_timeout;
+    }
+
+    /// The media timeout in force.
+    pub fn media_timeout(&self) -> Duration {
+        self.media_timeout
+    }
+
     /// Legs silent for the media timeout, each reported once until media
     /// resumes.
     pub fn timed_out(&mut self, now: Instant) -> Vec<LegId> {

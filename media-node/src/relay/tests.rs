@@ -189,6 +189,23 @@ fn silent_legs_time_out_once() {
 }
 
 #[test]
+fn a_new_media_timeout_holds_for_the_legs_already_there() {
+    let mut r = relay();
+    let t0 = Instant::now();
+    let ((a, _), (b, _)) = pair(&mut r, t0);
+    // 3 s of silence: under the 5 s timeout.
+    assert!(r.timed_out(t0 + Duration::from_secs(3)).is_empty());
+    r.set_media_timeout(Duration::from_secs(2));
+    assert_eq!(r.media_timeout(), Duration::from_secs(2));
+    assert_eq!(r.timed_out(t0 + Duration::from_secs(3)), vec![a, b]);
+    // Longer again: a leg silent for less is not reported.
+    let c = r.create_leg(t0 + Duration::from_secs(3)).unwrap().0;
+    r.set_media_timeout(Duration::from_secs(60));
+    assert!(r.timed_out(t0 + Duration::from_secs(30)).is_empty());
+    assert_eq!(r.timed_out(t0 + Duration::from_secs(63)), vec![c]);
+}
+
+#[test]
 fn an_in_process_leg_gets_rtp_handed_over_and_keeps_rtcp_to_itself() {
     let mut r = relay();
     let now = Instant::now();

@@ -32,27 +32,24 @@ impl LegService {
 
     /// Tells the owners of legs what happened to them (silent for the
     /// media timeout, DTMF digits, a failed WebRTC connection), every
-    /// `every`, and their counters every `statistics`, until dropped.
-    pub async fn report_leg_events(
-        self,
-        every: Duration,
-        silent: Duration,
-        statistics: Option<Duration>,
-    ) {
+    /// `every`, and their counters at the statistics interval, until
+    /// dropped. Both come from the timing in force at each report
+    /// ([`LegService::set_timing`]), so a new one holds from the next.
+    pub async fn report_leg_events(self, every: Duration) {
         let Some(notifier) = self.notifier.clone() else {
             return;
         };
         let mut last_statistics = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(every).await;
-            if let Some(interval) = statistics
+            if let Some(interval) = self.timing().statistics
                 && last_statistics.elapsed() >= interval
             {
                 last_statistics = tokio::time::Instant::now();
                 self.send_statistics(&notifier);
             }
             self.send_digits_and_failures(&notifier);
-            self.send_timeouts(&notifier, silent);
+            self.send_timeouts(&notifier);
         }
     }
 
@@ -89,9 +86,10 @@ impl LegService {
         }
     }
 
-    /// The legs silent for `silent` since the last call.
-    fn send_timeouts(&self, notifier: &Notifier, silent: Duration) {
-        for id in self.engine.timed_out() {
+    /// The legs silent for the media timeout since the last call.
+    fn send_timeouts(&self, notifier: &Notifier) {
+        let (silent_legs, silent) = self.engine.timed_out();
+        for id in silent_legs {
             if let Some(owner) = self.owner(id) {
                 tracing::info!(leg = id.0, task = owner.task, member = %owner.member, "media timeout");
                 notifier.send(

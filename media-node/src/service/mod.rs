@@ -40,6 +40,16 @@ struct Owned {
     sdp: String,
 }
 
+/// How a service's legs are timed: what a media pod applies live, from
+/// `spec.media` (`mediaTimeoutSeconds`, `legStatsSeconds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegTiming {
+    /// Silence after which a leg's owner hears the leg timed out.
+    pub media_timeout: Duration,
+    /// How often owners get their legs' counters; None: never.
+    pub statistics: Option<Duration>,
+}
+
 /// `CallLegs` on one engine.
 #[derive(Clone)]
 pub struct LegService {
@@ -50,6 +60,9 @@ pub struct LegService {
     drain_requested: watch::Sender<bool>,
     /// Where leg events go, once reporting started.
     notifier: Option<Notifier>,
+    /// How often owners get their legs' counters (the media timeout is
+    /// the relay's).
+    statistics: Arc<Mutex<Option<Duration>>>,
 }
 
 impl LegService {
@@ -62,6 +75,28 @@ impl LegService {
             draining: Arc::default(),
             drain_requested: watch::channel(false).0,
             notifier: None,
+            statistics: Arc::default(),
+        }
+    }
+
+    /// Puts `timing` in force: the media timeout for every leg there is,
+    /// and the statistics interval from the next report on.
+    pub fn set_timing(&self, timing: LegTiming) {
+        self.engine.set_media_timeout(timing.media_timeout);
+        *self
+            .statistics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = timing.statistics;
+    }
+
+    /// The timing in force.
+    pub fn timing(&self) -> LegTiming {
+        LegTiming {
+            media_timeout: self.engine.media_timeout(),
+            statistics: *self
+                .statistics
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
     }
 

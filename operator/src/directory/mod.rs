@@ -594,6 +594,7 @@ mod tests {
                 })
                 .collect(),
             billing: None,
+            settings: None,
         }
     }
 

@@ -5,7 +5,7 @@ use voicecluster_api::voicecluster::ConfigStatus;
 use super::status::FAILED;
 use crate::conditions::{Reason, Verdict};
 
-/// Whether every signal pod uses the configuration the sources give, and
+/// Whether every signal and media pod uses the configuration the sources give, and
 /// if not, why and what to do.
 pub fn config_applied(c: &ConfigStatus) -> Verdict {
     if let Some(e) = &c.error {
@@ -52,7 +52,7 @@ pub fn config_applied(c: &ConfigStatus) -> Verdict {
             false,
             Reason::Applying,
             format!(
-                "no signal pod has reported on configuration version {} yet",
+                "no pod has reported on configuration version {} yet",
                 c.version
             ),
         );
@@ -62,7 +62,7 @@ pub fn config_applied(c: &ConfigStatus) -> Verdict {
             false,
             Reason::Applying,
             format!(
-                "{} of {reporting} signal pods on configuration version {}",
+                "{} of {reporting} pods on configuration version {}",
                 c.current_pods, c.version
             ),
         );
@@ -71,7 +71,7 @@ pub fn config_applied(c: &ConfigStatus) -> Verdict {
         true,
         Reason::Applied,
         format!(
-            "{reporting} signal pods on configuration version {} ({} users)",
+            "{reporting} pods on configuration version {} ({} users)",
             c.version, c.users
         ),
     )

@@ -1,5 +1,5 @@
-//! Live configuration: what signal pods apply while they run (users, the
-//! rate table), versioned and hashed, served to them over the Directory's
+//! Live configuration: what signal and media pods apply while they run
+//! (users, the rate table, the live settings of [`settings`]), versioned and hashed, served to them over the Directory's
 //! `WatchConfig` stream as the whole version or the delta from the one they
 //! have, zstd-compressed.
 //!
@@ -18,6 +18,7 @@ pub mod feed;
 pub mod ldap;
 pub mod ldap_syncs;
 pub mod objects;
+pub mod settings;
 pub mod sources;
 pub mod status;
 pub mod store;

@@ -115,6 +115,7 @@ pub fn fingerprint(vc: &VoiceCluster, lookup: &impl Lookup) -> String {
         serde_json::to_string(&vc.spec.sip.domain).unwrap_or_default(),
         serde_json::to_string(&vc.spec.billing).unwrap_or_default(),
         serde_json::to_string(&vc.spec.sip.user_sources).unwrap_or_default(),
+        format!("{:?}", super::settings::live_settings(vc)),
         format!("{:?}", users_secret(vc).map(|n| (n, secret_rv(n)))),
     ];
     for s in &vc.spec.sip.user_sources {
@@ -341,6 +342,7 @@ pub fn assemble(vc: &VoiceCluster, lookup: &impl Lookup) -> Assembly {
             let config = canonical(ClusterConfig {
                 users,
                 billing: Some(billing(vc)),
+                settings: Some(super::settings::live_settings(vc)),
             });
             let h = voicecluster_api::config::hash(&config);
             Ok((Arc::new(config), h))

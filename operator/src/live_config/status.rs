@@ -1,5 +1,5 @@
 //! `status.config`: which version the leader serves for what content, what
-//! each signal pod did with it, and the rollback: a version a pod refuses
+//! each signal and media pod did with it, and the rollback: a version a pod refuses
 //! sends every pod back to the last version all of them applied, which is
 //! served (under a new number) until the sources change again. Pure;
 //! [`ConfigVersions`] remembers what this replica wrote, as the Directory's
@@ -33,8 +33,9 @@ pub struct Seen<'a> {
     pub assembled: &'a Assembled,
     /// What each pod reported last.
     pub results: &'a HashMap<String, ConfigResult>,
-    /// The cluster's signal pods now.
-    pub signal_pods: &'a [String],
+    /// The cluster's pods that follow the configuration now: its signal
+    /// and media pods.
+    pub following: &'a [String],
     /// Now, in Unix ms.
     pub now_unix_ms: i64,
 }
@@ -73,7 +74,7 @@ impl ConfigVersions {
                 }
             }
         }
-        s.pods = pods(seen.results, seen.signal_pods);
+        s.pods = pods(seen.results, seen.following);
         s.current_pods = on(&s.pods, s.version);
         if !s.pods.is_empty() && usize::try_from(s.current_pods).ok() == Some(s.pods.len()) {
             s.last_known_good = Some(ConfigVersionRef {
@@ -119,8 +120,8 @@ fn roll_back_if_refused(s: &mut ConfigStatus, now_unix_ms: i64) {
     s.current_pods = on(&s.pods, s.version);
 }
 
-fn pods(results: &HashMap<String, ConfigResult>, signal_pods: &[String]) -> Vec<PodConfig> {
-    let mut pods: Vec<PodConfig> = signal_pods
+fn pods(results: &HashMap<String, ConfigResult>, following: &[String]) -> Vec<PodConfig> {
+    let mut pods: Vec<PodConfig> = following
         .iter()
         .filter_map(|pod| {
             let r = results.get(pod)?;
@@ -157,6 +158,7 @@ mod tests {
         let config = ClusterConfig {
             users: vec![Default::default(); users],
             billing: None,
+            settings: None,
         };
         Arc::new(Assembly {
             content: Ok((Arc::new(config), hash.to_string())),
@@ -207,7 +209,7 @@ mod tests {
                     previous: self.status.as_ref(),
                     assembled,
                     results: &self.results,
-                    signal_pods: &pods,
+                    following: &pods,
                     now_unix_ms: self.now,
                 },
             );
@@ -241,7 +243,7 @@ mod tests {
                 previous: Some(&first),
                 assembled: &ok("c", 3),
                 results: &HashMap::new(),
-                signal_pods: &pods,
+                following: &pods,
                 now_unix_ms: 9000,
             },
         );

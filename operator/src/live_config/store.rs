@@ -268,6 +268,7 @@ mod tests {
                 })
                 .collect(),
             billing: None,
+            settings: None,
         }
     }
 

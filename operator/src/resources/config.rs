@@ -54,11 +54,14 @@ pub(super) const START_SETTINGS_ANNOTATION: &str = "voicecluster.io/start-settin
 
 /// A hash of the fields of `config.json` that signal pods read when they
 /// start and never again. The file is all of the spec, but only these
-/// fields roll the pods: scaling, a media setting or a price must not
-/// restart a member (the rates and users reach running members as live
-/// configuration). Media pods and their edges get all they read through
-/// their template (variables), which rolls them by itself. The domain is
-/// the digest realm, which every user's HA1 is made with.
+/// fields roll the pods: scaling, a media setting, a price, the log level
+/// or a failover setting must not restart a member (rates, users and the
+/// live settings reach running members as live configuration; the failover
+/// mode comes with the Directory; the heartbeat settings are the edges').
+/// Media pods and their edges get all they read at start through their
+/// template (variables), which rolls them by itself; what they apply live
+/// is not in it. The domain is the digest realm, which every user's HA1 is
+/// made with; the RTP ports and capacity size a member's own legs.
 pub(super) fn start_settings_hash(vc: &VoiceCluster) -> String {
     let s = &vc.spec;
     let read = serde_json::json!({
@@ -86,6 +89,30 @@ mod tests {
 
     fn hash(spec: serde_json::Value) -> String {
         start_settings_hash(&vc(spec))
+    }
+
+    #[test]
+    fn live_settings_and_failover_settings_roll_no_member() {
+        let base = hash(serde_json::json!({"sip": {"domain": "x"}}));
+        let live = hash(serde_json::json!({
+            "sip": {"domain": "x"},
+            "logLevel": "debug",
+            "media": {"mediaTimeoutSeconds": 90, "legStatsSeconds": 0},
+            "failover": {"mode": "Manual", "heartbeatIntervalMs": 500, "failureThreshold": 5}
+        }));
+        assert_eq!(live, base);
+    }
+
+    #[test]
+    fn every_setting_members_read_at_start_changes_the_hash() {
+        let base = hash(serde_json::json!({"sip": {"domain": "x"}}));
+        for changed in [
+            serde_json::json!({"sip": {"domain": "x", "port": 5070}}),
+            serde_json::json!({"sip": {"domain": "x"}, "media": {"rtpPortRange": {"min": 30000, "max": 30999}}}),
+            serde_json::json!({"sip": {"domain": "x"}, "media": {"capacity": 10}}),
+        ] {
+            assert_ne!(hash(changed.clone()), base, "{changed}");
+        }
     }
 
     #[test]

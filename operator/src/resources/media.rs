@@ -303,6 +303,27 @@ mod tests {
     }
 
     #[test]
+    fn live_settings_leave_the_media_pod_template_alone() {
+        // What media pods apply live must not be in their template, or a
+        // change would roll them (draining every call) as well.
+        let template = |spec| match media(spec) {
+            MediaWorkload::DaemonSet(ds) => ds.spec.unwrap().template,
+            MediaWorkload::Deployment(d) => d.spec.unwrap().template,
+        };
+        let base = template(serde_json::json!({"sip": {"domain": "x"}}));
+        let live = template(serde_json::json!({
+            "sip": {"domain": "x"}, "logLevel": "debug",
+            "media": {"mediaTimeoutSeconds": 5, "legStatsSeconds": 1}
+        }));
+        assert_eq!(live, base);
+        // A setting media pods read at start does change it.
+        let drained = template(serde_json::json!({
+            "sip": {"domain": "x"}, "media": {"drainTimeoutSeconds": 5}
+        }));
+        assert_ne!(drained, base);
+    }
+
+    #[test]
     fn media_pods_go_to_the_selected_nodes_on_the_host_network() {
         let d = media(serde_json::json!({"sip": {"domain": "x"},
                                    "media": {"image": "custom:2", "rtpPortRange": {"min": 30000, "max": 30099}}}));

@@ -74,6 +74,8 @@ pub struct ConfigLink {
     pub keep_at: Option<std::path::PathBuf>,
     /// What `/metrics` says of it.
     pub metrics: crate::live_config::ConfigMetrics,
+    /// The process's log filter, which a version's log level swaps.
+    pub log: voicecluster_telemetry::LogFilter,
 }
 
 /// What woke the loop.
@@ -335,11 +337,18 @@ impl<C: SipCore> Driver<C> {
             return;
         };
         let started = Instant::now();
-        let outcome = crate::live_config::check(offered).and_then(|checked| {
+        let outcome = crate::live_config::check(offered, &link.log).and_then(|checked| {
             let m = self
                 .core
                 .member()
                 .ok_or_else(|| "not a member".to_string())?;
+            // The one step that can fail goes first: if it does, nothing
+            // of the version is in use.
+            if let Some(filter) = checked.log_filter {
+                let directives = filter.directives().to_string();
+                link.log.set(filter).map_err(|e| e.to_string())?;
+                tracing::info!(%directives, "log filter swapped");
+            }
             m.replace_users(checked.users, now, wall);
             if let Some(bills) = self.links.bills.as_mut() {
                 bills.set_rates(checked.effective, checked.rates);

@@ -39,7 +39,7 @@ pub async fn config_condition(
     .await
 }
 
-/// The configuration status once `pods` signal pods applied a version
+/// The configuration status once `pods` pods (signal and media) applied a version
 /// newer than `after`.
 pub async fn applied_after(
     vcs: &Api<VoiceCluster>,
@@ -48,7 +48,7 @@ pub async fn applied_after(
     pods: i32,
 ) -> Result<ConfigStatus> {
     eventually(
-        &format!("{pods} signal pods on a configuration version after {after}"),
+        &format!("{pods} pods on a configuration version after {after}"),
         Duration::from_secs(30),
         || async {
             let vc = vcs.get(name).await.map_err(|e| e.to_string())?;

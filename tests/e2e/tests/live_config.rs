@@ -141,7 +141,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     let pods: Api<Pod> = ns.api();
     let ips = signal_ips(&pods).await?;
     directory_settled(&vcs, NAME, 3).await?;
-    let first = applied_after(&vcs, NAME, 0, 2).await?;
+    let first = applied_after(&vcs, NAME, 0, 3).await?;
     ensure!(first.users == 3, "three users: {first:?}");
     let before = pod_identities(&pods, NAME).await?;
 
@@ -159,13 +159,13 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     // A user added, one removed, a password changed: in the Secret only.
     set_users(client, &ns.name, &[ALICE, BOB, ("carol", "c1")]).await?;
     let took = registers_within(&sipp, ("carol", "c1"), Duration::from_secs(10)).await?;
-    let second = applied_after(&vcs, NAME, first.version, 2).await?;
+    let second = applied_after(&vcs, NAME, first.version, 3).await?;
     ensure!(
         !registers(&sipp, ("dave", "d1")),
         "dave is refused once removed"
     );
     set_users(client, &ns.name, &[ALICE, BOB, ("carol", "c2")]).await?;
-    let third = applied_after(&vcs, NAME, second.version, 2).await?;
+    let third = applied_after(&vcs, NAME, second.version, 3).await?;
     ensure!(
         registers(&sipp, ("carol", "c2")),
         "carol's new password works"
@@ -212,7 +212,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
             && applied.message.contains(&rolled.pod),
         "the condition names the pod and why: {status:?} {applied:?}"
     );
-    let back = applied_after(&vcs, NAME, rolled.version, 2).await?;
+    let back = applied_after(&vcs, NAME, rolled.version, 3).await?;
     ensure!(
         back.hash == third.hash && back.users == 3,
         "the good content is back: {back:?}"
@@ -254,7 +254,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         ]}}})),
     )
     .await?;
-    let fourth = applied_after(&vcs, NAME, back.version, 2).await?;
+    let fourth = applied_after(&vcs, NAME, back.version, 3).await?;
     calls.await.context("the 40 calls end normally")?;
     sipp.spawn_calls(ports, 5, 5, 2_000)
         .await

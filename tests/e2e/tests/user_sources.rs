@@ -152,7 +152,7 @@ async fn sources(client: &Client, ns: &TestNamespace, ldap: &mut Slapd) -> Resul
     vcs.create(&PostParams::default(), &voicecluster(&ns.name, &ldap.url)?)
         .await?;
     wait_condition(&vcs, NAME, "Ready", "True").await?;
-    let first = applied_after(&vcs, NAME, 0, 1).await?;
+    let first = applied_after(&vcs, NAME, 0, 2).await?;
     let want = i32::try_from(LDAP_USERS + CSV_ROWS - 1)?;
     ensure!(first.users == want, "{want} users: {}", first.users);
     let corp = source_once(&vcs, "corp", "the LDAP source synced", |s| {
@@ -196,7 +196,7 @@ async fn sources(client: &Client, ns: &TestNamespace, ldap: &mut Slapd) -> Resul
     // A password changed in LDAP holds after an on-demand resync.
     ldap.set_password(&u7, "pw-7-new")?;
     resync(&vcs, 1).await?;
-    let second = applied_after(&vcs, NAME, first.version, 1).await?;
+    let second = applied_after(&vcs, NAME, first.version, 2).await?;
     ensure!(
         registers(&sipp, (&u7, "pw-7-new")),
         "the new password works"

@@ -269,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
             results,
             keep_at: args.live_config_file.clone(),
             metrics: config_metrics,
+            log: telemetry.log_filter().clone(),
         }),
         _ => None,
     };
