@@ -31,6 +31,28 @@ pub struct Offered {
     pub effective_unix_ms: i64,
     /// The content.
     pub config: Arc<ClusterConfig>,
+    /// When it came as a delta: what changed from the version offered
+    /// before it, so a pod that applied that one can apply only this.
+    pub delta: Option<Arc<OfferedDelta>>,
+}
+
+/// What turned the version offered before into this one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OfferedDelta {
+    /// The version it applies to ...
+    pub base_version: i64,
+    /// ... and that version's hash.
+    pub base_hash: String,
+    /// The users added, changed and removed, and the whole rates and
+    /// settings when they changed.
+    pub delta: ConfigDelta,
+}
+
+impl OfferedDelta {
+    /// Whether this delta applies to the version `applied` (number, hash).
+    pub fn applies_to(&self, applied: (i64, &str)) -> bool {
+        (self.base_version, self.base_hash.as_str()) == applied
+    }
 }
 
 impl Offered {
@@ -58,10 +80,11 @@ impl Offered {
     /// checked against its hash: what [`follow_config`] does with each
     /// update (public for the benchmarks, which time it alone).
     pub fn rebuild(base: Option<&Offered>, update: ConfigUpdate) -> Result<Self, String> {
-        let config = match update.body {
-            Some(config_update::Body::Snapshot(bytes)) => {
-                decompress::<ClusterConfig>(&bytes, "configuration").map_err(|e| e.to_string())?
-            }
+        let (config, delta) = match update.body {
+            Some(config_update::Body::Snapshot(bytes)) => (
+                decompress::<ClusterConfig>(&bytes, "configuration").map_err(|e| e.to_string())?,
+                None,
+            ),
             Some(config_update::Body::Delta(bytes)) => {
                 let base = base
                     .filter(|b| b.version == update.base_version)
@@ -73,7 +96,13 @@ impl Offered {
                         )
                     })?;
                 let d: ConfigDelta = decompress(&bytes, "delta").map_err(|e| e.to_string())?;
-                apply(&base.config, &d)
+                let config = apply(&base.config, &d);
+                let delta = OfferedDelta {
+                    base_version: base.version,
+                    base_hash: base.hash.clone(),
+                    delta: d,
+                };
+                (config, Some(Arc::new(delta)))
             }
             None => return Err("an update with no content".to_string()),
         };
@@ -89,6 +118,7 @@ impl Offered {
             hash: update.hash,
             effective_unix_ms: update.effective_unix_ms,
             config: Arc::new(config),
+            delta,
         })
     }
 }
@@ -219,6 +249,12 @@ mod tests {
         let v2 = Offered::rebuild(Some(&v1), d.clone()).unwrap();
         assert_eq!(*v2.config, b);
         assert_eq!(v2.effective_unix_ms, 20);
+        // It says what changed, and on top of what.
+        let said = v2.delta.as_deref().unwrap();
+        assert!(said.applies_to((1, &v1.hash)) && !said.applies_to((1, &v2.hash)));
+        assert_eq!(said.delta.upsert.len(), 1);
+        assert_eq!(said.delta.upsert[0].name, "bob");
+        assert!(v1.delta.is_none(), "a snapshot is no delta");
         // On another base, or with a hash that does not match: refused.
         assert!(
             Offered::rebuild(Some(&v2), d.clone())

@@ -337,6 +337,7 @@ async fn the_configuration_comes_as_asked_and_a_delta_that_does_not_check_asks_f
         hash: voicecluster_api::config::hash(&users(&["alice"])),
         effective_unix_ms: 0,
         config: Arc::new(users(&["alice"])),
+        delta: None,
     };
     let mut view = config::follow_config(target.clone(), Some(kept.clone()));
     let c1 = recv(&mut configs).await;

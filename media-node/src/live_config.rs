@@ -128,6 +128,7 @@ mod tests {
             hash: hash(&config),
             effective_unix_ms: 0,
             config: Arc::new(config),
+            delta: None,
         }
     }
 

@@ -173,6 +173,24 @@ pub enum Refusal {
     Stale,
 }
 
+/// A user map larger than this is freed on a thread of its own.
+const FREE_ELSEWHERE_FROM: usize = 10_000;
+
+/// Users to put in force, as HA1s: the whole list, or what changed in it
+/// since the version in force.
+#[derive(Debug, PartialEq)]
+pub enum Users {
+    /// User name → HA1, every user.
+    Whole(HashMap<String, String>),
+    /// What changed: users removed, then users added or re-passworded.
+    Changed {
+        /// User name → HA1, added or changed.
+        upsert: Vec<(String, String)>,
+        /// User names removed.
+        remove: Vec<String>,
+    },
+}
+
 /// Issues and checks nonces and responses for one realm.
 pub struct Authenticator {
     realm: String,
@@ -204,18 +222,35 @@ impl Authenticator {
         }
     }
 
-    /// The users from now on, as HA1s; returns the users no longer there.
-    /// A changed password holds from the next challenge: nonces are not
+    /// Puts `users` in force; returns the users no longer there. A
+    /// changed password holds from the next challenge: nonces are not
     /// tied to a password.
-    pub fn replace_ha1s(&mut self, ha1s: HashMap<String, String>) -> Vec<String> {
-        let gone = self
-            .ha1s
-            .keys()
-            .filter(|u| !ha1s.contains_key(*u))
-            .cloned()
-            .collect();
-        self.ha1s = ha1s;
-        gone
+    pub fn put_users(&mut self, users: Users) -> Vec<String> {
+        match users {
+            Users::Whole(ha1s) => {
+                let gone = self
+                    .ha1s
+                    .keys()
+                    .filter(|u| !ha1s.contains_key(*u))
+                    .cloned()
+                    .collect();
+                // The old map of a large list takes a while to free; its
+                // memory goes back off the SIP loop.
+                let old = std::mem::replace(&mut self.ha1s, ha1s);
+                if old.len() > FREE_ELSEWHERE_FROM {
+                    std::thread::spawn(move || drop(old));
+                }
+                gone
+            }
+            Users::Changed { upsert, remove } => {
+                let gone = remove
+                    .into_iter()
+                    .filter(|u| self.ha1s.remove(u).is_some())
+                    .collect();
+                self.ha1s.extend(upsert);
+                gone
+            }
+        }
     }
 
     /// Whether `user` may register and call.

@@ -268,13 +268,8 @@ impl Endpoint {
 
     /// The users from now on (user → HA1): one that is gone can no longer
     /// register or call, and their bindings go.
-    pub fn replace_users(
-        &mut self,
-        users: std::collections::HashMap<String, String>,
-        now: Instant,
-        wall: SystemTime,
-    ) {
-        let gone = self.registrar.replace_users(users);
+    pub fn put_users(&mut self, users: crate::digest::Users, now: Instant, wall: SystemTime) {
+        let gone = self.registrar.put_users(users);
         if !gone.is_empty() {
             tracing::info!(users = ?gone, "users removed by the configuration");
         }

@@ -4,7 +4,7 @@
 //! between two SIP messages, so no call sees half of it; and the last version applied is kept on the member's
 //! volume ([`save`], [`load`]) so a restart without the operator starts on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -13,12 +13,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use voicecluster_api::config::users::{check_ha1, check_user_name};
-use voicecluster_api::grpc::ConfigResult;
+use voicecluster_api::grpc::{ConfigResult, ConfigUser};
 use voicecluster_directory_client::config::Offered;
 use voicecluster_telemetry::metrics::register_all;
 use voicecluster_telemetry::{LogFilter, ParsedFilter};
 
 use crate::billing::RateTable;
+use crate::digest::Users;
 
 /// What `/metrics` says of the live configuration.
 #[derive(Clone)]
@@ -72,8 +73,8 @@ impl ConfigMetrics {
 
 /// A version that passed every check, ready to swap in.
 pub struct Checked {
-    /// User → HA1.
-    pub users: HashMap<String, String>,
+    /// The users, whole or what changed since the version in force.
+    pub users: Users,
     /// The rate table.
     pub rates: RateTable,
     /// From when its rates hold.
@@ -82,38 +83,87 @@ pub struct Checked {
     pub log_filter: Option<ParsedFilter>,
 }
 
-/// Checks all of `offered`, its log level against the member's filter
-/// `log`; the first thing wrong is the reason it fails.
-pub fn check(offered: &Offered, log: &LogFilter) -> Result<Checked, String> {
-    let c = &offered.config;
-    // A version from an operator that sent no settings changes no filter.
-    let log_filter = match &c.settings {
-        Some(s) => log.prepare(&s.log_level)?,
-        None => None,
-    };
-    let mut users = HashMap::with_capacity(c.users.len());
-    for u in &c.users {
-        check_user_name(&u.name)?;
-        check_ha1(&u.ha1).map_err(|e| format!("user {:?}: {e}", u.name))?;
-        if users
-            .insert(u.name.clone(), u.ha1.to_ascii_lowercase())
-            .is_some()
-        {
+/// The version a member has in force, by number and hash: a version that
+/// came as a delta on top of it is checked and put in force as that delta
+/// alone, so a one-user change costs one user's work however many users
+/// the cluster has.
+#[derive(Debug, Default)]
+pub struct InForce {
+    applied: Option<(i64, String)>,
+}
+
+impl InForce {
+    /// Checks all of `offered` that is not in force yet, its log level
+    /// against the member's filter `log`; the first thing wrong is the
+    /// reason it fails.
+    pub fn check(&self, offered: &Offered, log: &LogFilter) -> Result<Checked, String> {
+        let on_top = offered.delta.as_deref().filter(|d| {
+            self.applied
+                .as_ref()
+                .is_some_and(|(v, h)| d.applies_to((*v, h)))
+        });
+        let users = match on_top {
+            Some(d) => changed_users(&d.delta.upsert, &d.delta.remove)?,
+            None => Users::Whole(whole_users(&offered.config.users)?),
+        };
+        let c = &offered.config;
+        // A version from an operator that sent no settings changes no filter.
+        let log_filter = match &c.settings {
+            Some(s) => log.prepare(&s.log_level)?,
+            None => None,
+        };
+        let billing = c
+            .billing
+            .as_ref()
+            .ok_or_else(|| "no rate table".to_string())?;
+        let rates = RateTable::from_config(billing)?;
+        let effective = SystemTime::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(offered.effective_unix_ms).unwrap_or(0));
+        Ok(Checked {
+            users,
+            rates,
+            effective,
+            log_filter,
+        })
+    }
+
+    /// Records that `offered` is in force now.
+    pub fn applied(&mut self, offered: &Offered) {
+        self.applied = Some((offered.version, offered.hash.clone()));
+    }
+}
+
+fn checked_user(u: &ConfigUser) -> Result<(String, String), String> {
+    check_user_name(&u.name)?;
+    check_ha1(&u.ha1).map_err(|e| format!("user {:?}: {e}", u.name))?;
+    Ok((u.name.clone(), u.ha1.to_ascii_lowercase()))
+}
+
+fn whole_users(list: &[ConfigUser]) -> Result<HashMap<String, String>, String> {
+    let mut users = HashMap::with_capacity(list.len());
+    for u in list {
+        let (name, ha1) = checked_user(u)?;
+        if users.insert(name, ha1).is_some() {
             return Err(format!("user {:?} twice", u.name));
         }
     }
-    let billing = c
-        .billing
-        .as_ref()
-        .ok_or_else(|| "no rate table".to_string())?;
-    let rates = RateTable::from_config(billing)?;
-    let effective = SystemTime::UNIX_EPOCH
-        + Duration::from_millis(u64::try_from(offered.effective_unix_ms).unwrap_or(0));
-    Ok(Checked {
-        users,
-        rates,
-        effective,
-        log_filter,
+    Ok(users)
+}
+
+fn changed_users(upsert: &[ConfigUser], remove: &[String]) -> Result<Users, String> {
+    let mut seen = HashSet::with_capacity(upsert.len());
+    let upsert = upsert
+        .iter()
+        .map(|u| {
+            if !seen.insert(u.name.as_str()) {
+                return Err(format!("user {:?} twice", u.name));
+            }
+            checked_user(u)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Users::Changed {
+        upsert,
+        remove: remove.to_vec(),
     })
 }
 
@@ -168,8 +218,9 @@ mod tests {
 
     use voicecluster_api::config::{ha1, hash};
     use voicecluster_api::grpc::{
-        BillingConfig, ClusterConfig, ConfigUser, LiveSettings, RateConfig,
+        BillingConfig, ClusterConfig, ConfigDelta, LiveSettings, RateConfig,
     };
+    use voicecluster_directory_client::config::OfferedDelta;
 
     use super::*;
 
@@ -199,6 +250,7 @@ mod tests {
             hash: hash(&config),
             effective_unix_ms: 1_700_000_000_000,
             config: Arc::new(config),
+            delta: None,
         }
     }
 
@@ -213,14 +265,19 @@ mod tests {
     fn a_version_is_checked_whole_and_the_first_fault_is_the_reason() {
         let good = ha1("alice", "voice.test", "pw");
         let log = LogFilter::detached("info");
-        let c = check(&offered(vec![user("alice", &good)], "0.05"), &log).unwrap();
+        let c = InForce::default()
+            .check(&offered(vec![user("alice", &good)], "0.05"), &log)
+            .unwrap();
         assert!(c.log_filter.is_none(), "the level in force stays");
-        assert_eq!(c.users["alice"], good);
+        assert_eq!(
+            c.users,
+            Users::Whole(HashMap::from([("alice".to_string(), good.clone())]))
+        );
         assert_eq!(
             c.effective,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
         );
-        let fault = |o: Offered| check(&o, &log).err().unwrap();
+        let fault = |o: Offered| InForce::default().check(&o, &log).err().unwrap();
         assert!(fault(offered(vec![user("a:b", &good)], "0.05")).contains("SIP user part"));
         assert!(fault(offered(vec![user("bob", "short")], "0.05")).contains("32 hex"));
         assert!(fault(offered(vec![user("alice", &good)], "lots")).contains("lots"));
@@ -233,11 +290,14 @@ mod tests {
         let log = LogFilter::detached("info");
         let alice = || vec![user("alice", &ha1("alice", "voice.test", "pw"))];
         let debug = "info,voicecluster_signal_node=debug";
-        let c = check(&with_log_level(alice(), "0.05", debug), &log).unwrap();
+        let c = InForce::default()
+            .check(&with_log_level(alice(), "0.05", debug), &log)
+            .unwrap();
         assert_eq!(c.log_filter.unwrap().directives(), debug);
         // A directive that does not parse: the whole version is refused,
         // the reason names it, and the filter in force is untouched.
-        let why = check(&with_log_level(alice(), "0.05", "info,sip=chatty"), &log)
+        let why = InForce::default()
+            .check(&with_log_level(alice(), "0.05", "info,sip=chatty"), &log)
             .err()
             .unwrap();
         assert!(why.contains("log level \"info,sip=chatty\""), "{why}");
@@ -250,7 +310,73 @@ mod tests {
         // Settings absent (an older operator): nothing to swap.
         let mut old = offered(alice(), "0.05");
         Arc::make_mut(&mut old.config).settings = None;
-        assert!(check(&old, &log).unwrap().log_filter.is_none());
+        assert!(
+            InForce::default()
+                .check(&old, &log)
+                .unwrap()
+                .log_filter
+                .is_none()
+        );
+    }
+
+    /// Version 5: `base` with `d` applied, as the Directory client
+    /// rebuilds it.
+    fn on_top(base: &Offered, d: ConfigDelta) -> Offered {
+        let config = voicecluster_api::config::apply(&base.config, &d);
+        Offered {
+            version: base.version + 1,
+            hash: hash(&config),
+            effective_unix_ms: base.effective_unix_ms,
+            config: Arc::new(config),
+            delta: Some(Arc::new(OfferedDelta {
+                base_version: base.version,
+                base_hash: base.hash.clone(),
+                delta: d,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_delta_on_the_version_in_force_is_checked_and_applied_alone() {
+        let log = LogFilter::detached("info");
+        let (a, b) = (ha1("alice", "r", "pw"), ha1("bob", "r", "pw"));
+        let v4 = offered(vec![user("alice", &a), user("bob", &b)], "0.05");
+        let carol = ha1("carol", "r", "pw").to_ascii_uppercase();
+        let d = ConfigDelta {
+            upsert: vec![user("carol", &carol)],
+            remove: vec!["bob".into()],
+            ..ConfigDelta::default()
+        };
+        let v5 = on_top(&v4, d.clone());
+        let mut in_force = InForce::default();
+        // Nothing in force: the whole list, whatever way it came.
+        assert!(matches!(
+            in_force.check(&v5, &log).unwrap().users,
+            Users::Whole(u) if u.len() == 2 && u.contains_key("carol")
+        ));
+        in_force.applied(&v4);
+        assert_eq!(
+            in_force.check(&v5, &log).unwrap().users,
+            Users::Changed {
+                upsert: vec![("carol".into(), carol.to_ascii_lowercase())],
+                remove: vec!["bob".into()],
+            }
+        );
+        // A bad user in the delta refuses the version as in the whole.
+        let bad = on_top(
+            &v4,
+            ConfigDelta {
+                upsert: vec![user("dave", "short")],
+                ..ConfigDelta::default()
+            },
+        );
+        assert!(in_force.check(&bad, &log).err().unwrap().contains("32 hex"));
+        // On another version in force (v4 refused, say): the whole again.
+        in_force.applied(&v5);
+        assert!(matches!(
+            in_force.check(&on_top(&v4, d), &log).unwrap().users,
+            Users::Whole(_)
+        ));
     }
 
     #[test]

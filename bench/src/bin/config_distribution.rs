@@ -4,7 +4,7 @@
 //! real directory-client: `follow_config` on the configuration stream, and
 //! `follow_with_config` on the Directory stream, where each pod's
 //! `ConfigResult` goes back. Each pod applies a version as a signal-node
-//! member does: `live_config::check`, then the users swapped into a
+//! member does: `live_config::InForce::check`, then the users put into a
 //! `Registrar`. Only the VoiceCluster cache is filled by hand, as the
 //! operator's tests do, because the Directory serves pods of clusters it
 //! has; the rates going to the bill writer and the copy on the volume are
@@ -56,7 +56,7 @@ use voicecluster_operator::cache::Cache;
 use voicecluster_operator::directory::{DirectoryMetrics, DirectoryService};
 use voicecluster_operator::live_config::store::{ClusterKey, ConfigStore, StoreMetrics, Version};
 use voicecluster_signal_node::digest::Authenticator;
-use voicecluster_signal_node::live_config::{check, result};
+use voicecluster_signal_node::live_config::{InForce, result};
 use voicecluster_signal_node::registrar::Registrar;
 
 const NAMESPACE: &str = "voice";
@@ -198,10 +198,12 @@ fn message_len(update: &ConfigUpdate) -> usize {
 
 // ---- the member ----
 
-/// A member's users as signal-node holds them: `check` builds the HA1 map
-/// and the `Registrar` keeps it.
+/// A member's users as signal-node holds them: `InForce::check` checks a
+/// version (only its delta when it came as one on the version in force)
+/// and the `Registrar` keeps the HA1 map.
 struct Member {
     registrar: Registrar,
+    in_force: InForce,
 }
 
 impl Member {
@@ -212,14 +214,13 @@ impl Member {
                 "bench-secret",
                 HashMap::new(),
             )),
+            in_force: InForce::default(),
         }
     }
 
     /// What the driver's `apply_config` does with a version's users.
     fn apply(&mut self, offered: &Offered) -> Result<(), String> {
-        let checked = check(offered, &LogFilter::detached("info"))?;
-        self.registrar.replace_users(checked.users);
-        Ok(())
+        self.apply_timed(offered).map(drop)
     }
 }
 
@@ -270,14 +271,36 @@ struct ClientRun {
     snapshot_rebuild: Duration,
     /// The part of either rebuild that hashes the whole version.
     hash: Duration,
-    /// The member's `check` (the HA1 map of every user) ...
+    /// A member's check and swap of the whole version 1 (a new pod) ...
+    whole: Applying,
+    /// ... and of version 2 on top of it, the delta alone.
+    on_top: Applying,
+}
+
+/// A member putting one version in force.
+struct Applying {
+    /// `InForce::check` ...
     check: Duration,
-    /// ... and its swap into the Registrar (users gone, old map freed).
+    /// ... and the swap into the Registrar.
     swap: Duration,
 }
 
+impl Member {
+    /// [`Member::apply`], timed in its two steps.
+    fn apply_timed(&mut self, offered: &Offered) -> Result<Applying, String> {
+        let t = Instant::now();
+        let checked = self.in_force.check(offered, &LogFilter::detached("info"))?;
+        let check = t.elapsed();
+        let t = Instant::now();
+        self.registrar.put_users(checked.users);
+        let swap = t.elapsed();
+        self.in_force.applied(offered);
+        Ok(Applying { check, swap })
+    }
+}
+
 /// The delta and the snapshot rebuilt as `follow_config` does, and the
-/// version applied as a member on version 1 does.
+/// two versions applied in turn as a new member does.
 fn client_run(built: &Built) -> Result<ClientRun> {
     let v1 = &built.v1;
     let on_v1 = Offered {
@@ -285,9 +308,10 @@ fn client_run(built: &Built) -> Result<ClientRun> {
         hash: v1.hash.clone(),
         effective_unix_ms: v1.effective_unix_ms,
         config: Arc::clone(&v1.config),
+        delta: None,
     };
     let mut member = Member::new();
-    member.apply(&on_v1).map_err(anyhow::Error::msg)?;
+    let whole = member.apply_timed(&on_v1).map_err(anyhow::Error::msg)?;
     let (delta, snapshot) = (built.delta.clone(), built.snapshot.clone());
     let t = Instant::now();
     let rebuilt = Offered::rebuild(Some(&on_v1), delta).map_err(anyhow::Error::msg)?;
@@ -298,18 +322,17 @@ fn client_run(built: &Built) -> Result<ClientRun> {
     let t = Instant::now();
     hash(&rebuilt.config);
     let hash = t.elapsed();
-    let t = Instant::now();
-    let checked = check(&rebuilt, &LogFilter::detached("info")).map_err(anyhow::Error::msg)?;
-    let check = t.elapsed();
-    let t = Instant::now();
-    member.registrar.replace_users(checked.users);
-    let swap = t.elapsed();
+    let on_top = member.apply_timed(&rebuilt).map_err(anyhow::Error::msg)?;
+    ensure!(
+        rebuilt.delta.is_some(),
+        "version 2 came as a delta but does not say so"
+    );
     Ok(ClientRun {
         delta_rebuild,
         snapshot_rebuild,
         hash,
-        check,
-        swap,
+        whole,
+        on_top,
     })
 }
 
@@ -343,9 +366,14 @@ fn figure_1(base: &Arc<ClusterConfig>) -> Result<()> {
         med(|r| r.1.hash)
     );
     println!(
-        "   then the member applies either: check {} (HA1 map of every user) + swap into the Registrar {} (users gone, old map freed)",
-        med(|r| r.1.check),
-        med(|r| r.1.swap)
+        "   a member puts version 1 in force whole: check {} (every user, HA1 map) + swap into the Registrar {}",
+        med(|r| r.1.whole.check),
+        med(|r| r.1.whole.swap)
+    );
+    println!(
+        "   then version 2 as the delta on top of it: check {} + swap {}",
+        med(|r| r.1.on_top.check),
+        med(|r| r.1.on_top.swap)
     );
     let bytes = message_len(&last.delta);
     println!(

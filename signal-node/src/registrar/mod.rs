@@ -8,7 +8,7 @@ use rsipstack::sip::headers::make_header;
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Request, Response};
 
-use crate::digest::{Authenticator, Refusal, parse_authorization};
+use crate::digest::{Authenticator, Refusal, Users, parse_authorization};
 use crate::transaction::{Peer, response_to};
 use crate::wire::headers::user_of;
 use crate::wire::split_list;
@@ -119,8 +119,8 @@ impl Registrar {
 
     /// The users from now on, as HA1s: a user no longer there can neither
     /// register nor call, and their bindings go at once.
-    pub fn replace_users(&mut self, ha1s: HashMap<String, String>) -> Vec<String> {
-        let gone = self.auth.replace_ha1s(ha1s);
+    pub fn put_users(&mut self, users: Users) -> Vec<String> {
+        let gone = self.auth.put_users(users);
         for user in &gone {
             if self.bindings.remove(user).is_some() {
                 self.changed.push(user.clone());

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::digest::{ClientAuth, client_response};
+use crate::digest::{ClientAuth, Users, client_response};
 use crate::wire::{Inbound, decode};
 
 fn registrar() -> Registrar {
@@ -208,4 +208,40 @@ fn contact_lists_and_user_parts_parse() {
     assert_eq!(user_of("<sip:h>"), None);
     assert!(parse_contact("<http://x>").is_err());
     assert!(parse_contact("<sip:a@b>;expires=soon").is_err());
+}
+
+#[test]
+fn users_put_in_force_whole_or_as_changes_drop_the_bindings_of_those_gone() {
+    let mut reg = registrar();
+    let now = SystemTime::now();
+    let ha1 = |u: &str, pw: &str| voicecluster_api::config::ha1(u, "voice.example.com", pw);
+    assert_eq!(code(&authed(&mut reg, "alice", "wonder", TWO, 1, now)), 200);
+    assert_eq!(code(&authed(&mut reg, "bob", "builder", TWO, 10, now)), 200);
+    reg.take_changed();
+    // As changes: bob removed, carol added, alice re-passworded.
+    let gone = reg.put_users(Users::Changed {
+        upsert: vec![
+            ("carol".into(), ha1("carol", "c")),
+            ("alice".into(), ha1("alice", "new")),
+        ],
+        remove: vec!["bob".into(), "nobody".into()],
+    });
+    assert_eq!(gone, vec!["bob".to_string()], "only users that were there");
+    assert!(reg.lookup("bob", now).is_empty(), "bob's bindings went");
+    assert_eq!(reg.lookup("alice", now).len(), 2, "alice's stay");
+    assert_eq!(reg.take_changed(), vec!["bob".to_string()]);
+    assert_eq!(code(&authed(&mut reg, "bob", "builder", "", 20, now)), 401);
+    assert_eq!(
+        code(&authed(&mut reg, "alice", "wonder", TWO, 30, now)),
+        401
+    );
+    assert_eq!(code(&authed(&mut reg, "alice", "new", TWO, 40, now)), 200);
+    assert_eq!(code(&authed(&mut reg, "carol", "c", "", 50, now)), 200);
+    // Whole: whoever is not in the list is gone.
+    let gone = reg.put_users(Users::Whole(HashMap::from([(
+        "carol".to_string(),
+        ha1("carol", "c"),
+    )])));
+    assert_eq!(gone, vec!["alice".to_string()]);
+    assert!(reg.lookup("alice", now).is_empty());
 }

@@ -3,13 +3,13 @@
 //! [`Member`] (call legs, task events, the Directory, bills), which the
 //! driver reaches through [`SipCore::member`] so one loop serves both.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use voicecluster_api::grpc::{DirectorySnapshot, FailoverReport, TaskEvent};
 
 use crate::calls::CallRecord;
+use crate::digest::Users;
 use crate::edge::Edge;
 use crate::endpoint::Endpoint;
 use crate::legs::{LegReply, LegRequest};
@@ -66,7 +66,7 @@ pub trait Member {
     /// The next member whose answers to this member's sync all arrived.
     fn poll_sync_done(&mut self) -> Option<String>;
     /// The users from now on, user → HA1.
-    fn replace_users(&mut self, users: HashMap<String, String>, now: Instant, wall: SystemTime);
+    fn put_users(&mut self, users: Users, now: Instant, wall: SystemTime);
 }
 
 impl SipCore for Endpoint {
@@ -133,8 +133,8 @@ impl Member for Endpoint {
     fn poll_sync_done(&mut self) -> Option<String> {
         Endpoint::poll_sync_done(self)
     }
-    fn replace_users(&mut self, users: HashMap<String, String>, now: Instant, wall: SystemTime) {
-        Endpoint::replace_users(self, users, now, wall);
+    fn put_users(&mut self, users: Users, now: Instant, wall: SystemTime) {
+        Endpoint::put_users(self, users, now, wall);
     }
 }
 

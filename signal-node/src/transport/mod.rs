@@ -76,6 +76,8 @@ pub struct ConfigLink {
     pub metrics: crate::live_config::ConfigMetrics,
     /// The process's log filter, which a version's log level swaps.
     pub log: voicecluster_telemetry::LogFilter,
+    /// The version in force.
+    pub in_force: crate::live_config::InForce,
 }
 
 /// What woke the loop.
@@ -333,11 +335,11 @@ impl<C: SipCore> Driver<C> {
     /// Checks `offered` whole, swaps it in (users in the engine, rates in
     /// the bill writer) or keeps what is in use, and says which.
     fn apply_config(&mut self, offered: &Offered, now: Instant, wall: SystemTime) {
-        let Some(link) = &self.links.config else {
+        let Some(link) = self.links.config.as_mut() else {
             return;
         };
         let started = Instant::now();
-        let outcome = crate::live_config::check(offered, &link.log).and_then(|checked| {
+        let outcome = link.in_force.check(offered, &link.log).and_then(|checked| {
             let m = self
                 .core
                 .member()
@@ -349,7 +351,7 @@ impl<C: SipCore> Driver<C> {
                 link.log.set(filter).map_err(|e| e.to_string())?;
                 tracing::info!(%directives, "log filter swapped");
             }
-            m.replace_users(checked.users, now, wall);
+            m.put_users(checked.users, now, wall);
             if let Some(bills) = self.links.bills.as_mut() {
                 bills.set_rates(checked.effective, checked.rates);
             }
@@ -360,6 +362,7 @@ impl<C: SipCore> Driver<C> {
             .observe(started.elapsed().as_secs_f64());
         match &outcome {
             Ok(()) => {
+                link.in_force.applied(offered);
                 link.metrics.applied_version.set(offered.version);
                 tracing::info!(version = offered.version, users = offered.config.users.len(), took = ?started.elapsed(), "configuration applied");
                 if let Some(path) = link.keep_at.clone() {

@@ -270,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
             keep_at: args.live_config_file.clone(),
             metrics: config_metrics,
             log: telemetry.log_filter().clone(),
+            in_force: live_config::InForce::default(),
         }),
         _ => None,
     };
