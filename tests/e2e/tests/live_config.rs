@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
 use voicecluster_e2e::config::{applied_after, config_condition, registers, registers_within};
@@ -274,15 +274,183 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         at("0.60"),
         at("1.20")
     );
+
+    // The live settings: a log level, a media timeout and a statistics
+    // interval reach signal and media pods as the next version.
+    // Two seconds early: the logs API takes whole seconds.
+    let since =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(2);
+    vcs.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {
+            "logLevel": DEBUG_LEVEL,
+            "media": {"mediaTimeoutSeconds": 20, "legStatsSeconds": 5},
+        }})),
+    )
+    .await?;
+    let fifth = applied_after(&vcs, NAME, fourth.version, 3).await?;
+    let signal = names(&pods, "signal").await?;
+    for pod in &signal {
+        logged(
+            &pods,
+            pod,
+            "signal",
+            since,
+            &["log filter swapped", DEBUG_LEVEL],
+        )
+        .await?;
+    }
+    // The filter is in force: the member carrying a call logs its legs'
+    // statistics at debug level.
+    sipp.spawn_calls(ports, 2, 2, 8_000)
+        .await
+        .context("2 calls after the settings changed end normally")?;
+    eventually(
+        "a member logs leg statistics at debug level",
+        Duration::from_secs(30),
+        || async {
+            for pod in &signal {
+                if logs_since(&pods, pod, "signal", since)
+                    .await?
+                    .lines()
+                    .any(|l| l.contains(" DEBUG ") && l.contains("leg statistics"))
+                {
+                    return Ok(());
+                }
+            }
+            Err("no member did".to_string())
+        },
+    )
+    .await?;
+    for pod in names(&pods, "media").await? {
+        logged(
+            &pods,
+            &pod,
+            "media",
+            since,
+            &["log filter swapped", DEBUG_LEVEL],
+        )
+        .await?;
+        logged(
+            &pods,
+            &pod,
+            "media",
+            since,
+            &["media_timeout: 20s", "statistics: Some(5s)"],
+        )
+        .await?;
+    }
     let after = pod_identities(&pods, NAME).await?;
     ensure!(
         before == after,
         "no pod restarted or replaced: {before:?} then {after:?}"
     );
+
+    // A field signal pods read only at start (a member's leg capacity)
+    // rolls them, and the new pods start on the version in force.
+    vcs.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"media": {"capacity": 400}}})),
+    )
+    .await?;
+    let old_signal: Vec<String> = names(&pods, "signal")
+        .await?
+        .into_iter()
+        .filter_map(|p| after.get(&p).map(|(uid, _)| uid.clone()))
+        .collect();
+    eventually(
+        "every signal pod replaced",
+        Duration::from_secs(300),
+        || async {
+            let now = pod_identities(&pods, NAME)
+                .await
+                .map_err(|e| e.to_string())?;
+            let signal: Vec<&(String, i32)> = now
+                .iter()
+                .filter(|(p, _)| p.starts_with(&format!("{NAME}-signal-")))
+                .map(|(_, id)| id)
+                .collect();
+            let replaced = signal
+                .iter()
+                .filter(|(uid, _)| !old_signal.contains(uid))
+                .count();
+            if replaced == 2 {
+                Ok(())
+            } else {
+                Err(format!("{replaced} of 2 replaced: {now:?}"))
+            }
+        },
+    )
+    .await?;
+    wait_condition(&vcs, NAME, "Ready", "True").await?;
+    let rolled = applied_after(&vcs, NAME, 0, 3).await?;
+    ensure!(
+        rolled.version == fifth.version && rolled.hash == fifth.hash,
+        "the rolled pods run the version in force: {rolled:?}, not {fifth:?}"
+    );
     eprintln!(
         "live configuration: carol registered {took:?} after the Secret changed; versions {} to {}; \
-         40 calls at the old price, 5 at the new; pods unchanged",
-        first.version, fourth.version
+         40 calls at the old price, 5 at the new; settings live with pods unchanged; a start-read field rolled the signal pods",
+        first.version, fifth.version
     );
     Ok(())
+}
+
+/// The log level set live.
+const DEBUG_LEVEL: &str = "info,voicecluster_signal_node=debug,voicecluster_media_node=debug";
+
+/// The names of the cluster's pods of `component`.
+async fn names(pods: &Api<Pod>, component: &str) -> Result<Vec<String>> {
+    let selector = format!("{LABEL_CLUSTER}={NAME},{LABEL_COMPONENT}={component}");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .map(kube::ResourceExt::name_any)
+        .collect())
+}
+
+/// What `container` of `pod` logged since `since`.
+async fn logs_since(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    since: k8s_openapi::jiff::Timestamp,
+) -> Result<String, String> {
+    let params = LogParams {
+        container: Some(container.to_string()),
+        since_time: Some(since),
+        ..LogParams::default()
+    };
+    pods.logs(pod, &params).await.map_err(|e| e.to_string())
+}
+
+/// Waits until one line `container` of `pod` logged since `since` holds
+/// every one of `all`.
+async fn logged(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    since: k8s_openapi::jiff::Timestamp,
+    all: &[&str],
+) -> Result<()> {
+    eventually(
+        &format!("{pod}/{container} logs {all:?}"),
+        Duration::from_secs(30),
+        || async {
+            let text = logs_since(pods, pod, container, since).await?;
+            if text.lines().any(|l| all.iter().all(|w| l.contains(w))) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} lines, none with all of them",
+                    text.lines().count()
+                ))
+            }
+        },
+    )
+    .await
 }
