@@ -218,6 +218,7 @@ mod tests {
                 .map(|u| ConfigUser {
                     name: (*u).to_string(),
                     ha1: format!("{u:0>32}"),
+                    display_name: String::new(),
                 })
                 .collect(),
             billing: None,

@@ -294,6 +294,7 @@ fn users(names: &[&str]) -> ClusterConfig {
             .map(|n| ConfigUser {
                 name: (*n).to_string(),
                 ha1: format!("{n:0>32}"),
+                display_name: String::new(),
             })
             .collect(),
         billing: None,

@@ -176,16 +176,36 @@ pub enum Refusal {
 /// A user map larger than this is freed on a thread of its own.
 const FREE_ELSEWHERE_FROM: usize = 10_000;
 
-/// Users to put in force, as HA1s: the whole list, or what changed in it
-/// since the version in force.
+/// What a member knows of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// `MD5(user:realm:password)`, hex: all a response needs, so a member
+    /// never holds a password it was not given.
+    pub ha1: String,
+    /// How the user is shown to those they call.
+    pub display_name: Option<String>,
+}
+
+impl Account {
+    /// An account with `ha1` and no display name.
+    pub fn ha1(ha1: String) -> Self {
+        Self {
+            ha1,
+            display_name: None,
+        }
+    }
+}
+
+/// Users to put in force: the whole list, or what changed in it since the
+/// version in force.
 #[derive(Debug, PartialEq)]
 pub enum Users {
-    /// User name → HA1, every user.
-    Whole(HashMap<String, String>),
-    /// What changed: users removed, then users added or re-passworded.
+    /// User name → account, every user.
+    Whole(HashMap<String, Account>),
+    /// What changed: users removed, then users added or changed.
     Changed {
-        /// User name → HA1, added or changed.
-        upsert: Vec<(String, String)>,
+        /// User name → account, added or changed.
+        upsert: Vec<(String, Account)>,
         /// User names removed.
         remove: Vec<String>,
     },
@@ -195,9 +215,8 @@ pub enum Users {
 pub struct Authenticator {
     realm: String,
     secret: String,
-    /// User name → HA1 (`MD5(user:realm:password)`, hex): all a response
-    /// needs, so a member never holds a password it was not given.
-    ha1s: HashMap<String, String>,
+    /// User name → account.
+    accounts: HashMap<String, Account>,
 }
 
 impl Authenticator {
@@ -218,7 +237,10 @@ impl Authenticator {
         Self {
             realm: realm.to_string(),
             secret: secret.to_string(),
-            ha1s,
+            accounts: ha1s
+                .into_iter()
+                .map(|(u, h)| (u, Account::ha1(h)))
+                .collect(),
         }
     }
 
@@ -227,16 +249,16 @@ impl Authenticator {
     /// tied to a password.
     pub fn put_users(&mut self, users: Users) -> Vec<String> {
         match users {
-            Users::Whole(ha1s) => {
+            Users::Whole(accounts) => {
                 let gone = self
-                    .ha1s
+                    .accounts
                     .keys()
-                    .filter(|u| !ha1s.contains_key(*u))
+                    .filter(|u| !accounts.contains_key(*u))
                     .cloned()
                     .collect();
                 // The old map of a large list takes a while to free; its
                 // memory goes back off the SIP loop.
-                let old = std::mem::replace(&mut self.ha1s, ha1s);
+                let old = std::mem::replace(&mut self.accounts, accounts);
                 if old.len() > FREE_ELSEWHERE_FROM {
                     std::thread::spawn(move || drop(old));
                 }
@@ -245,9 +267,9 @@ impl Authenticator {
             Users::Changed { upsert, remove } => {
                 let gone = remove
                     .into_iter()
-                    .filter(|u| self.ha1s.remove(u).is_some())
+                    .filter(|u| self.accounts.remove(u).is_some())
                     .collect();
-                self.ha1s.extend(upsert);
+                self.accounts.extend(upsert);
                 gone
             }
         }
@@ -255,7 +277,12 @@ impl Authenticator {
 
     /// Whether `user` may register and call.
     pub fn knows(&self, user: &str) -> bool {
-        self.ha1s.contains_key(user)
+        self.accounts.contains_key(user)
+    }
+
+    /// How `user` is shown to those they call, when the directory says.
+    pub fn display_name(&self, user: &str) -> Option<&str> {
+        self.accounts.get(user)?.display_name.as_deref()
     }
 
     /// The realm challenged in.
@@ -298,7 +325,7 @@ impl Authenticator {
         if self.nonce_at(issued) != c.nonce {
             return Err(Refusal::Wrong);
         }
-        let Some(ha1) = self.ha1s.get(&c.username) else {
+        let Some(ha1) = self.accounts.get(&c.username).map(|a| &a.ha1) else {
             return Err(Refusal::Wrong);
         };
         let ha2 = md5_hex(&format!("{method}:{}", c.uri));

@@ -12,14 +12,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use voicecluster_api::config::users::{check_ha1, check_user_name};
+use voicecluster_api::config::users::{check_display_name, check_ha1, check_user_name};
 use voicecluster_api::grpc::{ConfigResult, ConfigUser};
 use voicecluster_directory_client::config::Offered;
 use voicecluster_telemetry::metrics::register_all;
 use voicecluster_telemetry::{LogFilter, ParsedFilter};
 
 use crate::billing::RateTable;
-use crate::digest::Users;
+use crate::digest::{Account, Users};
 
 /// What `/metrics` says of the live configuration.
 #[derive(Clone)]
@@ -133,17 +133,22 @@ impl InForce {
     }
 }
 
-fn checked_user(u: &ConfigUser) -> Result<(String, String), String> {
+fn checked_user(u: &ConfigUser) -> Result<(String, Account), String> {
     check_user_name(&u.name)?;
     check_ha1(&u.ha1).map_err(|e| format!("user {:?}: {e}", u.name))?;
-    Ok((u.name.clone(), u.ha1.to_ascii_lowercase()))
+    check_display_name(&u.display_name).map_err(|e| format!("user {:?}: {e}", u.name))?;
+    let account = Account {
+        ha1: u.ha1.to_ascii_lowercase(),
+        display_name: (!u.display_name.is_empty()).then(|| u.display_name.clone()),
+    };
+    Ok((u.name.clone(), account))
 }
 
-fn whole_users(list: &[ConfigUser]) -> Result<HashMap<String, String>, String> {
+fn whole_users(list: &[ConfigUser]) -> Result<HashMap<String, Account>, String> {
     let mut users = HashMap::with_capacity(list.len());
     for u in list {
-        let (name, ha1) = checked_user(u)?;
-        if users.insert(name, ha1).is_some() {
+        let (name, account) = checked_user(u)?;
+        if users.insert(name, account).is_some() {
             return Err(format!("user {:?} twice", u.name));
         }
     }
@@ -258,6 +263,7 @@ mod tests {
         ConfigUser {
             name: name.into(),
             ha1: ha1.into(),
+            display_name: String::new(),
         }
     }
 
@@ -271,7 +277,10 @@ mod tests {
         assert!(c.log_filter.is_none(), "the level in force stays");
         assert_eq!(
             c.users,
-            Users::Whole(HashMap::from([("alice".to_string(), good.clone())]))
+            Users::Whole(HashMap::from([(
+                "alice".to_string(),
+                Account::ha1(good.clone())
+            )]))
         );
         assert_eq!(
             c.effective,
@@ -343,7 +352,10 @@ mod tests {
         let v4 = offered(vec![user("alice", &a), user("bob", &b)], "0.05");
         let carol = ha1("carol", "r", "pw").to_ascii_uppercase();
         let d = ConfigDelta {
-            upsert: vec![user("carol", &carol)],
+            upsert: vec![ConfigUser {
+                display_name: "Carol C.".into(),
+                ..user("carol", &carol)
+            }],
             remove: vec!["bob".into()],
             ..ConfigDelta::default()
         };
@@ -358,7 +370,13 @@ mod tests {
         assert_eq!(
             in_force.check(&v5, &log).unwrap().users,
             Users::Changed {
-                upsert: vec![("carol".into(), carol.to_ascii_lowercase())],
+                upsert: vec![(
+                    "carol".into(),
+                    Account {
+                        ha1: carol.to_ascii_lowercase(),
+                        display_name: Some("Carol C.".into()),
+                    }
+                )],
                 remove: vec!["bob".into()],
             }
         );
@@ -371,6 +389,25 @@ mod tests {
             },
         );
         assert!(in_force.check(&bad, &log).err().unwrap().contains("32 hex"));
+        // A display name that would break the From line: refused too.
+        let injected = ConfigUser {
+            display_name: "Eve\r\nX-Evil: 1".into(),
+            ..user("eve", &a)
+        };
+        let why = in_force
+            .check(
+                &on_top(
+                    &v4,
+                    ConfigDelta {
+                        upsert: vec![injected],
+                        ..ConfigDelta::default()
+                    },
+                ),
+                &log,
+            )
+            .err()
+            .unwrap();
+        assert!(why.contains("control character"), "{why}");
         // On another version in force (v4 refused, say): the whole again.
         in_force.applied(&v5);
         assert!(matches!(

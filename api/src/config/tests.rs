@@ -7,6 +7,7 @@ fn user(name: &str, ha1: &str) -> ConfigUser {
     ConfigUser {
         name: name.to_string(),
         ha1: ha1.to_string(),
+        display_name: String::new(),
     }
 }
 

@@ -27,6 +27,21 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why `name` cannot be a display name: one that would not fit a SIP
+/// quoted string on one header line (a control character could end the
+/// line and start a header of its own).
+pub fn check_display_name(name: &str) -> Result<(), String> {
+    if name.chars().count() > 128 {
+        return Err(format!(
+            "display name {name:?} is longer than 128 characters"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("display name {name:?} holds a control character"));
+    }
+    Ok(())
+}
+
 /// Why `ha1` is not an HA1: 32 hex digits.
 pub fn check_ha1(ha1: &str) -> Result<(), String> {
     if ha1.len() == 32 && ha1.bytes().all(|b| b.is_ascii_hexdigit()) {

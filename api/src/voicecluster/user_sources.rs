@@ -51,7 +51,8 @@ pub enum InvalidEntries {
 
 /// A CSV file of users: a header row naming the columns, then one user per
 /// row. Columns: `user` (required), `password` or `ha1` (one of them),
-/// `display name` (optional), `enabled` (optional: `true`/`false`,
+/// `display name` (optional: the caller name members put in the From of
+/// the calls the user places), `enabled` (optional: `true`/`false`,
 /// `yes`/`no`, `1`/`0`; an empty cell is enabled). A disabled user cannot
 /// register or call. Applies live, like the users Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -91,7 +92,8 @@ pub struct LdapAttributes {
     /// used instead of `password` where an entry has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha1: Option<String>,
-    /// The display name.
+    /// The display name: the caller name members put in the From of the
+    /// calls the user places.
     #[serde(default = "default_display_name")]
     pub display_name: String,
 }

@@ -155,6 +155,7 @@ fn initial_config(users: usize) -> ClusterConfig {
                 let name = format!("user{i:07}");
                 ConfigUser {
                     ha1: ha1(&name, REALM, &format!("password-{i}")),
+                    display_name: String::new(),
                     name,
                 }
             })

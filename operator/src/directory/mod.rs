@@ -591,6 +591,7 @@ mod tests {
                 .map(|n| voicecluster_api::grpc::ConfigUser {
                     name: (*n).into(),
                     ha1: format!("{n:0>32}"),
+                    display_name: String::new(),
                 })
                 .collect(),
             billing: None,

@@ -155,13 +155,20 @@ mod tests {
                     dave\n\
                     a b,x,,\n\
                     erin,e1,,maybe\n\
-                    frank,,,\n";
+                    frank,,,\n\
+                    gina,g1,\"Gina\nX-Evil: 1\",\n";
         let e = parse(text).unwrap();
         let names: Vec<&str> = e.users.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["alice", "bob"]);
         assert_eq!(e.users[0].display_name.as_deref(), Some("Liddell, Alice"));
         assert_eq!(e.disabled, 1);
-        assert_eq!(e.invalid, 4);
+        assert_eq!(e.invalid, 5);
+        // What a member gets carries the display name.
+        assert_eq!(
+            e.users[0].config("voice.test").display_name,
+            "Liddell, Alice"
+        );
+        assert_eq!(e.users[1].config("voice.test").display_name, "");
         assert_eq!(
             e.errors,
             [
@@ -169,6 +176,7 @@ mod tests {
                 "line 6: user name \"a b\" is not a SIP user part",
                 "line 7: enabled is \"maybe\", not true or false",
                 "line 8: empty password",
+                "line 9: display name \"Gina\\nX-Evil: 1\" holds a control character",
             ]
         );
     }

@@ -2,7 +2,7 @@
 //! not use, each with where it is and why.
 
 use voicecluster_api::config::ha1;
-use voicecluster_api::config::users::{check_ha1, check_user_name};
+use voicecluster_api::config::users::{check_display_name, check_ha1, check_user_name};
 use voicecluster_api::grpc::ConfigUser;
 
 /// How many bad rows a source lists in the status; the count is exact.
@@ -36,6 +36,9 @@ impl SourceUser {
         display_name: Option<String>,
     ) -> Result<Self, String> {
         check_user_name(name)?;
+        if let Some(d) = &display_name {
+            check_display_name(d)?;
+        }
         match &credential {
             Credential::Password(p) if p.is_empty() => return Err("empty password".into()),
             Credential::Ha1(h) => check_ha1(h)?,
@@ -56,6 +59,7 @@ impl SourceUser {
                 Credential::Ha1(h) => h.to_ascii_lowercase(),
             },
             name: self.name.clone(),
+            display_name: self.display_name.clone().unwrap_or_default(),
         }
     }
 }

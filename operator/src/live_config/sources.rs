@@ -177,6 +177,7 @@ fn secret_users(
         .into_iter()
         .map(|(user, password)| ConfigUser {
             ha1: ha1(&user, realm, &password),
+            display_name: String::new(),
             name: user,
         })
         .collect())

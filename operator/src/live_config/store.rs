@@ -265,6 +265,7 @@ mod tests {
                 .map(|u| ConfigUser {
                     name: (*u).to_string(),
                     ha1: format!("ha1-{u}"),
+                    display_name: String::new(),
                 })
                 .collect(),
             billing: None,

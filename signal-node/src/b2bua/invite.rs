@@ -15,7 +15,7 @@ use crate::calls::{Call, CallRecord, Dialog, Phase};
 use crate::legs::{LegRequest, Media};
 use crate::sdp::{audio_address, rewrite_audio, telephone_event_payload};
 use crate::transaction::{Peer, TxKey, response_to};
-use crate::wire::headers::{callee_of, header, header_values, sdp_body, tag_of, uri_of};
+use crate::wire::headers::{callee_of, header, header_values, name_addr, sdp_body, tag_of, uri_of};
 
 impl B2bua {
     /// A new INVITE (no To tag) or a re-INVITE.
@@ -171,7 +171,12 @@ impl B2bua {
             target: &binding.contact,
             via: via(b_peer, self.local, &branch),
             max_forwards: 69,
-            from: format!("<{}>;tag={b_tag}", a.remote_uri),
+            // The caller as the directory shows them, whatever their
+            // phone put in its From.
+            from: format!(
+                "{};tag={b_tag}",
+                name_addr(sip.registrar.display_name(&p.caller), &a.remote_uri)
+            ),
             to: format!("<{}>", a.local_uri),
             call_id: &b_call_id,
             cseq: 1,

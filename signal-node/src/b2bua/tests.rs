@@ -295,6 +295,37 @@ fn the_callee_gets_an_offer_for_its_own_leg() {
 }
 
 #[test]
+fn the_callee_sees_the_caller_as_the_directory_names_them() {
+    let mut h = Harness::new();
+    let to_b = start_call(&mut h);
+    assert!(
+        header(&to_b, "From").starts_with("<sip:alice@voice.test>;tag="),
+        "no display name without one in the directory: {to_b}"
+    );
+    let (now, wall) = (h.now, h.wall);
+    let alice = crate::digest::Account {
+        ha1: voicecluster_api::config::ha1("alice", "voice.test", "a"),
+        display_name: Some("Alice \"Ops\" Liddell".into()),
+    };
+    h.ep.put_users(
+        crate::digest::Users::Changed {
+            upsert: vec![("alice".into(), alice)],
+            remove: Vec::new(),
+        },
+        now,
+        wall,
+    );
+    let msg = authed_invite(&mut h, "bob", "z9hG4bK-a2", OFFER, "alice", "a");
+    let out = h.feed(&msg, A);
+    let (_, to_b) = out.iter().find(|(_, m)| m.starts_with("INVITE")).unwrap();
+    let from = header(to_b, "From");
+    assert!(
+        from.starts_with(r#""Alice \"Ops\" Liddell" <sip:alice@voice.test>;tag="#),
+        "{from}"
+    );
+}
+
+#[test]
 fn an_answer_reaches_the_caller_with_its_leg_and_bye_ends_both_sides() {
     let mut h = Harness::new();
     let to_b = start_call(&mut h);

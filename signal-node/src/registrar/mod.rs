@@ -191,6 +191,11 @@ impl Registrar {
         self.auth.knows(user)
     }
 
+    /// How `user` is shown to those they call, when the directory says.
+    pub fn display_name(&self, user: &str) -> Option<&str> {
+        self.auth.display_name(user)
+    }
+
     /// The live bindings of `user`.
     pub fn lookup(&self, user: &str, now: SystemTime) -> Vec<Binding> {
         self.bindings

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::digest::{ClientAuth, Users, client_response};
+use crate::digest::{Account, ClientAuth, Users, client_response};
 use crate::wire::{Inbound, decode};
 
 fn registrar() -> Registrar {
@@ -214,7 +214,8 @@ fn contact_lists_and_user_parts_parse() {
 fn users_put_in_force_whole_or_as_changes_drop_the_bindings_of_those_gone() {
     let mut reg = registrar();
     let now = SystemTime::now();
-    let ha1 = |u: &str, pw: &str| voicecluster_api::config::ha1(u, "voice.example.com", pw);
+    let ha1 =
+        |u: &str, pw: &str| Account::ha1(voicecluster_api::config::ha1(u, "voice.example.com", pw));
     assert_eq!(code(&authed(&mut reg, "alice", "wonder", TWO, 1, now)), 200);
     assert_eq!(code(&authed(&mut reg, "bob", "builder", TWO, 10, now)), 200);
     reg.take_changed();

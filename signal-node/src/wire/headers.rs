@@ -29,6 +29,8 @@ pub fn header<'a>(m: &'a impl HasHeaders, name: &str) -> Option<&'a str> {
 
 /// The URI inside a name-addr (`"A" <sip:a@h>;tag=x` → `sip:a@h`).
 pub fn uri_of(value: &str) -> String {
+    // A quoted display name may hold `<` and `>` of its own.
+    let value = after_display_name(value);
     match (value.find('<'), value.find('>')) {
         (Some(a), Some(b)) if a < b => value[a + 1..b].to_string(),
         _ => value
@@ -37,6 +39,35 @@ pub fn uri_of(value: &str) -> String {
             .unwrap_or_default()
             .trim()
             .to_string(),
+    }
+}
+
+/// `value` past its leading quoted string, if it has one.
+fn after_display_name(value: &str) -> &str {
+    let Some(rest) = value.trim_start().strip_prefix('"') else {
+        return value;
+    };
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return &rest[i + 1..],
+            _ => {}
+        }
+    }
+    value
+}
+
+/// `<uri>`, after `display` as a quoted string (RFC 3261 §25.1: `"` and
+/// `\` escaped) when there is one.
+pub fn name_addr(display: Option<&str>, uri: &str) -> String {
+    match display {
+        Some(d) => {
+            let escaped = d.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("\"{escaped}\" <{uri}>")
+        }
+        None => format!("<{uri}>"),
     }
 }
 
@@ -78,6 +109,8 @@ pub fn tag_of(value: &str) -> Option<String> {
 
 /// The user part of a To/From value such as `"A" <sip:alice@host>;tag=x`.
 pub fn user_of(value: &str) -> Option<String> {
+    // As uri_of reads it: a display name's `<` and `>` are not the URI's.
+    let value = after_display_name(value);
     let uri = match (value.find('<'), value.find('>')) {
         (Some(a), Some(b)) if a < b => &value[a + 1..b],
         _ => value.split(';').next().unwrap_or_default(),
@@ -152,6 +185,23 @@ mod tests {
         assert_eq!(tag_of("<sip:a@h;lr>;tag=x1").as_deref(), Some("x1"));
         assert_eq!(tag_of("<sip:a@h;tag=inside>"), None);
         assert_eq!(tag_of("sip:a@h;tag=y"), Some("y".into()));
+    }
+
+    #[test]
+    fn display_names_are_quoted_and_read_past() {
+        let odd = r#"Bob "<sip:bob@h>" \ Boss"#;
+        let from = format!("{};tag=t1", name_addr(Some(odd), "sip:alice@h"));
+        assert_eq!(
+            from,
+            r#""Bob \"<sip:bob@h>\" \\ Boss" <sip:alice@h>;tag=t1"#
+        );
+        assert_eq!(uri_of(&from), "sip:alice@h");
+        assert_eq!(user_of(&from).as_deref(), Some("alice"));
+        assert_eq!(tag_of(&from).as_deref(), Some("t1"));
+        assert_eq!(name_addr(None, "sip:a@h"), "<sip:a@h>");
+        // Unquoted display names, and a quote that never closes.
+        assert_eq!(uri_of("Alice <sip:alice@h>"), "sip:alice@h");
+        assert_eq!(user_of("\"open <sip:eve@h>").as_deref(), Some("eve"));
     }
 
     #[test]
