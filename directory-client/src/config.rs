@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use voicecluster_api::config::{apply, decompress, hash};
 use voicecluster_api::grpc::directory_client::DirectoryClient;
 use voicecluster_api::grpc::{
-    ClusterConfig, ConfigDelta, ConfigSubscribe, ConfigUpdate, config_update,
+    ClusterConfig, ConfigDelta, ConfigResult, ConfigSubscribe, ConfigUpdate, config_update,
 };
 
 use crate::{Backoff, BoxError, Target};
@@ -56,6 +56,17 @@ impl OfferedDelta {
 }
 
 impl Offered {
+    /// What to tell the operator about this version: applied, or
+    /// refused with the reason.
+    pub fn result(&self, outcome: &Result<(), String>) -> ConfigResult {
+        ConfigResult {
+            version: self.version,
+            hash: self.hash.clone(),
+            failed: outcome.is_err(),
+            reason: outcome.as_ref().err().cloned().unwrap_or_default(),
+        }
+    }
+
     /// The version as bytes for a file: what a restarted pod starts on.
     pub fn to_bytes(&self) -> Vec<u8> {
         ConfigUpdate {

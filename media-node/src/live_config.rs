@@ -66,16 +66,6 @@ pub fn apply(checked: Checked, log: &LogFilter, legs: Option<&LegService>) -> Re
     Ok(())
 }
 
-/// What to tell the operator about `offered`.
-pub fn result(offered: &Offered, outcome: &Result<(), String>) -> ConfigResult {
-    ConfigResult {
-        version: offered.version,
-        hash: offered.hash.clone(),
-        failed: outcome.is_err(),
-        reason: outcome.as_ref().err().cloned().unwrap_or_default(),
-    }
-}
-
 /// Applies each version `offered` holds, in turn, for the life of the
 /// process, and says in `results` what became of each.
 pub async fn follow(
@@ -100,7 +90,7 @@ pub async fn follow(
                     tracing::warn!(version = o.version, error = %e, "configuration refused; the settings in use stay");
                 }
             }
-            results.send_replace(Some(result(&o, &outcome)));
+            results.send_replace(Some(o.result(&outcome)));
         }
         if offered.changed().await.is_err() {
             return;
@@ -199,7 +189,7 @@ mod tests {
         let why = check(&offered(settings("info", 0, 5)), &log).unwrap_err();
         assert!(why.contains("media timeout 0"), "{why}");
         assert_eq!(log.directives(), "info");
-        let r = result(&offered(None), &Err("why".into()));
+        let r = offered(None).result(&Err("why".into()));
         assert!(r.failed && r.reason == "why" && r.version == 7);
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use voicecluster_api::config::users::{check_display_name, check_ha1, check_user_name};
-use voicecluster_api::grpc::{ConfigResult, ConfigUser};
+use voicecluster_api::grpc::ConfigUser;
 use voicecluster_directory_client::config::Offered;
 use voicecluster_telemetry::metrics::register_all;
 use voicecluster_telemetry::{LogFilter, ParsedFilter};
@@ -172,16 +172,6 @@ fn changed_users(upsert: &[ConfigUser], remove: &[String]) -> Result<Users, Stri
     })
 }
 
-/// What to tell the operator about `offered`.
-pub fn result(offered: &Offered, outcome: &Result<(), String>) -> ConfigResult {
-    ConfigResult {
-        version: offered.version,
-        hash: offered.hash.clone(),
-        failed: outcome.is_err(),
-        reason: outcome.as_ref().err().cloned().unwrap_or_default(),
-    }
-}
-
 /// Keeps `offered` at `path`, replacing the file whole (written beside it,
 /// synced, renamed), so a crash leaves the old version or the new one.
 pub fn save(path: &Path, offered: &Offered) -> std::io::Result<()> {
@@ -290,7 +280,7 @@ mod tests {
         assert!(fault(offered(vec![user("a:b", &good)], "0.05")).contains("SIP user part"));
         assert!(fault(offered(vec![user("bob", "short")], "0.05")).contains("32 hex"));
         assert!(fault(offered(vec![user("alice", &good)], "lots")).contains("lots"));
-        let r = result(&offered(vec![], "0.05"), &Err("why".into()));
+        let r = offered(vec![], "0.05").result(&Err("why".into()));
         assert!(r.failed && r.reason == "why" && r.version == 4);
     }
 
@@ -311,10 +301,7 @@ mod tests {
             .unwrap();
         assert!(why.contains("log level \"info,sip=chatty\""), "{why}");
         assert_eq!(log.directives(), "info");
-        let r = result(
-            &with_log_level(alice(), "0.05", "info,sip=chatty"),
-            &Err(why.clone()),
-        );
+        let r = with_log_level(alice(), "0.05", "info,sip=chatty").result(&Err(why.clone()));
         assert!(r.failed && r.reason == why);
         // Settings absent (an older operator): nothing to swap.
         let mut old = offered(alice(), "0.05");

@@ -56,7 +56,7 @@ use voicecluster_operator::cache::Cache;
 use voicecluster_operator::directory::{DirectoryMetrics, DirectoryService};
 use voicecluster_operator::live_config::store::{ClusterKey, ConfigStore, StoreMetrics, Version};
 use voicecluster_signal_node::digest::Authenticator;
-use voicecluster_signal_node::live_config::{InForce, result};
+use voicecluster_signal_node::live_config::InForce;
 use voicecluster_signal_node::registrar::Registrar;
 
 const NAMESPACE: &str = "voice";
@@ -587,7 +587,7 @@ async fn run_member(
         let seen = Instant::now();
         let outcome = member.apply(&o);
         let applied = Instant::now();
-        results.send_replace(Some(result(&o, &outcome)));
+        results.send_replace(Some(o.result(&outcome)));
         let _ = notes.send(Applied {
             pod: pod.clone(),
             version: o.version,

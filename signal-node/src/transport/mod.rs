@@ -380,8 +380,7 @@ impl<C: SipCore> Driver<C> {
                 tracing::warn!(version = offered.version, error = %e, "configuration refused; the version in use stays");
             }
         }
-        link.results
-            .send_replace(Some(crate::live_config::result(offered, &outcome)));
+        link.results.send_replace(Some(offered.result(&outcome)));
     }
 
     /// Sends the failover report when it changed.
