@@ -341,6 +341,34 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         )
         .await?;
     }
+    // A log level no pod can use: refused, every pod back to the last
+    // good version, the condition naming the pod and why.
+    vcs.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"logLevel": BAD_LEVEL}})),
+    )
+    .await?;
+    let (status, applied) = config_condition(&vcs, NAME, "RolledBack").await?;
+    let refused = status.rolled_back.clone().context("rolledBack")?;
+    ensure!(
+        refused.reason.contains(&format!("log level {BAD_LEVEL:?}"))
+            && applied.message.contains(&refused.pod),
+        "the condition names the pod and the level: {status:?} {applied:?}"
+    );
+    let restored = applied_after(&vcs, NAME, refused.version, 3).await?;
+    ensure!(
+        restored.hash == fifth.hash,
+        "the settings in force before are back: {restored:?}"
+    );
+    vcs.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"logLevel": DEBUG_LEVEL}})),
+    )
+    .await?;
+    config_condition(&vcs, NAME, "Applied").await?;
+
     let after = pod_identities(&pods, NAME).await?;
     ensure!(
         before == after,
@@ -387,19 +415,21 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     wait_condition(&vcs, NAME, "Ready", "True").await?;
     let rolled = applied_after(&vcs, NAME, 0, 3).await?;
     ensure!(
-        rolled.version == fifth.version && rolled.hash == fifth.hash,
-        "the rolled pods run the version in force: {rolled:?}, not {fifth:?}"
+        rolled.version == restored.version && rolled.hash == fifth.hash,
+        "the rolled pods run the version in force: {rolled:?}, not {restored:?}"
     );
     eprintln!(
         "live configuration: carol registered {took:?} after the Secret changed; versions {} to {}; \
-         40 calls at the old price, 5 at the new; settings live with pods unchanged; a start-read field rolled the signal pods",
-        first.version, fifth.version
+         40 calls at the old price, 5 at the new; settings live with pods unchanged, a bad log level rolled back; a start-read field rolled the signal pods",
+        first.version, rolled.version
     );
     Ok(())
 }
 
 /// The log level set live.
 const DEBUG_LEVEL: &str = "info,voicecluster_signal_node=debug,voicecluster_media_node=debug";
+/// A log level whose directive no pod can parse.
+const BAD_LEVEL: &str = "info,voicecluster_signal_node=loud";
 
 /// The names of the cluster's pods of `component`.
 async fn names(pods: &Api<Pod>, component: &str) -> Result<Vec<String>> {
