@@ -127,6 +127,18 @@ impl Sipp {
         out.status.success()
     }
 
+    /// Whether `user` with `password` gets a 200 to a REGISTER.
+    pub fn registers(&self, (user, password): (&str, &str)) -> bool {
+        self.command(
+            "register",
+            "u1",
+            &auth(user, password),
+            free_port(self.local_ip),
+        )
+        .output()
+        .is_ok_and(|o| o.status.success())
+    }
+
     /// `user` registers from `port` (where it then calls or answers).
     pub fn register(&self, (user, password): (&str, &str), port: u16) {
         let out = self

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::voicecluster::ConfigStatus;
-use voicecluster_signal_node::testing::{Sipp, auth, free_port};
+use voicecluster_signal_node::testing::Sipp;
 
 use crate::eventually;
 
@@ -63,18 +63,6 @@ pub async fn applied_after(
     .await
 }
 
-/// Whether `user` with `password` gets a 200 to REGISTER.
-pub fn registers(sipp: &Sipp, (user, password): (&str, &str)) -> bool {
-    sipp.command(
-        "register",
-        "u1",
-        &auth(user, password),
-        free_port(sipp.local_ip),
-    )
-    .output()
-    .is_ok_and(|o| o.status.success())
-}
-
 /// Retries until `user` registers; how long it took.
 pub async fn registers_within(
     sipp: &Sipp,
@@ -84,7 +72,7 @@ pub async fn registers_within(
     let started = Instant::now();
     while started.elapsed() < limit {
         let (s, u) = (sipp.clone(), (user.0.to_string(), user.1.to_string()));
-        if tokio::task::spawn_blocking(move || registers(&s, (&u.0, &u.1))).await? {
+        if tokio::task::spawn_blocking(move || s.registers((&u.0, &u.1))).await? {
             return Ok(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

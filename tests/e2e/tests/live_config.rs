@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use voicecluster_api::{LABEL_CLUSTER, LABEL_COMPONENT, VoiceCluster};
-use voicecluster_e2e::config::{applied_after, config_condition, registers, registers_within};
+use voicecluster_e2e::config::{applied_after, config_condition, registers_within};
 use voicecluster_e2e::operator::{install_operator, pod_identities, wait_condition};
 use voicecluster_e2e::{
     REAL_NODE_IP, TestNamespace, client, directory_settled, eventually, http_get, is_pod_ready,
@@ -150,28 +150,25 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     let ports = (free_port(node), free_port(node));
     sipp.register(ALICE, ports.0);
     sipp.register(BOB, ports.1);
-    ensure!(registers(&sipp, ("dave", "d1")), "dave registers");
-    ensure!(
-        !registers(&sipp, ("carol", "c1")),
-        "carol is not a user yet"
-    );
+    ensure!(sipp.registers(("dave", "d1")), "dave registers");
+    ensure!(!sipp.registers(("carol", "c1")), "carol is not a user yet");
 
     // A user added, one removed, a password changed: in the Secret only.
     set_users(client, &ns.name, &[ALICE, BOB, ("carol", "c1")]).await?;
     let took = registers_within(&sipp, ("carol", "c1"), Duration::from_secs(10)).await?;
     let second = applied_after(&vcs, NAME, first.version, 3).await?;
     ensure!(
-        !registers(&sipp, ("dave", "d1")),
+        !sipp.registers(("dave", "d1")),
         "dave is refused once removed"
     );
     set_users(client, &ns.name, &[ALICE, BOB, ("carol", "c2")]).await?;
     let third = applied_after(&vcs, NAME, second.version, 3).await?;
     ensure!(
-        registers(&sipp, ("carol", "c2")),
+        sipp.registers(("carol", "c2")),
         "carol's new password works"
     );
     ensure!(
-        !registers(&sipp, ("carol", "c1")),
+        !sipp.registers(("carol", "c1")),
         "carol's old password does not"
     );
 
@@ -198,7 +195,7 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         "a bad line keeps version {}: {status:?} {applied:?}",
         third.version
     );
-    ensure!(registers(&sipp, ("carol", "c2")), "carol still registers");
+    ensure!(sipp.registers(("carol", "c2")), "carol still registers");
     // A user name the members refuse: every pod back to the last good.
     let mut odd: Vec<(&str, &str)> = good.to_vec();
     odd.push(("a b", "x"));
@@ -230,11 +227,11 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
     .await?;
     ensure!(!events.trim().is_empty(), "an Event says RolledBack");
     ensure!(
-        registers(&sipp, ("carol", "c2")),
+        sipp.registers(("carol", "c2")),
         "carol registers after the rollback"
     );
     ensure!(
-        !registers(&sipp, ("a b", "x")),
+        !sipp.registers(("a b", "x")),
         "the refused user never registers"
     );
     // The sources good again: the rollback is over.

@@ -14,7 +14,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use voicecluster_api::VoiceCluster;
 use voicecluster_api::voicecluster::{LDAP_RESYNC_ANNOTATION, UserSourceStatus};
-use voicecluster_e2e::config::{applied_after, config_condition, registers, registers_within};
+use voicecluster_e2e::config::{applied_after, config_condition, registers_within};
 use voicecluster_e2e::operator::{install_operator, wait_condition};
 use voicecluster_e2e::slapd::{self, Slapd};
 use voicecluster_e2e::{REAL_NODE_IP, TestNamespace, client, eventually};
@@ -184,24 +184,21 @@ async fn sources(client: &Client, ns: &TestNamespace, ldap: &mut Slapd) -> Resul
     registers_within(&sipp, (&u7, &old), Duration::from_secs(10)).await?;
     let u999 = (slapd::user(999), slapd::password(999));
     ensure!(
-        registers(&sipp, (&u999.0, &u999.1)),
+        sipp.registers((&u999.0, &u999.1)),
         "the last LDAP user registers"
     );
     ensure!(
-        registers(&sipp, ("c04242", "csv-4242")),
+        sipp.registers(("c04242", "csv-4242")),
         "a CSV user registers"
     );
-    ensure!(!registers(&sipp, ("c05000", "")), "the bad row is no user");
+    ensure!(!sipp.registers(("c05000", "")), "the bad row is no user");
 
     // A password changed in LDAP holds after an on-demand resync.
     ldap.set_password(&u7, "pw-7-new")?;
     resync(&vcs, 1).await?;
     let second = applied_after(&vcs, NAME, first.version, 2).await?;
-    ensure!(
-        registers(&sipp, (&u7, "pw-7-new")),
-        "the new password works"
-    );
-    ensure!(!registers(&sipp, (&u7, &old)), "the old one does not");
+    ensure!(sipp.registers((&u7, "pw-7-new")), "the new password works");
+    ensure!(!sipp.registers((&u7, &old)), "the old one does not");
 
     // The directory stops answering in the middle of the next sync.
     ldap.freeze()?;
@@ -226,7 +223,7 @@ async fn sources(client: &Client, ns: &TestNamespace, ldap: &mut Slapd) -> Resul
         "no new version from a failed sync: {config:?}"
     );
     ensure!(
-        registers(&sipp, (&u7, "pw-7-new")),
+        sipp.registers((&u7, "pw-7-new")),
         "LDAP users still register with the directory gone"
     );
 
@@ -249,7 +246,7 @@ async fn sources(client: &Client, ns: &TestNamespace, ldap: &mut Slapd) -> Resul
         second.version
     );
     ensure!(
-        registers(&sipp, ("c04242", "csv-4242")),
+        sipp.registers(("c04242", "csv-4242")),
         "CSV users keep registering"
     );
     eprintln!(
