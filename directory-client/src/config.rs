@@ -142,17 +142,30 @@ pub fn follow_config(
     have: Option<Offered>,
 ) -> watch::Receiver<Option<Arc<Offered>>> {
     let (tx, rx) = watch::channel(have.map(Arc::new));
-    tokio::spawn(keep_following(target, tx));
+    tokio::spawn(keep_following(target, tx, false));
     rx
 }
 
-async fn keep_following(target: Target, offered: watch::Sender<Option<Arc<Offered>>>) {
+/// As [`follow_config`], for a pod that uses only the settings (a media
+/// pod): its versions carry no users and no rates, so it never holds a
+/// user's HA1; the numbers are the cluster's.
+pub fn follow_settings(target: Target) -> watch::Receiver<Option<Arc<Offered>>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(keep_following(target, tx, true));
+    rx
+}
+
+async fn keep_following(
+    target: Target,
+    offered: watch::Sender<Option<Arc<Offered>>>,
+    settings_only: bool,
+) {
     let mut backoff = Backoff::new();
     // After a delta that did not check, ask for the whole.
     let mut whole = false;
     loop {
         let mut got_any = false;
-        match session(&target, &offered, &mut whole, &mut got_any).await {
+        match session(&target, &offered, (settings_only, &mut whole), &mut got_any).await {
             Ok(()) => {
                 tracing::info!(url = %target.url, "the configuration stream ended; reconnecting")
             }
@@ -170,7 +183,7 @@ async fn keep_following(target: Target, offered: watch::Sender<Option<Arc<Offere
 async fn session(
     target: &Target,
     offered: &watch::Sender<Option<Arc<Offered>>>,
-    whole: &mut bool,
+    (settings_only, whole): (bool, &mut bool),
     got_any: &mut bool,
 ) -> Result<(), BoxError> {
     let channel = crate::connect(&target.url).await?;
@@ -181,6 +194,7 @@ async fn session(
         pod: target.pod.clone(),
         version: have.as_ref().map_or(0, |h| h.version),
         hash: have.as_ref().map(|h| h.hash.clone()).unwrap_or_default(),
+        settings_only,
     };
     let mut updates = DirectoryClient::new(channel)
         .max_decoding_message_size(

@@ -1,6 +1,7 @@
 //! A media pod's side of the live configuration. Of a version it uses the
 //! settings (`spec.logLevel`, `spec.media.mediaTimeoutSeconds`,
-//! `spec.media.legStatsSeconds`); users and rates are the members'. Each
+//! `spec.media.legStatsSeconds`); users and rates are the members', and
+//! the pod asks for its versions without them (`follow_settings`). Each
 //! version is checked whole ([`check`]) before any of it is used, then put
 //! in force at once ([`apply`]), and what the pod did goes back to the
 //! operator per version, as members do: a version refused here rolls

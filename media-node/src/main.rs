@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use voicecluster_api::grpc::{DirectorySnapshot, Load};
-use voicecluster_directory_client::config::follow_config;
+use voicecluster_directory_client::config::follow_settings;
 use voicecluster_directory_client::{ClientMetrics, DirectoryArgs, Report, Target, follow_target};
 use voicecluster_media_node::engine::MediaEngine;
 use voicecluster_media_node::leg_events::Notifier;
@@ -268,13 +268,14 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    // The live configuration beside the Directory, from its first version
-    // on (the flags hold until then; a restart asks for the whole again);
-    // what became of each version goes on the Directory stream.
+    // The live configuration's settings beside the Directory (no users, no
+    // rates: this node faces the internet), from its first version on (the
+    // flags hold until then; a restart asks for the whole again); what
+    // became of each version goes on the Directory stream.
     let (results, results_rx) = watch::channel(None);
     let live = target.clone().map(|t| {
         tokio::spawn(live_config::follow(
-            follow_config(t, None),
+            follow_settings(t),
             telemetry.log_filter().clone(),
             legs.as_ref().map(|l| l.service.clone()),
             results,

@@ -54,7 +54,9 @@ use voicecluster_directory_client::{ClientMetrics, Target, follow_with_config};
 use voicecluster_operator::acks::AckBook;
 use voicecluster_operator::cache::Cache;
 use voicecluster_operator::directory::{DirectoryMetrics, DirectoryService};
-use voicecluster_operator::live_config::store::{ClusterKey, ConfigStore, StoreMetrics, Version};
+use voicecluster_operator::live_config::store::{
+    ClusterKey, ConfigStore, Part, StoreMetrics, Version,
+};
 use voicecluster_signal_node::digest::Authenticator;
 use voicecluster_signal_node::live_config::InForce;
 use voicecluster_signal_node::registrar::Registrar;
@@ -247,10 +249,10 @@ fn build(base: &Arc<ClusterConfig>, next: &Arc<ClusterConfig>) -> Result<Built> 
     store.publish(&key(), version(2, Arc::clone(next)));
     let v2 = store.current(&key()).context("version 2 not served")?;
     let t = Instant::now();
-    let delta = store.update(&key(), Some((1, &v1.hash)), &v2);
+    let delta = store.update(&key(), Some((1, &v1.hash)), &v2, Part::Whole);
     let delta_build = t.elapsed();
     let t = Instant::now();
-    let snapshot = store.update(&key(), None, &v2);
+    let snapshot = store.update(&key(), None, &v2, Part::Whole);
     let snapshot_build = t.elapsed();
     ensure!(
         matches!(delta.body, Some(config_update::Body::Delta(_))),

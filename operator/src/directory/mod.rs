@@ -32,7 +32,7 @@ use voicecluster_telemetry::metrics::{Labels, register_all};
 
 use crate::acks::{AckBook, StreamEntry};
 pub use crate::cache::Cache;
-use crate::live_config::store::ConfigStore;
+use crate::live_config::store::{ConfigStore, Part};
 
 /// Name of the Directory port on the operator's Service (set by the chart).
 pub const DIRECTORY_PORT_NAME: &str = "grpc-directory";
@@ -191,11 +191,11 @@ impl DirectoryService {
 
 type ConfigStream = Pin<Box<dyn Stream<Item = Result<ConfigUpdate, Status>> + Send>>;
 
-/// Sends `follow`'s versions on `tx`, each as the update from the one sent
-/// before (from `have`, what the pod said it has, at first).
+/// Sends `part` of `follow`'s versions on `tx`, each as the update from
+/// the one sent before (from `have`, what the pod said it has, at first).
 async fn send_configs(
     store: Arc<ConfigStore>,
-    key: (String, String),
+    (key, part): ((String, String), Part),
     mut have: Option<(i64, String)>,
     mut follow: watch::Receiver<Option<Arc<crate::live_config::store::Version>>>,
     tx: mpsc::Sender<Result<ConfigUpdate, Status>>,
@@ -204,12 +204,13 @@ async fn send_configs(
         let current = follow.borrow_and_update().clone();
         if let Some(cur) = current {
             let had = have.as_ref().map(|(v, h)| (*v, h.as_str()));
-            if had != Some((cur.version, cur.hash.as_str())) {
-                let update = store.update(&key, had, &cur);
+            let sent = part.of(&cur);
+            if had != Some((sent.version, sent.hash.as_str())) {
+                let update = store.update(&key, had, &cur, part);
                 if tx.send(Ok(update)).await.is_err() {
                     return;
                 }
-                have = Some((cur.version, cur.hash.clone()));
+                have = Some((sent.version, sent.hash.clone()));
             }
         }
         tokio::select! {
@@ -334,10 +335,15 @@ impl Directory for DirectoryService {
         let key = (req.namespace, req.cluster);
         let follow = self.configs.follow(&key);
         let have = (req.version > 0).then_some((req.version, req.hash));
+        let part = if req.settings_only {
+            Part::Settings
+        } else {
+            Part::Whole
+        };
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(send_configs(
             Arc::clone(&self.configs),
-            key,
+            (key, part),
             have,
             follow,
             tx,
@@ -611,6 +617,7 @@ mod tests {
             pod: "demo-signal-0".into(),
             version,
             hash,
+            settings_only: false,
         };
         // Asked before any version is served: it waits for the first.
         let mut updates = f
@@ -643,6 +650,25 @@ mod tests {
             .publish(&key, Version::new(3, hash(&three), 30, three));
         let next = current.next().await.unwrap().unwrap();
         assert_eq!((next.version, next.base_version), (3, 2));
+        // A media pod asks for the settings alone: no user reaches it.
+        let mut settings = f
+            .client
+            .watch_config(ConfigSubscribe {
+                pod: "demo-media-x".into(),
+                settings_only: true,
+                ..request(0, String::new())
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got = settings.next().await.unwrap().unwrap();
+        let Some(Body::Snapshot(bytes)) = &got.body else {
+            panic!("the whole settings: {got:?}")
+        };
+        let c: voicecluster_api::grpc::ClusterConfig =
+            voicecluster_api::config::decompress(bytes, "c").unwrap();
+        assert!(c.users.is_empty(), "{c:?}");
+        assert_eq!((got.version, got.hash.clone()), (3, hash(&c)));
         // An unknown cluster is refused.
         let err = f
             .client

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use voicecluster_api::config::{compress, delta};
+use voicecluster_api::config::{compress, delta, hash};
 use voicecluster_api::grpc::{ClusterConfig, ConfigUpdate, config_update};
 use voicecluster_telemetry::metrics::{Labels, inc, register_all};
 
@@ -34,6 +34,28 @@ pub struct Version {
     pub config: Arc<ClusterConfig>,
     /// Its compressed snapshot, made once when first asked for.
     snapshot: OnceLock<Arc<Vec<u8>>>,
+    /// Its settings alone, made once when first asked for.
+    settings_view: OnceLock<Arc<Version>>,
+}
+
+/// What part of each version a pod gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// All of it: a signal member.
+    Whole,
+    /// The settings alone, no users and no rates: a media pod, on a node
+    /// that faces the internet, never holds a user's HA1.
+    Settings,
+}
+
+impl Part {
+    /// This part of `v`: a version of its own, with the same number.
+    pub fn of(self, v: &Arc<Version>) -> Arc<Version> {
+        match self {
+            Self::Whole => Arc::clone(v),
+            Self::Settings => v.settings_view(),
+        }
+    }
 }
 
 impl Version {
@@ -50,7 +72,25 @@ impl Version {
             effective_unix_ms,
             config: config.into(),
             snapshot: OnceLock::new(),
+            settings_view: OnceLock::new(),
         }
+    }
+
+    /// The version with its settings alone.
+    fn settings_view(&self) -> Arc<Version> {
+        Arc::clone(self.settings_view.get_or_init(|| {
+            let config = ClusterConfig {
+                users: Vec::new(),
+                billing: None,
+                settings: self.config.settings.clone(),
+            };
+            Arc::new(Version::new(
+                self.version,
+                hash(&config),
+                self.effective_unix_ms,
+                config,
+            ))
+        }))
     }
 
     fn snapshot(&self) -> Arc<Vec<u8>> {
@@ -190,26 +230,32 @@ impl ConfigStore {
             .subscribe()
     }
 
-    /// The update that brings a pod from `have` (version and hash; `None`
-    /// for nothing) to `to`: the delta when this replica still has `have`,
-    /// the whole version otherwise.
+    /// The update that brings a pod from `have` (version and hash of its
+    /// `part`; `None` for nothing) to `part` of `to`: the delta when this
+    /// replica still has `have`, the whole version otherwise.
     pub fn update(
         &self,
         key: &ClusterKey,
         have: Option<(i64, &str)>,
         to: &Arc<Version>,
+        part: Part,
     ) -> ConfigUpdate {
         let base = have.and_then(|(v, h)| {
             let clusters = self.lock();
             let c = clusters.get(key)?;
             c.history
                 .iter()
-                .find(|old| old.version == v && old.hash == h)
+                .find(|old| old.version == v && part.of(old).hash == h)
                 .cloned()
         });
+        let to = &part.of(to);
         let (body, form) = match base {
             Some(base) => (
-                config_update::Body::Delta(self.delta_bytes(key, &base, to).to_vec()),
+                config_update::Body::Delta(match part {
+                    Part::Whole => self.delta_bytes(key, &base, to).to_vec(),
+                    // A handful of scalars: not worth keeping.
+                    Part::Settings => compress(&delta(&part.of(&base).config, &to.config)),
+                }),
                 "delta",
             ),
             None => (
@@ -283,6 +329,47 @@ mod tests {
     }
 
     #[test]
+    fn a_settings_pod_gets_no_user_and_no_rate() {
+        let store = ConfigStore::new(StoreMetrics::default());
+        let with = |v: i64, level: &str| {
+            let mut c = config(&["alice", "bob"]);
+            c.billing = Some(Default::default());
+            c.settings = Some(voicecluster_api::grpc::LiveSettings {
+                log_level: level.into(),
+                media_timeout_seconds: 30,
+                leg_stats_seconds: 10,
+            });
+            Version::new(v, hash(&c), 1000 * v, c)
+        };
+        store.publish(&key(), with(1, "info"));
+        let v1 = store.current(&key()).unwrap();
+        store.publish(&key(), with(2, "debug"));
+        let v2 = store.current(&key()).unwrap();
+        let view = |v: &Arc<Version>| Part::Settings.of(v);
+        let whole = store.update(&key(), None, &v2, Part::Settings);
+        let Some(config_update::Body::Snapshot(bytes)) = &whole.body else {
+            panic!("the whole: {whole:?}")
+        };
+        let got: ClusterConfig = decompress(bytes, "configuration").unwrap();
+        assert!(got.users.is_empty() && got.billing.is_none(), "{got:?}");
+        assert_eq!(got.settings.as_ref().unwrap().log_level, "debug");
+        assert_eq!((whole.version, whole.hash.clone()), (2, hash(&got)));
+        assert_eq!(whole.hash, view(&v2).hash);
+        assert_ne!(whole.hash, v2.hash, "its own hash, not the version's");
+        // From the settings of version 1: the delta, on the view's hash.
+        let d = store.update(&key(), Some((1, &view(&v1).hash)), &v2, Part::Settings);
+        let Some(config_update::Body::Delta(bytes)) = &d.body else {
+            panic!("a delta: {d:?}")
+        };
+        let d: ConfigDelta = decompress(bytes, "delta").unwrap();
+        assert!(d.upsert.is_empty() && d.remove.is_empty() && d.billing.is_none());
+        assert_eq!(d.settings.unwrap().log_level, "debug");
+        // The whole version's hash is not the settings': the whole again.
+        let again = store.update(&key(), Some((1, &v1.hash)), &v2, Part::Settings);
+        assert!(matches!(again.body, Some(config_update::Body::Snapshot(_))));
+    }
+
+    #[test]
     fn a_pod_on_a_known_version_gets_the_delta_else_the_whole() {
         let store = ConfigStore::new(StoreMetrics::default());
         let mut follow = store.follow(&key());
@@ -293,7 +380,7 @@ mod tests {
         assert!(follow.has_changed().unwrap());
         let v2 = follow.borrow_and_update().clone().unwrap();
 
-        let u = store.update(&key(), Some((1, &v1.hash)), &v2);
+        let u = store.update(&key(), Some((1, &v1.hash)), &v2, Part::Whole);
         let Some(config_update::Body::Delta(bytes)) = &u.body else {
             panic!("a delta: {u:?}")
         };
@@ -303,9 +390,9 @@ mod tests {
 
         // A version number it has, with other content (another history):
         // the whole version.
-        let u = store.update(&key(), Some((1, "not-that")), &v2);
+        let u = store.update(&key(), Some((1, "not-that")), &v2, Part::Whole);
         assert!(matches!(u.body, Some(config_update::Body::Snapshot(_))));
-        let u = store.update(&key(), None, &v2);
+        let u = store.update(&key(), None, &v2, Part::Whole);
         let Some(config_update::Body::Snapshot(bytes)) = &u.body else {
             panic!("a snapshot")
         };
@@ -324,12 +411,12 @@ mod tests {
             store.publish(&key(), ver);
         }
         let now = store.current(&key()).unwrap();
-        let oldest = store.update(&key(), Some((1, &hashes[0])), &now);
+        let oldest = store.update(&key(), Some((1, &hashes[0])), &now, Part::Whole);
         assert!(matches!(
             oldest.body,
             Some(config_update::Body::Snapshot(_))
         ));
-        let recent = store.update(&key(), Some((2, &hashes[1])), &now);
+        let recent = store.update(&key(), Some((2, &hashes[1])), &now, Part::Whole);
         assert!(matches!(recent.body, Some(config_update::Body::Delta(_))));
         // What a rollback serves again is found by its hash.
         assert_eq!(
