@@ -337,6 +337,15 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
             &["media_timeout: 20s", "statistics: Some(5s)"],
         )
         .await?;
+        // The edge node got the settings alone: not one user's HA1.
+        logged(
+            &pods,
+            &pod,
+            "media",
+            since,
+            &["configuration version received", "users=0"],
+        )
+        .await?;
     }
     // A log level no pod can use: refused, every pod back to the last
     // good version, the condition naming the pod and why.
