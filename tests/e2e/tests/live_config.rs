@@ -1,7 +1,10 @@
 //! Live configuration on the local cluster: users added to, removed from
 //! and changed in the users Secret, and a new price in the spec, reach the
 //! running signal pods without a restart; calls answered before a price
-//! change are billed at the old price, calls after it at the new one.
+//! change are billed at the old price, calls after it at the new one. The
+//! live settings (log level, media timeout, statistics interval) reach
+//! signal and media pods the same way; versions a pod refuses roll every
+//! pod back; a field read only at start rolls the signal pods.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -320,32 +323,17 @@ async fn live(client: &Client, ns: &TestNamespace) -> Result<()> {
         },
     )
     .await?;
+    // Each media pod swapped its filter, retimed its legs, and got the
+    // settings alone: not one user's HA1 reaches the edge node.
+    let media_lines: [&[&str]; 3] = [
+        &["log filter swapped", DEBUG_LEVEL],
+        &["media_timeout: 20s", "statistics: Some(5s)"],
+        &["configuration version received", "users=0"],
+    ];
     for pod in names(&pods, "media").await? {
-        logged(
-            &pods,
-            &pod,
-            "media",
-            since,
-            &["log filter swapped", DEBUG_LEVEL],
-        )
-        .await?;
-        logged(
-            &pods,
-            &pod,
-            "media",
-            since,
-            &["media_timeout: 20s", "statistics: Some(5s)"],
-        )
-        .await?;
-        // The edge node got the settings alone: not one user's HA1.
-        logged(
-            &pods,
-            &pod,
-            "media",
-            since,
-            &["configuration version received", "users=0"],
-        )
-        .await?;
+        for words in media_lines {
+            logged(&pods, &pod, "media", since, words).await?;
+        }
     }
     // A log level no pod can use: refused, every pod back to the last
     // good version, the condition naming the pod and why.
