@@ -57,9 +57,7 @@ pub fn check(offered: &Offered, log: &LogFilter) -> Result<Checked, String> {
 /// legs' timing, on `legs` when the pod offers legs.
 pub fn apply(checked: Checked, log: &LogFilter, legs: Option<&LegService>) -> Result<(), String> {
     if let Some(filter) = checked.log_filter {
-        let directives = filter.directives().to_string();
         log.set(filter).map_err(|e| e.to_string())?;
-        tracing::info!(%directives, "log filter swapped");
     }
     if let (Some(timing), Some(legs)) = (checked.timing, legs) {
         legs.set_timing(timing);

@@ -116,7 +116,9 @@ impl LogFilter {
                 .reload(filter.filter)
                 .map_err(|e| TelemetryError::LogReload(e.to_string()))?;
         }
-        *in_force = filter.directives;
+        in_force.clone_from(&filter.directives);
+        drop(in_force);
+        tracing::info!(directives = %filter.directives, "log filter swapped");
         Ok(())
     }
 }

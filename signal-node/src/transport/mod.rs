@@ -347,9 +347,7 @@ impl<C: SipCore> Driver<C> {
             // The one step that can fail goes first: if it does, nothing
             // of the version is in use.
             if let Some(filter) = checked.log_filter {
-                let directives = filter.directives().to_string();
                 link.log.set(filter).map_err(|e| e.to_string())?;
-                tracing::info!(%directives, "log filter swapped");
             }
             m.put_users(checked.users, now, wall);
             if let Some(bills) = self.links.bills.as_mut() {
